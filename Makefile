@@ -1,0 +1,76 @@
+# sluice — build, test, demo and bench. Every target installs what it needs
+# on a fresh Debian machine (run as root).
+SHELL    := /bin/bash
+GO       ?= go
+BIN      := bin/sluice
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+FUZZTIME ?= 15s
+
+# Debian packages the tests and the demo use: WireGuard client tools, the
+# resolvers and DNS clients of the e2e network, and packet tools.
+TEST_PKGS  := wireguard-tools wireguard-go nftables unbound bind9-dnsutils knot-dnsutils \
+              iproute2 iputils-ping curl tcpdump conntrack ca-certificates
+BENCH_PKGS := dnsperf dnsdist iperf3
+
+.PHONY: all build deps bench-deps test unit fuzz demo bench bench-quick vet clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sluice
+
+# deps installs missing Debian packages (root only) and Go modules.
+deps:
+	@missing=""; for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root to install)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+# test runs every tier: unit tests, kernel tests in fresh network namespaces
+# and end-to-end tests with real clients. As root, a privileged test that
+# cannot run fails instead of skipping, and any skip fails the run.
+test: deps vet
+	@set -o pipefail; \
+	if [ "$$(id -u)" = 0 ]; then export SLUICE_REQUIRE_PRIVILEGED=1; fi; \
+	$(GO) test -race -count=1 -timeout 18m -v ./... 2>&1 | tee .test.log | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic)' | grep -v '^=== RUN' ; \
+	status=$${PIPESTATUS[0]}; \
+	passed=$$(grep -cE '^\s*--- PASS' .test.log); failed=$$(grep -cE '^\s*--- FAIL' .test.log); skipped=$$(grep -cE '^\s*--- SKIP' .test.log); \
+	echo "$$passed passed, $$failed failed, $$skipped skipped"; \
+	if [ "$$status" != 0 ]; then echo "tests failed (full log: .test.log)"; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ] && [ "$$skipped" != 0 ]; then grep -E -A2 '^\s*--- SKIP' .test.log; echo "running as root, yet tests were skipped"; exit 1; fi
+	$(MAKE) --no-print-directory fuzz
+
+unit:
+	$(GO) test -race -count=1 -short ./...
+
+# fuzz runs each fuzz target briefly on top of its committed seed corpus.
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzLint$$' -fuzztime=$(FUZZTIME) ./peers
+
+demo: deps build
+	./e2e/demo.sh $(BIN)
+
+bench: bench-deps build
+	./bench/run.sh
+
+bench-quick: bench-deps build
+	./bench/run.sh --quick
+
+clean:
+	rm -rf bin .test.log

@@ -1,0 +1,90 @@
+//go:build ignore
+
+// Command dnsproxy-bench runs sluice's in-tunnel DNS proxy on loopback for the
+// benchmark harness (bench/run.sh). Loopback stands for the tunnel here: the
+// proxy listens on 127.0.0.1:PORT and accepts 127.0.0.0/8 as its tunnel
+// sources, and forwards everything to one upstream group. It owns nothing but
+// this wiring, an optional CPU profile, and a clean stop on SIGINT/SIGTERM.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
+)
+
+const (
+	defaultPort     = 5401
+	defaultUpstream = "127.0.0.1:5300"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "dnsproxy-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		listen     = flag.String("listen", "127.0.0.1", "address to listen on")
+		port       = flag.Uint("port", defaultPort, "port to listen on (udp and tcp)")
+		upstream   = flag.String("upstream", defaultUpstream, "upstream resolver host:port of the default group")
+		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	)
+	flag.Parse()
+	addr, err := netip.ParseAddr(*listen)
+	if err != nil {
+		return fmt.Errorf("parse listen address %q: %w", *listen, err)
+	}
+	if *port == 0 || *port > 65535 {
+		return fmt.Errorf("bad port %d", *port)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	cfg := dnsproxy.DefaultConfig()
+	cfg.Listen = []netip.Addr{addr}
+	cfg.Port = uint16(*port)
+	cfg.AllowedSources = []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("::1/128"),
+	}
+	cfg.Default = dnsproxy.Zone{Upstreams: []string{*upstream}}
+
+	p, err := dnsproxy.New(cfg, dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		return fmt.Errorf("create proxy: %w", err)
+	}
+	defer p.Close()
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return fmt.Errorf("create cpu profile %q: %w", *cpuprofile, err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("start cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := p.Start(ctx); err != nil {
+		return fmt.Errorf("start proxy: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "dnsproxy-bench: listening on %s\n", netip.AddrPortFrom(addr, uint16(*port)))
+	<-ctx.Done()
+	return nil
+}

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
+	"github.com/sluice-vpn/sluice/gateway"
+)
+
+func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", g.logFormat)
+}
+
+func (g *globals) load() (*gateway.Config, error) {
+	return gateway.Load(g.config)
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "up",
+		Short: "Run the gateway in the foreground",
+		Long: `Bring up the WireGuard interface, the DNS proxy and the firewall, and serve
+until SIGINT or SIGTERM, then tear everything down (the firewall table stays
+if enforce.keep_on_stop is set, or if sluice is killed: it fails closed).
+
+SIGHUP or 'sluice reload' re-reads the configuration; an invalid file is
+refused and the running configuration stays. Under systemd (Type=notify)
+sluice reports READY=1 once everything is up and pings the watchdog.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			gw := gateway.New(cfg, gateway.Options{
+				Logger: log,
+				Ready: func() {
+					if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+						log.Warn("notify systemd", "err", err)
+					}
+				},
+				Watchdog: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog) }, // best effort, like systemd's own tools
+			})
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
+						gw.Reload()
+						_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+					}
+				}
+			}()
+			err = gw.Run(ctx)
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return err
+		},
+	}
+}
+
+func newCheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration file",
+		Long: `Validate the configuration strictly: unknown keys, bad addresses or CIDRs,
+resolver addresses outside the interface prefixes, pools too small, public
+upstreams in full mode... Every problem is printed as FILE:LINE: KEY: what
+is wrong (what to do). Exit status 1 when there is any.
+
+Keys (see examples/split.yaml for a commented file):
+  interface: name backend listen_port private_key_file addresses mtu endpoint
+  dns: mode listen search_domains zones[name upstreams] default[upstreams]
+       edns_buffer_size internal_prefixes upstream_timeout tls_ca_file query_log
+       cache[size max_ttl servfail_ttl] health[name interval timeout failures disabled]
+       policy[canaries block_doh_names blocklist_file allowlist]
+       limits[peer_qps peer_burst max_inflight]
+  enforce: off_policy_dns dot doh doh_ips_file doh_allow egress_interface
+           peer_to_peer keep_on_stop table
+  peers: state_dir routes persistent_keepalive
+  admin: listen control_socket`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%s mode, interface %s, %d zones, resolvers %v)\n",
+				cfg.Source, cfg.Mode, cfg.Interface.Name, len(cfg.DNS.Zones), cfg.Resolvers())
+			return nil
+		},
+	}
+}
+
+func (g *globals) client() (*gateway.Client, *gateway.Config, error) {
+	cfg, err := g.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	return gateway.NewClient(cfg.ControlSocket()), cfg, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the interface, peers, DNS and firewall counters of the running daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(w io.Writer, st *gateway.Status) {
+	in := st.Interface
+	fmt.Fprintf(w, "interface: %s (%s backend, %s mode)\n", in.Name, in.Backend, in.Mode)
+	fmt.Fprintf(w, "  public key: %s\n  listening port: %d\n  addresses: %s\n  resolvers: %s\n  uptime: %s\n",
+		in.PublicKey, in.ListenPort, strings.Join(in.Addresses, ", "), strings.Join(in.Resolvers, ", "), st.Uptime)
+	for _, p := range st.Peers {
+		id := p.ID
+		if id == "" {
+			id = "(not in store)"
+		}
+		fmt.Fprintf(w, "\npeer: %s\n  public key: %s\n  allowed ips: %s\n", id, p.PublicKey, strings.Join(p.Addresses, ", "))
+		if p.Endpoint != "" {
+			fmt.Fprintf(w, "  endpoint: %s\n", p.Endpoint)
+		}
+		if !p.LatestHandshake.IsZero() {
+			fmt.Fprintf(w, "  latest handshake: %s ago\n", time.Since(p.LatestHandshake).Round(time.Second))
+		}
+		fmt.Fprintf(w, "  transfer: %d B received, %d B sent\n", p.RxBytes, p.TxBytes)
+	}
+	fmt.Fprintf(w, "\ndns:\n")
+	printDNSStats(w, st)
+	fmt.Fprintf(w, "\nfirewall counters (packets):\n")
+	for _, k := range sortedKeys(st.Firewall) {
+		fmt.Fprintf(w, "  %-22s %d\n", k, st.Firewall[k].Packets)
+	}
+	for _, e := range st.Errors {
+		fmt.Fprintf(w, "error: %s\n", e)
+	}
+}
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var peer string
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Run the DNS-leak playbook on the gateway and say what to do",
+		Long: `Check, on the running gateway: the interface and recent handshakes; the
+route to every upstream (an internal zone's resolver reached over the
+internet-facing interface fails); a real query to every upstream with its
+latency and rcode; the firewall table and its counters; the proxy answering
+on every in-tunnel address with the canary names blocked.
+
+With --peer USER[/DEVICE]: that peer's last handshake and whether its DNS
+reaches the proxy ("handshakes but no DNS from this peer" means its device
+uses another resolver). Exit status 1 when any check fails.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
+			defer cancel()
+			rep, err := c.Doctor(ctx, peer)
+			if err != nil {
+				if errors.Is(err, gateway.ErrNotRunning) {
+					rep = &gateway.Report{Checks: []gateway.Check{{Name: "daemon", Detail: err.Error(), Action: "start it: sluice up (or systemctl start sluice)"}}}
+				} else {
+					return err
+				}
+			}
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), rep); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range rep.Checks {
+					mark := "PASS"
+					if !c.OK {
+						mark = "FAIL"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  %-40s %s\n", mark, c.Name, c.Detail)
+					if !c.OK && c.Action != "" {
+						fmt.Fprintf(cmd.OutOrStdout(), "      -> %s\n", c.Action)
+					}
+				}
+			}
+			if !rep.OK {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&peer, "peer", "", "also check this peer (user or user/device)")
+	return cmd
+}
+
+func newReloadCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reload",
+		Short: "Make the running daemon re-read its configuration (like SIGHUP)",
+		Long: `Re-read the configuration file in the running daemon. An invalid file is
+refused with its FILE:LINE errors and the daemon keeps the configuration it
+runs. A valid one is applied without dropping tunnels or the DNS cache, and
+the firewall table is replaced in one batch. Interface settings (name,
+backend, addresses, port, key, MTU, dns.listen, admin) need a restart.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := g.client()
+			if err != nil {
+				return err
+			}
+			applied, notes, err := c.Reload(cmd.Context())
+			for _, n := range notes {
+				fmt.Fprintln(cmd.ErrOrStderr(), "note:", n)
+			}
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "reload refused; the daemon keeps its running configuration:")
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				return exitError{1}
+			}
+			if applied {
+				fmt.Fprintln(cmd.OutOrStdout(), "reloaded")
+			}
+			return nil
+		},
+	}
+}
+
+func newFirewallCmd(g *globals) *cobra.Command {
+	fw := &cobra.Command{Use: "firewall", Short: "Inspect the nftables table"}
+	fw.AddCommand(&cobra.Command{
+		Use:   "show",
+		Short: "Print the active table in nft syntax, with counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, _, err := g.client()
+			if err != nil {
+				return err
+			}
+			text, err := c.Firewall(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), text)
+			return nil
+		},
+	})
+	return fw
+}

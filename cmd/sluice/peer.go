@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/sluice-vpn/sluice/gateway"
+	"github.com/sluice-vpn/sluice/peers"
+)
+
+func newPeerCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "peer",
+		Short: "Manage peers (one per user device) and their client configs",
+		Long: `Peers are named USER/DEVICE (DEVICE defaults to "default"). Each device gets
+one IPv4 /32 and one IPv6 /128 from the interface prefixes. Changes apply to
+the running daemon within a second, and at the next 'sluice up' otherwise.`,
+	}
+	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd())
+	return cmd
+}
+
+func (g *globals) store() (*peers.Store, *gateway.Config, error) {
+	cfg, err := g.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := peers.Open(cfg.Peers.StateDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open peer store: %w", err)
+	}
+	return st, cfg, nil
+}
+
+// notifyDaemon asks a running daemon to apply the store now; without one
+// the change waits for the next start.
+func notifyDaemon(cmd *cobra.Command, cfg *gateway.Config) {
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	defer cancel()
+	err := gateway.NewClient(cfg.ControlSocket()).SyncPeers(ctx)
+	switch {
+	case err == nil:
+		fmt.Fprintln(cmd.ErrOrStderr(), "applied to the running gateway")
+	case errors.Is(err, gateway.ErrNotRunning):
+		fmt.Fprintln(cmd.ErrOrStderr(), "sluice is not running: the change applies at the next 'sluice up'")
+	default:
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning: the running gateway did not confirm the change (it also polls the store every second):", err)
+	}
+}
+
+func newPeerAddCmd(g *globals) *cobra.Command {
+	var device, pub string
+	cmd := &cobra.Command{
+		Use:   "add USER",
+		Short: "Add a device for a user and allocate its addresses",
+		Long: `Add a device and allocate its tunnel addresses. sluice generates the device's
+key pair unless --public-key is given (the user keeps the private key; the
+rendered config then carries a placeholder for it).`,
+		Example: "  sluice peer add alice --device laptop\n  sluice peer add bob --device phone --public-key 'xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, cfg, err := g.store()
+			if err != nil {
+				return err
+			}
+			user, dev := args[0], device
+			if strings.Contains(user, "/") {
+				if dev != "" {
+					return errors.New("give the device either as USER/DEVICE or with --device, not both")
+				}
+				if user, dev, err = peers.ParseID(user); err != nil {
+					return err
+				}
+			}
+			req := peers.AddRequest{User: user, Device: dev}
+			if pub != "" {
+				k, err := wgtypes.ParseKey(pub)
+				if err != nil {
+					return fmt.Errorf("--public-key: not a base64 WireGuard key (a device shows it with `wg pubkey`)")
+				}
+				req.PublicKey = &k
+			}
+			p, err := st.Add(req, cfg.Pool())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added %s: %s, %s, public key %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
+			fmt.Fprintf(cmd.OutOrStdout(), "client config: sluice peer config %s [--format conf|qr|png|nrpt|mobileconfig|resolved]\n", p.ID())
+			notifyDaemon(cmd, cfg)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&device, "device", "d", "", "device name (default \"default\")")
+	cmd.Flags().StringVar(&pub, "public-key", "", "the device's own public key (its private key never leaves it)")
+	return cmd
+}
+
+func newPeerListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, _, err := g.store()
+			if err != nil {
+				return err
+			}
+			list, err := st.List()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				out := make([]peerView, len(list))
+				for i, p := range list {
+					out[i] = viewOf(p)
+				}
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", "PEER", "IPV4", "IPV6", "PUBLIC KEY")
+			for _, p := range list {
+				fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (no private keys)")
+	return cmd
+}
+
+// peerView is a peer as the CLI shows it: never with private keys.
+type peerView struct {
+	ID        string    `json:"id"`
+	User      string    `json:"user"`
+	Device    string    `json:"device"`
+	IPv4      string    `json:"ipv4"`
+	IPv6      string    `json:"ipv6"`
+	PublicKey string    `json:"public_key"`
+	OwnKey    bool      `json:"user_brought_key"`
+	Created   time.Time `json:"created"`
+}
+
+func viewOf(p peers.Peer) peerView {
+	return peerView{ID: p.ID(), User: p.User, Device: p.Device, IPv4: p.IPv4.String(), IPv6: p.IPv6.String(),
+		PublicKey: p.PublicKey.String(), OwnKey: p.PrivateKey == nil, Created: p.Created}
+}
+
+func (g *globals) peerByID(id string) (*peers.Store, *gateway.Config, peers.Peer, error) {
+	st, cfg, err := g.store()
+	if err != nil {
+		return nil, nil, peers.Peer{}, err
+	}
+	user, dev, err := peers.ParseID(id)
+	if err != nil {
+		return nil, nil, peers.Peer{}, err
+	}
+	p, err := st.Get(user, dev)
+	if errors.Is(err, peers.ErrNotFound) {
+		return nil, nil, peers.Peer{}, fmt.Errorf("peer %s/%s not found (see `sluice peer list`)", user, dev)
+	}
+	return st, cfg, p, err
+}
+
+func newPeerShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show USER[/DEVICE]",
+		Short: "Show one peer (without its private key)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, _, p, err := g.peerByID(args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), viewOf(p))
+		},
+	}
+}
+
+func newPeerRemoveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove USER[/DEVICE]",
+		Short: "Remove a device; its tunnel stops within a second",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, cfg, err := g.store()
+			if err != nil {
+				return err
+			}
+			user, dev, err := peers.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			p, err := st.Remove(user, dev)
+			if errors.Is(err, peers.ErrNotFound) {
+				return fmt.Errorf("peer %s/%s not found (see `sluice peer list`)", user, dev)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s, %s)\n", p.ID(), p.IPv4, p.IPv6)
+			notifyDaemon(cmd, cfg)
+			return nil
+		},
+	}
+}
+
+func newPeerConfigCmd(g *globals) *cobra.Command {
+	var format, out, endpoint string
+	cmd := &cobra.Command{
+		Use:   "config USER[/DEVICE]",
+		Short: "Render a device's client config",
+		Long: `Render the client config of a device. Every format routes the in-tunnel
+resolver addresses (IPv4 and IPv6) through the tunnel, whatever peers.routes
+says: split mode routes peers.routes plus the resolvers, full mode everything.
+
+Formats:
+  conf          wg-quick config (Linux, macOS and Windows WireGuard apps)
+  qr            the conf as a QR code in the terminal (mobile apps scan it)
+  png           the conf as a QR code image (use -o FILE)
+  nrpt          Windows PowerShell: NRPT rules for split DNS on managed fleets
+  mobileconfig  Apple configuration profile carrying the tunnel and its DNS
+  resolved      Linux systemd-resolved variant with per-link ~domain routing`,
+		Example: "  sluice peer config alice/laptop > alice.conf\n  sluice peer config alice/phone --format qr\n  sluice peer config alice/phone --format png -o alice.png",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, cfg, p, err := g.peerByID(args[0])
+			if err != nil {
+				return err
+			}
+			if endpoint == "" {
+				endpoint = cfg.Interface.Endpoint
+			}
+			if endpoint == "" {
+				return cfg.EndpointError()
+			}
+			key, err := gateway.LoadOrCreateKey(cfg.Interface.PrivateKeyFile)
+			if err != nil {
+				return err
+			}
+			data, err := peers.Render(format, peers.ClientParams{
+				Peer:            p,
+				ServerPublicKey: key.PublicKey(),
+				Endpoint:        endpoint,
+				MTU:             cfg.Interface.MTU,
+				FullTunnel:      cfg.FullTunnel(),
+				Routes:          cfg.Peers.Routes,
+				Resolvers:       cfg.Resolvers(),
+				SearchDomains:   cfg.SearchDomains,
+				Keepalive:       cfg.Peers.PersistentKeepalive,
+				TunnelName:      cfg.Interface.Name,
+			})
+			if err != nil {
+				return err
+			}
+			var w io.Writer = cmd.OutOrStdout()
+			if out != "" && out != "-" {
+				// Client configs hold the device's private key.
+				if err := os.WriteFile(out, data, 0o600); err != nil {
+					return fmt.Errorf("write %s: %w", out, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (mode 0600: it holds the device's private key)\n", out)
+				return nil
+			}
+			_, err = w.Write(data)
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "conf", "output format: "+strings.Join(peers.Formats(), ", "))
+	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE (mode 0600) instead of standard output")
+	cmd.Flags().StringVar(&endpoint, "endpoint", "", "endpoint host:port clients dial (default: interface.endpoint)")
+	return cmd
+}
+
+func newPeerLintCmd() *cobra.Command {
+	var mtu int
+	cmd := &cobra.Command{
+		Use:   "lint FILE",
+		Short: "Find DNS leak paths in any wg-quick client config",
+		Long: `Read a wg-quick client config (any, not only sluice's) and report DNS leak
+paths: a DNS server not routed by AllowedIPs (IPv4 or IPv6), no DNS line,
+IPv6 addresses without an IPv6 route or resolver, a full tunnel without ::/0,
+an MTU above the tunnel's. Each finding says what to add. Exit status 1 when
+there is a finding, 2 when the file cannot be read.`,
+		Example: "  sluice peer lint /etc/wireguard/wg0.conf\n  sluice peer lint --mtu 1420 alice.conf",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "sluice:", err)
+				return exitError{2}
+			}
+			findings, err := peers.Lint(data, peers.LintOptions{TunnelMTU: mtu})
+			if err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "sluice: %s: %v\n", args[0], err)
+				return exitError{2}
+			}
+			for _, f := range findings {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s:%d: %s: %s\n", args[0], f.Line, f.Severity, f.Message)
+				if f.Fix != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "    fix: %s\n", f.Fix)
+				}
+			}
+			if len(findings) > 0 {
+				return exitError{1}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: no DNS leak path found\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&mtu, "mtu", 0, "the tunnel's MTU; warn when the config's is above it")
+	return cmd
+}

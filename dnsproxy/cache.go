@@ -1,0 +1,269 @@
+package dnsproxy
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// cacheShards is the number of independently locked cache shards (power of 2).
+const cacheShards = 64
+
+// cacheEntry is one cached answer in wire form. Everything but ref and gen is
+// immutable after insertion, so readers use it without holding a lock.
+type cacheEntry struct {
+	key     string
+	wire    []byte   // ID 0, lower-case question, no OPT record
+	ttlOffs []uint16 // offsets of every record's TTL in wire
+	stored  int64    // unix nanoseconds when wire's TTLs were current
+	expires int64    // unix nanoseconds
+	group   string   // label of the group that answered
+	rcode   int
+	gen     atomic.Uint64 // config generation the entry was last validated against
+	ref     atomic.Bool   // CLOCK reference bit
+	slot    int           // index in the shard's ring; guarded by the shard lock
+}
+
+type cacheShard struct {
+	mu   sync.RWMutex // protects m, ring, hand
+	m    map[string]*cacheEntry
+	ring []*cacheEntry
+	hand int
+	_    [64]byte // keep shards on separate cache lines
+}
+
+// cache is a sharded, bounded wire-format answer cache with CLOCK eviction.
+type cache struct {
+	seed     maphash.Seed
+	shardCap atomic.Int64
+	entries  atomic.Int64
+	shards   [cacheShards]cacheShard
+}
+
+func newCache(size int) *cache {
+	c := &cache{seed: maphash.MakeSeed()}
+	for i := range c.shards {
+		c.shards[i].m = make(map[string]*cacheEntry)
+	}
+	c.resize(size)
+	return c
+}
+
+// resize sets the capacity; shrinking evicts lazily on later inserts.
+func (c *cache) resize(size int) {
+	per := int64(0)
+	if size > 0 {
+		per = int64((size + cacheShards - 1) / cacheShards)
+	}
+	c.shardCap.Store(per)
+}
+
+func (c *cache) shard(key []byte) *cacheShard {
+	return &c.shards[maphash.Bytes(c.seed, key)&(cacheShards-1)]
+}
+
+// get returns the live entry for key, or nil. It does not allocate.
+func (c *cache) get(key []byte, now int64) *cacheEntry {
+	s := c.shard(key)
+	s.mu.RLock()
+	e := s.m[string(key)]
+	s.mu.RUnlock()
+	if e == nil || now >= e.expires {
+		return nil
+	}
+	if !e.ref.Load() {
+		e.ref.Store(true)
+	}
+	return e
+}
+
+// put inserts e (whose key is set), evicting with CLOCK when the shard is full.
+func (c *cache) put(e *cacheEntry) {
+	limit := c.shardCap.Load()
+	if limit == 0 {
+		return
+	}
+	s := c.shard([]byte(e.key))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.m[e.key]; old != nil {
+		e.slot = old.slot
+		s.ring[e.slot] = e
+		s.m[e.key] = e
+		return
+	}
+	for i := 0; int64(len(s.ring)) >= limit && i < 4; i++ {
+		s.evictOne()
+		c.entries.Add(-1)
+	}
+	if int64(len(s.ring)) >= limit {
+		return
+	}
+	e.slot = len(s.ring)
+	s.ring = append(s.ring, e)
+	s.m[e.key] = e
+	c.entries.Add(1)
+}
+
+// evictOne removes one entry chosen by the CLOCK hand. The caller holds s.mu
+// and guarantees the ring is not empty.
+func (s *cacheShard) evictOne() {
+	n := len(s.ring)
+	for i := 0; i < 2*n; i++ {
+		if s.hand >= len(s.ring) {
+			s.hand = 0
+		}
+		e := s.ring[s.hand]
+		if e.ref.Load() {
+			e.ref.Store(false)
+			s.hand++
+			continue
+		}
+		break
+	}
+	if s.hand >= len(s.ring) {
+		s.hand = 0
+	}
+	victim := s.ring[s.hand]
+	last := len(s.ring) - 1
+	s.ring[s.hand] = s.ring[last]
+	s.ring[s.hand].slot = s.hand
+	s.ring[last] = nil
+	s.ring = s.ring[:last]
+	delete(s.m, victim.key)
+}
+
+// len returns the number of cached entries.
+func (c *cache) len() int { return int(c.entries.Load()) }
+
+// cacheTTL decides whether and how long msg may be cached (RFC 2308 for
+// negative answers). It returns 0 for "do not cache".
+func cacheTTL(msg *dns.Msg, maxTTL, servfailTTL time.Duration) time.Duration {
+	if msg.Truncated {
+		return 0
+	}
+	switch msg.Rcode {
+	case dns.RcodeServerFailure:
+		return servfailTTL
+	case dns.RcodeSuccess, dns.RcodeNameError:
+	default:
+		return 0
+	}
+	if msg.Rcode == dns.RcodeSuccess && len(msg.Answer) > 0 {
+		ttl := uint32(1<<31 - 1)
+		for _, sec := range [][]dns.RR{msg.Answer, msg.Ns, msg.Extra} {
+			for _, rr := range sec {
+				if rr.Header().Rrtype == dns.TypeOPT {
+					continue
+				}
+				ttl = min(ttl, rr.Header().Ttl)
+			}
+		}
+		return min(time.Duration(ttl)*time.Second, maxTTL)
+	}
+	// NXDOMAIN or NODATA: the SOA in the authority section bounds the TTL.
+	for _, rr := range msg.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			return min(time.Duration(min(soa.Hdr.Ttl, soa.Minttl))*time.Second, maxTTL)
+		}
+	}
+	return 0
+}
+
+// newCacheEntry packs msg for the cache: ID 0, lower-case question, no OPT,
+// every TTL capped to ttl (and the SOA of a negative answer to its minimum).
+func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, group string) (*cacheEntry, bool) {
+	m := msg.Copy()
+	m.Id = 0
+	m.Truncated = false
+	m.Question[0].Name = lowerASCII(m.Question[0].Name)
+	secs := uint32(ttl / time.Second)
+	strip := func(rrs []dns.RR) []dns.RR {
+		out := rrs[:0]
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == dns.TypeOPT {
+				continue
+			}
+			if rr.Header().Ttl > secs {
+				rr.Header().Ttl = secs
+			}
+			out = append(out, rr)
+		}
+		return out
+	}
+	m.Answer, m.Ns, m.Extra = strip(m.Answer), strip(m.Ns), strip(m.Extra)
+	wire, err := m.Pack()
+	if err != nil {
+		return nil, false
+	}
+	offs, ok := ttlOffsets(wire)
+	if !ok {
+		return nil, false
+	}
+	return &cacheEntry{
+		key:     key,
+		wire:    wire,
+		ttlOffs: offs,
+		stored:  now,
+		expires: now + int64(ttl),
+		group:   group,
+		rcode:   m.Rcode,
+	}, true
+}
+
+// writeHit renders e as the answer to the query in pkt into out (which must
+// have room for len(e.wire)+11 bytes): ID and question name as the client
+// sent them, RD/CD mirrored, TTLs counted down, our OPT when the client used
+// EDNS, TC when larger than the client accepts. It does not allocate.
+func writeHit(out []byte, e *cacheEntry, pkt []byte, q *query, now int64, ednsMax int, maxSize int) []byte {
+	out = append(out[:0], e.wire...)
+	binary.BigEndian.PutUint16(out[0:], q.id)
+	flags := binary.BigEndian.Uint16(out[2:])
+	flags = flags&^(flagRD|flagCD|flagTC) | q.flags&(flagRD|flagCD)
+	if !q.do && q.flags&flagAD == 0 {
+		flags &^= flagAD
+	}
+	binary.BigEndian.PutUint16(out[2:], flags)
+	copy(out[headerLen:headerLen+q.nameLen], pkt[headerLen:headerLen+q.nameLen])
+	elapsed := uint32(0)
+	if d := now - e.stored; d > 0 {
+		elapsed = uint32(d / int64(time.Second))
+	}
+	for _, off := range e.ttlOffs {
+		ttl := binary.BigEndian.Uint32(e.wire[off:])
+		if ttl > elapsed {
+			ttl -= elapsed
+		} else {
+			ttl = 0
+		}
+		binary.BigEndian.PutUint32(out[off:], ttl)
+	}
+	if q.edns {
+		out = appendOPT(out, ednsMax, q.do)
+		binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])+1)
+	}
+	if len(out) > maxSize {
+		out = truncateWire(out, q.questEnd, q.edns, ednsMax, q.do)
+	}
+	return out
+}
+
+// lowerASCII lowercases A-Z only (DNS case folding), allocating only when needed.
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if b[j] >= 'A' && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}

@@ -1,0 +1,225 @@
+package dnsproxy
+
+import (
+	"encoding/binary"
+)
+
+// Wire-format offsets and bits used by the fast path.
+const (
+	headerLen = 12
+
+	flagQR     = 0x8000
+	flagOpcode = 0x7800
+	flagAA     = 0x0400
+	flagTC     = 0x0200
+	flagRD     = 0x0100
+	flagAD     = 0x0020
+	flagCD     = 0x0010
+
+	ednsDO = 0x8000
+
+	typeOPT = 41
+
+	maxNameWire = 255
+	// keyMax is the longest cache key: a wire name, qtype, qclass, flags.
+	keyMax = maxNameWire + 5
+
+	keyFlagDO = 1
+	keyFlagCD = 2
+)
+
+// query is what the fast path learns from a request without unpacking it.
+type query struct {
+	id       uint16
+	flags    uint16
+	nameLen  int // wire length of the question name, including the root label
+	qtype    uint16
+	qclass   uint16
+	edns     bool
+	do       bool
+	udpSize  uint16
+	questEnd int // offset just past the question
+}
+
+// parseQuery reads the header, the single question and an optional trailing
+// OPT record from pkt, writing the case-folded cache key into key. It accepts
+// only the plain shape a stub resolver sends; everything else (and every
+// malformed packet) returns ok=false and takes the slow path.
+func parseQuery(pkt []byte, q *query, key *[keyMax]byte) (keyLen int, ok bool) {
+	if len(pkt) < headerLen+5 {
+		return 0, false
+	}
+	q.id = binary.BigEndian.Uint16(pkt[0:])
+	q.flags = binary.BigEndian.Uint16(pkt[2:])
+	if q.flags&(flagQR|flagOpcode|flagTC) != 0 {
+		return 0, false
+	}
+	if binary.BigEndian.Uint16(pkt[4:]) != 1 || binary.BigEndian.Uint16(pkt[6:]) != 0 ||
+		binary.BigEndian.Uint16(pkt[8:]) != 0 {
+		return 0, false
+	}
+	arcount := binary.BigEndian.Uint16(pkt[10:])
+	if arcount > 1 {
+		return 0, false
+	}
+	off := headerLen
+	n := 0
+	for {
+		if off >= len(pkt) {
+			return 0, false
+		}
+		l := int(pkt[off])
+		if l == 0 {
+			key[n] = 0
+			n++
+			off++
+			break
+		}
+		if l > 63 || off+1+l > len(pkt) || n+1+l+1 > maxNameWire {
+			return 0, false
+		}
+		key[n] = byte(l)
+		n++
+		off++
+		for _, c := range pkt[off : off+l] {
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			key[n] = c
+			n++
+		}
+		off += l
+	}
+	q.nameLen = n
+	if off+4 > len(pkt) {
+		return 0, false
+	}
+	q.qtype = binary.BigEndian.Uint16(pkt[off:])
+	q.qclass = binary.BigEndian.Uint16(pkt[off+2:])
+	off += 4
+	q.questEnd = off
+	q.edns, q.do, q.udpSize = false, false, 0
+	if arcount == 1 {
+		// OPT: root name, type 41, class = UDP size, TTL = ercode|version|flags, rdlen, rdata.
+		if off+11 > len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != typeOPT {
+			return 0, false
+		}
+		q.udpSize = binary.BigEndian.Uint16(pkt[off+3:])
+		if pkt[off+6] != 0 { // EDNS version other than 0: slow path answers BADVERS
+			return 0, false
+		}
+		q.do = binary.BigEndian.Uint16(pkt[off+7:])&ednsDO != 0
+		rdlen := int(binary.BigEndian.Uint16(pkt[off+9:]))
+		off += 11 + rdlen
+		q.edns = true
+	}
+	if off != len(pkt) {
+		return 0, false
+	}
+	key[n] = byte(q.qtype >> 8)
+	key[n+1] = byte(q.qtype)
+	key[n+2] = byte(q.qclass >> 8)
+	key[n+3] = byte(q.qclass)
+	var f byte
+	if q.do {
+		f |= keyFlagDO
+	}
+	if q.flags&flagCD != 0 {
+		f |= keyFlagCD
+	}
+	key[n+4] = f
+	return n + 5, true
+}
+
+// maxUDPSize is the largest answer the client accepts over UDP: 512 without
+// EDNS, else its advertised size clamped to [512, ourMax].
+func maxUDPSize(edns bool, size uint16, ourMax int) int {
+	if !edns {
+		return minEDNSBufferSize
+	}
+	return min(max(int(size), minEDNSBufferSize), ourMax)
+}
+
+// skipName returns the offset just past the (possibly compressed) name at off.
+func skipName(msg []byte, off int) (int, bool) {
+	for i := 0; i < 128; i++ {
+		if off >= len(msg) {
+			return 0, false
+		}
+		l := int(msg[off])
+		switch {
+		case l == 0:
+			return off + 1, true
+		case l&0xC0 == 0xC0:
+			if off+2 > len(msg) {
+				return 0, false
+			}
+			return off + 2, true
+		case l > 63:
+			return 0, false
+		}
+		off += 1 + l
+	}
+	return 0, false
+}
+
+// ttlOffsets returns the offsets of the TTL field of every record after the
+// question in msg (which must have exactly one question and no OPT record).
+func ttlOffsets(msg []byte) ([]uint16, bool) {
+	if len(msg) < headerLen || len(msg) > 0xFFFF {
+		return nil, false
+	}
+	if binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return nil, false
+	}
+	count := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) +
+		int(binary.BigEndian.Uint16(msg[10:]))
+	off, ok := skipName(msg, headerLen)
+	if !ok || off+4 > len(msg) {
+		return nil, false
+	}
+	off += 4
+	offs := make([]uint16, 0, count)
+	for range count {
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return nil, false
+		}
+		if binary.BigEndian.Uint16(msg[off:]) == typeOPT {
+			return nil, false
+		}
+		offs = append(offs, uint16(off+4))
+		rdlen := int(binary.BigEndian.Uint16(msg[off+8:]))
+		off += 10 + rdlen
+		if off > len(msg) {
+			return nil, false
+		}
+	}
+	if off != len(msg) {
+		return nil, false
+	}
+	return offs, true
+}
+
+// appendOPT appends a bare OPT record advertising size and the DO bit.
+func appendOPT(b []byte, size int, do bool) []byte {
+	var flags byte
+	if do {
+		flags = 0x80
+	}
+	return append(b, 0, 0, typeOPT, byte(size>>8), byte(size), 0, 0, flags, 0, 0, 0)
+}
+
+// truncateWire rewrites resp (header and question as the client sent them,
+// followed by records) into header+question+OPT with TC set.
+func truncateWire(resp []byte, questEnd int, edns bool, size int, do bool) []byte {
+	resp = resp[:questEnd]
+	resp[2] |= flagTC >> 8
+	binary.BigEndian.PutUint16(resp[6:], 0)
+	binary.BigEndian.PutUint16(resp[8:], 0)
+	binary.BigEndian.PutUint16(resp[10:], 0)
+	if edns {
+		resp = appendOPT(resp, size, do)
+		binary.BigEndian.PutUint16(resp[10:], 1)
+	}
+	return resp
+}

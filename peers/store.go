@@ -1,0 +1,539 @@
+package peers
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Store file names and defaults.
+const (
+	// StoreFile is the peer registry inside the state directory.
+	StoreFile = "peers.json"
+	// LockFile is flocked exclusively around every read-modify-write.
+	LockFile = "peers.lock"
+	// StoreFormat is the format version this package reads and writes.
+	StoreFormat = 1
+	// DefaultLockTimeout bounds how long a writer waits for another
+	// process holding the store lock.
+	DefaultLockTimeout = 30 * time.Second
+
+	tempPrefix = ".peers.json.tmp-"
+)
+
+// ErrDamaged is matched (errors.Is) by every error about a store file that
+// sluice cannot read safely; such a file is never overwritten.
+var ErrDamaged = errors.New("peer store damaged")
+
+// DamagedError describes what is wrong with the store file.
+type DamagedError struct {
+	Path   string
+	Reason string
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("peer store %s is damaged: %s; sluice will not modify it: repair the file by hand, restore it from a backup, or move it away to start with an empty registry (every device then needs a new config)", e.Path, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrDamaged) true.
+func (e *DamagedError) Unwrap() error { return ErrDamaged }
+
+// AddRequest asks for one new device. PublicKey is set when the user keeps
+// their private key; otherwise a key pair is generated.
+type AddRequest struct {
+	User, Device string
+	PublicKey    *wgtypes.Key
+}
+
+// Store is the peer registry on disk. It is safe for concurrent use by
+// goroutines and by processes: every change is one read-modify-write under
+// an exclusive flock on <dir>/peers.lock, written to a temporary file that
+// is fsynced and renamed over peers.json. Readers take no lock: the rename
+// makes every read see one whole version.
+type Store struct {
+	dir, path, lockPath string
+	now                 func() time.Time
+	lockTimeout         time.Duration
+	beforeRename        func() error // test hook: fail or observe a write midway
+}
+
+// Open opens the registry in dir, creating dir (0700) when missing. An
+// existing peers.json is read and checked now so that a damaged store is
+// reported at start.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("open peer store: state directory not set")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create peer state directory %q: %w", dir, err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open peer state directory %q: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("open peer state directory %q: not a directory", dir)
+	}
+	s := &Store{
+		dir:         dir,
+		path:        filepath.Join(dir, StoreFile),
+		lockPath:    filepath.Join(dir, LockFile),
+		now:         time.Now,
+		lockTimeout: DefaultLockTimeout,
+	}
+	if _, err := s.load(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Path is the store file, <dir>/peers.json.
+func (s *Store) Path() string { return s.path }
+
+// Add registers one device, allocating its addresses from pool. Keys are
+// generated unless req.PublicKey is set; a preshared key is always
+// generated. ErrExists when the user/device or public key is taken,
+// ErrPoolExhausted when no address is left.
+func (s *Store) Add(req AddRequest, pool Pool) (Peer, error) {
+	ps, err := s.AddMany([]AddRequest{req}, pool)
+	if err != nil {
+		return Peer{}, err
+	}
+	return ps[0], nil
+}
+
+// AddMany registers several devices in one locked read-modify-write: either
+// all are added or none is.
+func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
+	reqs = slices.Clone(reqs)
+	for i := range reqs {
+		if reqs[i].Device == "" {
+			reqs[i].Device = DefaultDevice
+		}
+		if err := ValidateName("user", reqs[i].User); err != nil {
+			return nil, fmt.Errorf("add peer: %w", err)
+		}
+		if err := ValidateName("device", reqs[i].Device); err != nil {
+			return nil, fmt.Errorf("add peer: %w", err)
+		}
+		if reqs[i].PublicKey != nil && *reqs[i].PublicKey == (wgtypes.Key{}) {
+			return nil, fmt.Errorf("add peer %s/%s: public key is all zeros", reqs[i].User, reqs[i].Device)
+		}
+	}
+	al, err := newAllocator(pool)
+	if err != nil {
+		return nil, fmt.Errorf("add peer: %w", err)
+	}
+	var added []Peer
+	err = s.update(func(list []Peer) ([]Peer, error) {
+		ids := make(map[string]struct{}, len(list)+len(reqs))
+		keys := make(map[wgtypes.Key]string, len(list)+len(reqs))
+		for _, p := range list {
+			if err := al.use(p); err != nil {
+				return nil, &DamagedError{Path: s.path, Reason: err.Error()}
+			}
+			ids[p.ID()] = struct{}{}
+			keys[p.PublicKey] = p.ID()
+		}
+		now := s.now().UTC().Truncate(time.Second)
+		added = make([]Peer, 0, len(reqs))
+		for _, r := range reqs {
+			p := Peer{User: r.User, Device: r.Device, Created: now}
+			if _, dup := ids[p.ID()]; dup {
+				return nil, fmt.Errorf("add peer %s: %w", p.ID(), ErrExists)
+			}
+			if r.PublicKey != nil {
+				p.PublicKey = *r.PublicKey
+			} else {
+				priv, err := wgtypes.GeneratePrivateKey()
+				if err != nil {
+					return nil, fmt.Errorf("generate private key for %s: %w", p.ID(), err)
+				}
+				p.PrivateKey, p.PublicKey = &priv, priv.PublicKey()
+			}
+			if other, dup := keys[p.PublicKey]; dup {
+				return nil, fmt.Errorf("add peer %s: public key already used by %s: %w", p.ID(), other, ErrExists)
+			}
+			psk, err := wgtypes.GenerateKey()
+			if err != nil {
+				return nil, fmt.Errorf("generate preshared key for %s: %w", p.ID(), err)
+			}
+			p.PresharedKey = &psk
+			if p.IPv4, p.IPv6, err = al.take(); err != nil {
+				return nil, fmt.Errorf("add peer %s: %w", p.ID(), err)
+			}
+			ids[p.ID()] = struct{}{}
+			keys[p.PublicKey] = p.ID()
+			added = append(added, p)
+		}
+		return append(list, added...), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return added, nil
+}
+
+// Remove deletes a device and returns what it was; ErrNotFound if absent.
+func (s *Store) Remove(user, device string) (Peer, error) {
+	if device == "" {
+		device = DefaultDevice
+	}
+	var removed Peer
+	err := s.update(func(list []Peer) ([]Peer, error) {
+		i := slices.IndexFunc(list, func(p Peer) bool { return p.User == user && p.Device == device })
+		if i < 0 {
+			return nil, fmt.Errorf("remove peer %s/%s: %w", user, device, ErrNotFound)
+		}
+		removed = list[i]
+		return slices.Delete(list, i, i+1), nil
+	})
+	return removed, err
+}
+
+// Get returns one device; ErrNotFound if absent.
+func (s *Store) Get(user, device string) (Peer, error) {
+	if device == "" {
+		device = DefaultDevice
+	}
+	list, err := s.load()
+	if err != nil {
+		return Peer{}, err
+	}
+	for _, p := range list {
+		if p.User == user && p.Device == device {
+			return p, nil
+		}
+	}
+	return Peer{}, fmt.Errorf("get peer %s/%s: %w", user, device, ErrNotFound)
+}
+
+// List returns every device, sorted by user then device.
+func (s *Store) List() ([]Peer, error) {
+	return s.load()
+}
+
+// Check verifies that every stored address lies in pool and is not
+// reserved, e.g. after the interface addresses were changed.
+func (s *Store) Check(pool Pool) error {
+	list, err := s.load()
+	if err != nil {
+		return err
+	}
+	al, err := newAllocator(pool)
+	if err != nil {
+		return fmt.Errorf("check peer store %s: %w", s.path, err)
+	}
+	for _, p := range list {
+		if err := al.use(p); err != nil {
+			return &DamagedError{Path: s.path, Reason: err.Error()}
+		}
+	}
+	return nil
+}
+
+// Version is a cheap change token: it differs whenever peers.json was
+// replaced (inode, modification time and size), and is "absent" before the
+// first peer is added. The daemon polls it to apply changes made by the CLI.
+func (s *Store) Version() (string, error) {
+	st, err := os.Stat(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "absent", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("stat peer store %q: %w", s.path, err)
+	}
+	var ino uint64
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	return fmt.Sprintf("%d-%d-%d", ino, st.ModTime().UnixNano(), st.Size()), nil
+}
+
+// update runs fn on the current list under the exclusive lock and writes
+// the result atomically. Nothing is written when fn or the read fails.
+func (s *Store) update(fn func([]Peer) ([]Peer, error)) error {
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s.removeStaleTemps()
+	list, err := s.load()
+	if err != nil {
+		return err
+	}
+	list, err = fn(list)
+	if err != nil {
+		return err
+	}
+	sortPeers(list)
+	data, err := encodeStore(list)
+	if err != nil {
+		return fmt.Errorf("encode peer store %q: %w", s.path, err)
+	}
+	return s.writeAtomic(data)
+}
+
+// lock takes the exclusive flock, polling so that the wait is bounded.
+func (s *Store) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(s.lockPath, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open peer store lock %q: %w", s.lockPath, err)
+	}
+	deadline := time.Now().Add(s.lockTimeout)
+	wait := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil // closing releases the flock
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock peer store %q: %w", s.lockPath, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock peer store %q: still held by another sluice process after %s", s.lockPath, s.lockTimeout)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// removeStaleTemps deletes temporary files left by a writer that died
+// before its rename; called with the lock held, so none is in progress.
+func (s *Store) removeStaleTemps() {
+	matches, _ := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
+	for _, m := range matches {
+		os.Remove(m)
+	}
+}
+
+// writeAtomic writes data to a temporary file in the store directory,
+// fsyncs it, renames it over peers.json and fsyncs the directory.
+func (s *Store) writeAtomic(data []byte) (err error) {
+	tmp, err := os.CreateTemp(s.dir, tempPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("write peer store %q: %w", s.path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("write peer store %q: %w", s.path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write peer store %q: %w", s.path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync peer store %q: %w", s.path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write peer store %q: %w", s.path, err)
+	}
+	if s.beforeRename != nil {
+		if err := s.beforeRename(); err != nil {
+			return fmt.Errorf("write peer store %q: %w", s.path, err)
+		}
+	}
+	if err := os.Rename(tmp.Name(), s.path); err != nil {
+		return fmt.Errorf("replace peer store %q: %w", s.path, err)
+	}
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("sync peer state directory %q: %w", s.dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync peer state directory %q: %w", s.dir, err)
+	}
+	return nil
+}
+
+// load reads and checks the store; a missing file is an empty registry.
+func (s *Store) load() ([]Peer, error) {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read peer store %q: %w", s.path, err)
+	}
+	list, reason := decodeStore(data)
+	if reason != "" {
+		return nil, &DamagedError{Path: s.path, Reason: reason}
+	}
+	return list, nil
+}
+
+// storeFile is the JSON layout of peers.json.
+type storeFile struct {
+	Version int          `json:"version"`
+	Peers   []peerRecord `json:"peers"`
+}
+
+type peerRecord struct {
+	User         string    `json:"user"`
+	Device       string    `json:"device"`
+	PublicKey    string    `json:"public_key"`
+	PrivateKey   string    `json:"private_key,omitempty"`
+	PresharedKey string    `json:"preshared_key,omitempty"`
+	IPv4         string    `json:"ipv4,omitempty"`
+	IPv6         string    `json:"ipv6,omitempty"`
+	Created      time.Time `json:"created"`
+}
+
+func sortPeers(list []Peer) {
+	slices.SortFunc(list, func(a, b Peer) int {
+		if c := strings.Compare(a.User, b.User); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Device, b.Device)
+	})
+}
+
+func encodeStore(list []Peer) ([]byte, error) {
+	f := storeFile{Version: StoreFormat, Peers: make([]peerRecord, len(list))}
+	for i, p := range list {
+		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created}
+		if p.PrivateKey != nil {
+			r.PrivateKey = p.PrivateKey.String()
+		}
+		if p.PresharedKey != nil {
+			r.PresharedKey = p.PresharedKey.String()
+		}
+		if p.IPv4.IsValid() {
+			r.IPv4 = p.IPv4.String()
+		}
+		if p.IPv6.IsValid() {
+			r.IPv6 = p.IPv6.String()
+		}
+		f.Peers[i] = r
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(data, '\n'), nil
+}
+
+// decodeStore parses and checks peers.json; reason is non-empty when the
+// file is damaged.
+func decodeStore(data []byte) (list []Peer, reason string) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, "the file is empty"
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f storeFile
+	if err := dec.Decode(&f); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			line := bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n")) + 1
+			return nil, fmt.Sprintf("invalid JSON at line %d: %v", line, err)
+		}
+		return nil, fmt.Sprintf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, "unexpected data after the JSON document"
+	}
+	switch {
+	case f.Version == 0:
+		return nil, `no "version" field`
+	case f.Version > StoreFormat:
+		return nil, fmt.Sprintf("format version %d was written by a newer sluice (this one reads version %d)", f.Version, StoreFormat)
+	case f.Version < 0:
+		return nil, fmt.Sprintf("invalid format version %d", f.Version)
+	}
+	ids := make(map[string]int, len(f.Peers))
+	pubs := make(map[wgtypes.Key]int, len(f.Peers))
+	addrs := make(map[netip.Addr]int, 2*len(f.Peers))
+	list = make([]Peer, 0, len(f.Peers))
+	for i, r := range f.Peers {
+		p, err := r.peer()
+		if err != nil {
+			return nil, fmt.Sprintf("peer #%d (%s/%s): %v", i+1, r.User, r.Device, err)
+		}
+		if j, dup := ids[p.ID()]; dup {
+			return nil, fmt.Sprintf("peer %s appears twice (#%d and #%d)", p.ID(), j+1, i+1)
+		}
+		ids[p.ID()] = i
+		if j, dup := pubs[p.PublicKey]; dup {
+			return nil, fmt.Sprintf("peers #%d and #%d (%s) have the same public key", j+1, i+1, p.ID())
+		}
+		pubs[p.PublicKey] = i
+		for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+			if !a.IsValid() {
+				continue
+			}
+			if j, dup := addrs[a]; dup {
+				return nil, fmt.Sprintf("peers #%d and #%d (%s) have the same address %s", j+1, i+1, p.ID(), a)
+			}
+			addrs[a] = i
+		}
+		list = append(list, p)
+	}
+	sortPeers(list)
+	return list, ""
+}
+
+func (r peerRecord) peer() (Peer, error) {
+	p := Peer{User: r.User, Device: r.Device, Created: r.Created}
+	if err := ValidateName("user", r.User); err != nil {
+		return p, err
+	}
+	if err := ValidateName("device", r.Device); err != nil {
+		return p, err
+	}
+	var err error
+	if p.PublicKey, err = wgtypes.ParseKey(r.PublicKey); err != nil {
+		return p, fmt.Errorf("public_key: %w", err)
+	}
+	if r.PrivateKey != "" {
+		k, err := wgtypes.ParseKey(r.PrivateKey)
+		if err != nil {
+			return p, fmt.Errorf("private_key: invalid key")
+		}
+		if k.PublicKey() != p.PublicKey {
+			return p, fmt.Errorf("private_key does not belong to public_key %s", p.PublicKey)
+		}
+		p.PrivateKey = &k
+	}
+	if r.PresharedKey != "" {
+		k, err := wgtypes.ParseKey(r.PresharedKey)
+		if err != nil {
+			return p, fmt.Errorf("preshared_key: invalid key")
+		}
+		p.PresharedKey = &k
+	}
+	if r.IPv4 != "" {
+		if p.IPv4, err = netip.ParseAddr(r.IPv4); err != nil || !p.IPv4.Is4() {
+			return p, fmt.Errorf("ipv4 %q is not an IPv4 address", r.IPv4)
+		}
+	}
+	if r.IPv6 != "" {
+		if p.IPv6, err = netip.ParseAddr(r.IPv6); err != nil || !p.IPv6.Is6() || p.IPv6.Is4In6() || p.IPv6.Zone() != "" {
+			return p, fmt.Errorf("ipv6 %q is not an IPv6 address", r.IPv6)
+		}
+	}
+	if !p.IPv4.IsValid() && !p.IPv6.IsValid() {
+		return p, fmt.Errorf("no address")
+	}
+	return p, nil
+}
