@@ -47,7 +47,7 @@ vet:
 test: deps vet
 	@set -o pipefail; \
 	if [ "$$(id -u)" = 0 ]; then export SLUICE_REQUIRE_PRIVILEGED=1; fi; \
-	$(GO) test -race -count=1 -timeout 18m -v ./... 2>&1 | tee .test.log | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic)' | grep -v '^=== RUN' ; \
+	$(GO) test -race -count=1 -timeout 18m -v ./... 2>&1 | tee .test.log | grep -E '^(\s*--- (FAIL|SKIP)|FAIL|ok|panic)' ; \
 	status=$${PIPESTATUS[0]}; \
 	passed=$$(grep -cE '^\s*--- PASS' .test.log); failed=$$(grep -cE '^\s*--- FAIL' .test.log); skipped=$$(grep -cE '^\s*--- SKIP' .test.log); \
 	echo "$$passed passed, $$failed failed, $$skipped skipped"; \

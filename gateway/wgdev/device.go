@@ -26,7 +26,9 @@ type Device struct {
 	name    string
 	backend Backend
 	pub     wgtypes.Key
-	log     *slog.Logger
+	// listenPort is the UDP port in use (chosen by the kernel when 0 was asked).
+	listenPort int
+	log        *slog.Logger
 
 	mu       sync.Mutex // serializes peer changes; protects closed and the fields below
 	closed   bool
@@ -42,6 +44,9 @@ func (d *Device) Backend() Backend { return d.backend }
 
 // PublicKey returns the interface's public key.
 func (d *Device) PublicKey() wgtypes.Key { return d.pub }
+
+// ListenPort returns the UDP port the device listens on.
+func (d *Device) ListenPort() int { return d.listenPort }
 
 // SyncPeers makes the device's peer set equal to peers. It reads the current
 // peers, computes the difference and applies it in one ConfigureDevice:

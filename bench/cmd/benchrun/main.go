@@ -1,0 +1,239 @@
+// Command benchrun is the body of `make bench` (bench/run.sh builds it and
+// the programs it drives, then runs it). It owns the benchmark method: it
+// starts every contender itself (on loopback or in its own network
+// namespaces), alternates them round by round, and prints one table of
+// medians with min–max, ratios taken inside each round. The table is also
+// written to bench/results/<date>-<host>.md.
+//
+// Sections: DNS cache hits (dnsperf, sluice vs dnsdist vs unbound), DNS cache
+// misses (dnslat, latency sluice adds over its upstream), tunnel throughput
+// (iperf3 through sluice vs standalone wireguard-go), and scale (peers and
+// firewall apply times).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Pinning: the machine this runs on in CI has two cores. Every server under
+// test gets the same single core (serverCPU) and every load generator the
+// other one (clientCPU), so a contender can never borrow the load
+// generator's core and the load generator never competes with the server.
+const (
+	serverCPU = "0"
+	clientCPU = "1"
+)
+
+// mode holds the sizes of one kind of run (full or --quick).
+type mode struct {
+	name        string
+	rounds      int
+	dnsperfTime time.Duration // per contender per round
+	latQueries  int           // dnslat measured queries per target per round
+	iperfTime   time.Duration // per variant per round
+	tunRounds   int
+	scalePeers  int
+	scaleDoH    int
+}
+
+var (
+	fullMode = mode{
+		name: "full", rounds: 5, dnsperfTime: 10 * time.Second, latQueries: 20000,
+		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
+	}
+	quickMode = mode{
+		name: "quick", rounds: 3, dnsperfTime: 3 * time.Second, latQueries: 5000,
+		iperfTime: 3 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
+	}
+)
+
+// bench is one harness run.
+type bench struct {
+	log   *slog.Logger
+	r     *runner
+	mode  mode
+	bin   string // directory with the built programs
+	work  string // scratch directory
+	runID string // prefix of namespace and interface names
+	cpus  struct{ server, client string }
+	notes []string // shown under the table
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchrun:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		quick    = flag.Bool("quick", false, "short run (< 2 minutes)")
+		bin      = flag.String("bin", "", "directory with dnslat, wireguard-go-same and, when built, sluice and dnsproxy-bench")
+		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
+		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
+		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
+		sections = flag.String("sections", "dns,tunnel,scale", "comma-separated sections to run")
+		verbose  = flag.Bool("v", false, "debug logging")
+	)
+	flag.Parse()
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *bin == "" {
+		return errors.New("-bin is required")
+	}
+	if *work == "" {
+		d, err := os.MkdirTemp("", "sluice-bench-")
+		if err != nil {
+			return fmt.Errorf("create work dir: %w", err)
+		}
+		*work = d
+	}
+	if *runID == "" {
+		*runID = fmt.Sprintf("sb%04x", os.Getpid()&0xffff)
+	}
+	if len(*runID) > 8 {
+		return fmt.Errorf("run id %q longer than 8 bytes (interface names are limited to 15)", *runID)
+	}
+	r, err := newRunner(log, filepath.Join(*work, "logs"))
+	if err != nil {
+		return err
+	}
+	b := &bench{log: log, r: r, mode: fullMode, bin: *bin, work: *work, runID: *runID}
+	if *quick {
+		b.mode = quickMode
+	}
+	b.cpus.server, b.cpus.client = serverCPU, clientCPU
+	if runtime.NumCPU() < 2 {
+		b.cpus.client = serverCPU
+		b.notes = append(b.notes, "only one CPU: servers and load generators share it")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	defer func() {
+		if err := r.stopAll(); err != nil {
+			log.Error("cleanup", "err", err)
+		}
+	}()
+
+	start := time.Now()
+	var rows []row
+	want := map[string]bool{}
+	for _, s := range strings.Split(*sections, ",") {
+		want[strings.TrimSpace(s)] = true
+	}
+	if want["dns"] {
+		rows = append(rows, b.dnsSection(ctx)...)
+	}
+	if want["tunnel"] && ctx.Err() == nil {
+		rows = append(rows, b.tunnelSection(ctx)...)
+	}
+	if want["scale"] && ctx.Err() == nil {
+		rows = append(rows, b.scaleSection(ctx)...)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	report := b.report(rows, time.Since(start))
+	fmt.Print(report)
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return fmt.Errorf("create results dir: %w", err)
+		}
+		host, _ := os.Hostname()
+		name := filepath.Join(*out, fmt.Sprintf("%s-%s.md", time.Now().Format("2006-01-02"), sanitize(host)))
+		if err := os.WriteFile(name, []byte(report), 0o644); err != nil {
+			return fmt.Errorf("write results %q: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "benchrun: wrote %s\n", name)
+	}
+	return nil
+}
+
+func sanitize(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == '.' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// report renders the header, the one table and the notes.
+func (b *bench) report(rows []row, took time.Duration) string {
+	var s strings.Builder
+	host, _ := os.Hostname()
+	fmt.Fprintf(&s, "## sluice bench — %s, %s (%s run, %s)\n\n", time.Now().Format("2006-01-02 15:04 MST"), host, b.mode.name, took.Round(time.Second))
+	fmt.Fprintf(&s, "- CPU: %s, %d cores; kernel %s; %s\n", cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
+	fmt.Fprintf(&s, "- pinning: servers on CPU %s, load generators on CPU %s; tunnel: gateway side on CPU %s, client side on CPU %s\n",
+		b.cpus.server, b.cpus.client, b.cpus.server, b.cpus.client)
+	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (tunnel); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.tunRounds)
+	s.WriteString(table(rows))
+	if len(b.notes) > 0 {
+		s.WriteString("\n")
+		for _, n := range b.notes {
+			fmt.Fprintf(&s, "- %s\n", n)
+		}
+	}
+	return s.String()
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "unknown"
+	}
+	var b strings.Builder
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	return b.String()
+}
+
+// have reports whether the harness has a built program.
+func (b *bench) have(name string) bool {
+	st, err := os.Stat(filepath.Join(b.bin, name))
+	return err == nil && st.Mode().IsRegular()
+}
+
+// why returns the reason a program was not built (run.sh writes NAME.err).
+func (b *bench) why(name string) string {
+	if e, err := os.ReadFile(filepath.Join(b.bin, name+".err")); err == nil {
+		return name + " not built: " + lastLine(string(e))
+	}
+	return name + " not built"
+}

@@ -1,0 +1,218 @@
+package gateway
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const goodConfig = `interface:
+  name: wgt0
+  backend: userspace
+  listen_port: 51820
+  private_key_file: /tmp/sluice-test/wgt0.key
+  addresses: [10.20.0.1/24, fd20::1/64]
+  mtu: 1420
+  endpoint: vpn.example.com:51820
+dns:
+  mode: split
+  listen: [10.20.0.53, fd20::53]
+  search_domains: [corp.example]
+  zones:
+    - name: corp.example
+      upstreams: [10.30.0.53, 10.30.0.54]
+  default:
+    upstreams: ["tls://9.9.9.9#dns.quad9.net", 1.1.1.1]
+  edns_buffer_size: 1232
+enforce:
+  off_policy_dns: redirect
+  dot: reject
+peers:
+  state_dir: /tmp/sluice-test
+  routes: [10.30.0.0/16]
+admin:
+  listen: 127.0.0.1:9153
+`
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse("good.yaml", []byte(goodConfig))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if c.Interface.Name != "wgt0" || c.Interface.MTU != 1420 || c.Interface.ListenPort != 51820 {
+		t.Errorf("interface = %+v", c.Interface)
+	}
+	wantRes := []netip.Addr{netip.MustParseAddr("10.20.0.53"), netip.MustParseAddr("fd20::53")}
+	if got := c.Resolvers(); len(got) != 2 || got[0] != wantRes[0] || got[1] != wantRes[1] {
+		t.Errorf("resolvers = %v, want %v", got, wantRes)
+	}
+	if len(c.DNS.Zones) != 1 || c.DNS.Zones[0].Name != "corp.example" || len(c.DNS.Zones[0].Upstreams) != 2 {
+		t.Errorf("zones = %+v", c.DNS.Zones)
+	}
+	if c.Enforce.OffPolicyDNS != "redirect" || c.Enforce.DoT != "reject" || c.Enforce.DoH != "reject" {
+		t.Errorf("enforce = %+v", c.Enforce)
+	}
+	if c.FullTunnel() {
+		t.Error("split config reported full tunnel")
+	}
+	pool := c.Pool()
+	if pool.V4 != netip.MustParsePrefix("10.20.0.0/24") || pool.V6 != netip.MustParsePrefix("fd20::/64") {
+		t.Errorf("pool = %+v", pool)
+	}
+	if got := c.ControlSocket(); got != "/run/sluice/wgt0.sock" {
+		t.Errorf("control socket = %q", got)
+	}
+}
+
+func TestParseFullModeDefaultsToReject(t *testing.T) {
+	cfg := strings.Replace(goodConfig, "mode: split", "mode: full", 1)
+	cfg = strings.Replace(cfg, `upstreams: ["tls://9.9.9.9#dns.quad9.net", 1.1.1.1]`, `upstreams: [10.30.0.55]`, 1)
+	cfg = strings.Replace(cfg, "  off_policy_dns: redirect\n", "", 1)
+	c, err := Parse("full.yaml", []byte(cfg))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if c.Enforce.OffPolicyDNS != "reject" {
+		t.Errorf("full mode off_policy_dns = %q, want reject", c.Enforce.OffPolicyDNS)
+	}
+}
+
+// TestParseBad checks that each bad value gives an error naming the file,
+// the line, the key and what to do.
+func TestParseBad(t *testing.T) {
+	tests := []struct {
+		name       string
+		old, new   string
+		line       int
+		key, inMsg string
+	}{
+		{"unknown key", "  mtu: 1420\n", "  mtu: 1420\n  mtux: 3\n", 8, "", `unknown key "mtux"`},
+		{"unknown section", "admin:\n", "bogus: 1\nadmin:\n", 25, "", `unknown key "bogus"`},
+		{"bad cidr", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/33, fd20::1/64]", 6, "interface.addresses[0]", "not an address with prefix length"},
+		{"network address", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.0/24, fd20::1/64]", 6, "interface.addresses[0]", "network address"},
+		{"no ipv6", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/24]", 6, "interface.addresses", "one IPv4 and one IPv6"},
+		{"resolver outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.99.0.53, fd20::53]", 11, "dns.listen[0]", "outside the interface prefixes"},
+		{"resolver v6 outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.20.0.53, fd99::53]", 11, "dns.listen[1]", "outside the interface prefixes"},
+		{"pool too small", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/30, fd20::1/64]", 6, "interface.addresses", ""},
+		{"bad upstream", "upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'udp://nope']", 15, "dns.zones[0].upstreams[1]", ""},
+		{"bad mode", "mode: split", "mode: half", 10, "dns.mode", "unknown mode"},
+		{"bad backend", "backend: userspace", "backend: ebpf", 3, "interface.backend", "unknown backend"},
+		{"bad route", "routes: [10.30.0.0/16]", "routes: [10.30.0.0/99]", 24, "peers.routes[0]", "not a CIDR"},
+		{"route host bits", "routes: [10.30.0.0/16]", "routes: [10.30.0.1/16]", 24, "peers.routes[0]", "host bits"},
+		{"bad endpoint", "endpoint: vpn.example.com:51820", "endpoint: vpn.example.com", 8, "interface.endpoint", "not host:port"},
+		{"bad action", "off_policy_dns: redirect", "off_policy_dns: drop", 20, "enforce.off_policy_dns", "unknown action"},
+		{"wrong type", "mtu: 1420", "mtu: big", 7, "", "cannot unmarshal"},
+		{"bad duration", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: soon", 19, "dns.upstream_timeout", "not a duration"},
+		{"timeout too long", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: 5s", 19, "dns.upstream_timeout", "under 2s"},
+		{"duplicate zone", "  default:\n", "    - name: Corp.Example.\n      upstreams: [10.30.0.53]\n  default:\n", 16, "dns.zones[1].name", "listed twice"},
+		{"public upstream in full mode", "mode: split", "mode: full", 17, "dns.default.upstreams[0]", "not internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(goodConfig, tt.old) {
+				t.Fatalf("test setup: %q not in config", tt.old)
+			}
+			data := strings.Replace(goodConfig, tt.old, tt.new, 1)
+			_, err := Parse("bad.yaml", []byte(data))
+			if err == nil {
+				t.Fatal("Parse succeeded, want error")
+			}
+			var ces ConfigErrors
+			if !errors.As(err, &ces) || len(ces) == 0 {
+				t.Fatalf("error %v (%T) is not ConfigErrors", err, err)
+			}
+			var found *ConfigError
+			for _, ce := range ces {
+				if (tt.key == "" || ce.Key == tt.key) && strings.Contains(ce.Msg, tt.inMsg) {
+					found = ce
+				}
+			}
+			if found == nil {
+				t.Fatalf("no error with key %q and message containing %q in:\n%v", tt.key, tt.inMsg, err)
+			}
+			if found.File != "bad.yaml" || found.Line != tt.line {
+				t.Errorf("position = %s:%d, want bad.yaml:%d (%v)", found.File, found.Line, tt.line, found)
+			}
+			if tt.key != "" && found.Fix == "" {
+				t.Errorf("error %v says nothing about what to do", found)
+			}
+			if !strings.HasPrefix(found.Error(), "bad.yaml:") {
+				t.Errorf("Error() = %q, want it to start with the file name", found.Error())
+			}
+		})
+	}
+}
+
+func TestEndpointErrorNamesKey(t *testing.T) {
+	data := strings.Replace(goodConfig, "  endpoint: vpn.example.com:51820\n", "", 1)
+	c, err := Parse("noep.yaml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.EndpointError()
+	// The key is absent: the error points at its section.
+	if !strings.Contains(err.Error(), "noep.yaml:1: interface.endpoint") || !strings.Contains(err.Error(), "set interface.endpoint") {
+		t.Errorf("EndpointError = %q", err)
+	}
+}
+
+func TestDefaultConfig(t *testing.T) {
+	dir := t.TempDir()
+	rc := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(rc, []byte("# test\nsearch example\nnameserver 192.0.2.53\nnameserver 2001:db8::53\noptions edns0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ups, err := hostResolvers(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ups, ",") != "192.0.2.53,2001:db8::53" {
+		t.Errorf("host resolvers = %v", ups)
+	}
+	if _, err := hostResolvers(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing resolv.conf gave no error")
+	}
+	if os.Getenv("SLUICE_SKIP_HOST_RESOLV") == "" {
+		if _, err := os.Stat(defaultResolvConf); err == nil {
+			c, err := Default()
+			if err != nil {
+				t.Fatalf("Default: %v", err)
+			}
+			if c.Interface.Backend != "userspace" || c.Mode != ModeSplit || len(c.DNS.Default.Upstreams) == 0 {
+				t.Errorf("defaults = %+v", c)
+			}
+		}
+	}
+}
+
+func TestLoadOrCreateKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "wg.key")
+	k1, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode = %04o, want 0600", fi.Mode().Perm())
+	}
+	k2, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1 != k2 {
+		t.Error("second load returned a different key")
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("world-readable key: err = %v, want refusal", err)
+	}
+}
