@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -19,6 +20,15 @@ var (
 
 // buildTimeout bounds `go build ./cmd/sluice`.
 const buildTimeout = 5 * time.Minute
+
+// init wires the main goroutine to the main thread for the whole run, so
+// that netnstest.NS.Do can never switch the main thread into a namespace:
+// Go cannot end a locked main thread, it would stay in the namespace and
+// `ip netns pids` at the namespace's cleanup would list (and kill) this
+// test binary.
+func init() {
+	runtime.LockOSThread()
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))

@@ -103,7 +103,10 @@ func startInternetServers(t *testing.T, ns *netnstest.NS) {
 	for key, ln := range tcp {
 		switch key[:3] {
 		case "dot":
-			srv := &dns.Server{Listener: tls.NewListener(ln, tlsConf), Net: "tcp-tls", Handler: dns.HandlerFunc(dotHandler)}
+			// Each server gets its own tls.Config: net/http adds its ALPN
+			// protocols to the one it is given, which a DoT client (ALPN
+			// "dot") would then fail to negotiate.
+			srv := &dns.Server{Listener: tls.NewListener(ln, tlsConf.Clone()), Net: "tcp-tls", Handler: dns.HandlerFunc(dotHandler)}
 			wg.Add(1)
 			go func() { defer wg.Done(); _ = srv.ActivateAndServe() }() // returns when shut down
 			stops = append(stops, func() { _ = srv.Shutdown() })
@@ -114,7 +117,7 @@ func startInternetServers(t *testing.T, ns *netnstest.NS) {
 				body = dohBody
 			}
 			mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) })
-			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsConf}
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsConf.Clone()}
 			tlsOn := key[:5] == "https"
 			wg.Add(1)
 			go func() {

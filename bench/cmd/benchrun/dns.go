@@ -1,0 +1,425 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Loopback ports of the DNS contenders. The upstream port is the one the
+// issue names; the others only need to be distinct and free.
+const (
+	upstreamPort = 5300
+	sluicePort   = 5401
+	dnsdistPort  = 5402
+	unboundPort  = 5403
+
+	// hitNames is the size of the cache-hit query set.
+	hitNames = 1000
+	// dnsperf load: sockets, threads and queries kept in flight.
+	dnsperfClients     = 4
+	dnsperfThreads     = 1
+	dnsperfOutstanding = 200
+	// readyTimeout bounds the wait for a server to answer its first query.
+	readyTimeout = 10 * time.Second
+	// answerA is what the upstream answers for every name under bench.
+	answerA = "192.0.2.1"
+)
+
+// dnsServer is one contender in the DNS sections.
+type dnsServer struct {
+	name string // table label
+	port int
+	p    *proc
+	na   string // why it is not running
+}
+
+const upstreamConf = `server:
+  interface: 127.0.0.1@{{PORT}}
+  port: {{PORT}}
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{{DIR}}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  num-threads: 1
+  do-ip6: no
+  so-reuseport: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  # answer everything locally: never recurse to the internet
+  local-zone: "." static
+  local-zone: "bench." redirect
+  local-data: "bench. 3600 IN A 192.0.2.1"
+  local-data: "bench. 3600 IN AAAA 2001:db8::1"
+remote-control:
+  control-enable: no
+`
+
+const unboundCacheConf = `server:
+  interface: 127.0.0.1@{{PORT}}
+  port: {{PORT}}
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{{DIR}}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  num-threads: 1
+  do-ip6: no
+  so-reuseport: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  do-not-query-localhost: no
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{{UPSTREAM}}
+remote-control:
+  control-enable: no
+`
+
+const dnsdistConf = `setLocal('127.0.0.1:{{PORT}}')
+newServer({address='127.0.0.1:{{UPSTREAM}}', checkName='bench.'})
+pc = newPacketCache(100000)
+getPool(''):setCache(pc)
+setSecurityPollSuffix('')
+`
+
+func render(tmpl string, port int, dir string) string {
+	return strings.NewReplacer("{{PORT}}", strconv.Itoa(port), "{{UPSTREAM}}", strconv.Itoa(upstreamPort), "{{DIR}}", dir).Replace(tmpl)
+}
+
+// dnsSection measures cache hits and misses. Every server runs on loopback
+// pinned to the server CPU; dnsperf and dnslat run on the client CPU.
+func (b *bench) dnsSection(ctx context.Context) []row {
+	m := b.mode
+	dir := filepath.Join(b.work, "dns")
+	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort}}
+	hitQPS := map[string]*series{}
+	hitCPU := map[string]*series{}
+	hitP50 := map[string]*series{}
+	hitP99 := map[string]*series{}
+	missAdd50 := map[string]*series{}
+	missAdd99 := map[string]*series{}
+	for _, s := range servers {
+		hitQPS[s.name], hitCPU[s.name], hitP50[s.name], hitP99[s.name] = &series{}, &series{}, &series{}, &series{}
+		missAdd50[s.name], missAdd99[s.name] = &series{}, &series{}
+	}
+	direct50, direct99 := &series{}, &series{}
+	ratioDD, ratioUB := &series{}, &series{}
+	rows := func() []row {
+		R := m.rounds
+		var out []row
+		for _, s := range servers {
+			out = append(out, row{figure: "DNS hits QPS — " + s.name, s: hitQPS[s.name], rounds: R})
+		}
+		out = append(out,
+			row{figure: "DNS hits QPS ratio sluice / dnsdist", unit: "×", s: ratioDD, rounds: R, goal: atLeast(1.0, "×")},
+			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R})
+		for _, s := range servers {
+			out = append(out, row{figure: "DNS hits server CPU under dnsperf — " + s.name, unit: " %", s: hitCPU[s.name], rounds: R})
+		}
+		for _, s := range servers {
+			out = append(out,
+				row{figure: "DNS hit latency p50 — " + s.name, unit: " µs", s: hitP50[s.name], rounds: R},
+				row{figure: "DNS hit latency p99 — " + s.name, unit: " µs", s: hitP99[s.name], rounds: R})
+		}
+		out = append(out,
+			row{figure: "DNS miss latency p50 — upstream direct", unit: " µs", s: direct50, rounds: R},
+			row{figure: "DNS miss latency p99 — upstream direct", unit: " µs", s: direct99, rounds: R})
+		for _, s := range servers {
+			var g50 *target
+			if s.name == "sluice" {
+				g50 = atMost(50, " µs")
+			}
+			out = append(out,
+				row{figure: "DNS miss added p50 — " + s.name, unit: " µs", s: missAdd50[s.name], rounds: R, goal: g50},
+				row{figure: "DNS miss added p99 — " + s.name, unit: " µs", s: missAdd99[s.name], rounds: R})
+		}
+		return out
+	}
+	failAll := func(reason string) []row {
+		out := rows()
+		for _, r := range out {
+			r.s.fail(reason)
+		}
+		return out
+	}
+
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return failAll(err.Error())
+	}
+	for _, p := range []int{upstreamPort, sluicePort, dnsdistPort, unboundPort} {
+		if err := portFree(p); err != nil {
+			return failAll(err.Error())
+		}
+	}
+	up, err := b.startUnbound(ctx, dir, "upstream", upstreamConf, upstreamPort)
+	if err != nil {
+		return failAll("upstream: " + err.Error())
+	}
+	defer b.r.stop(up)
+
+	// contenders
+	for _, s := range servers {
+		var err error
+		switch s.name {
+		case "sluice":
+			if !b.have("dnsproxy-bench") {
+				s.na = b.why("dnsproxy-bench")
+				continue
+			}
+			s.p, err = b.r.start("dnsproxy-bench", "", b.cpus.server, nil, filepath.Join(b.bin, "dnsproxy-bench"),
+				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort))
+			if err == nil {
+				err = b.waitDNS(ctx, s.port, s.p)
+			}
+		case "dnsdist":
+			conf := filepath.Join(dir, "dnsdist.conf")
+			if err = os.WriteFile(conf, []byte(render(dnsdistConf, s.port, dir)), 0o644); err == nil {
+				s.p, err = b.r.start("dnsdist", "", b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
+			}
+			if err == nil {
+				err = b.waitDNS(ctx, s.port, s.p)
+			}
+		case "unbound":
+			s.p, err = b.startUnbound(ctx, dir, "unbound-cache", unboundCacheConf, s.port)
+		}
+		if err != nil {
+			s.na = err.Error()
+			b.r.stop(s.p)
+			s.p = nil
+		}
+	}
+	for _, s := range servers {
+		if s.p != nil {
+			defer b.r.stop(s.p)
+			continue
+		}
+		for _, m := range []map[string]*series{hitQPS, hitCPU, hitP50, hitP99, missAdd50, missAdd99} {
+			m[s.name].fail(s.na)
+		}
+		if s.name == "sluice" {
+			ratioDD.fail(s.na)
+			ratioUB.fail(s.na)
+		}
+	}
+
+	hits := filepath.Join(dir, "hits.txt")
+	var q strings.Builder
+	for i := range hitNames {
+		fmt.Fprintf(&q, "q%d.bench A\n", i)
+	}
+	if err := os.WriteFile(hits, []byte(q.String()), 0o644); err != nil {
+		return failAll(err.Error())
+	}
+
+	for round := range m.rounds {
+		if ctx.Err() != nil {
+			break
+		}
+		b.log.Info("dns round", "round", round+1, "of", m.rounds)
+		qps := map[string]float64{}
+		// dnsperf, one contender after the other, order rotated each round
+		for k := range servers {
+			s := servers[(round+k)%len(servers)]
+			if s.p == nil {
+				continue
+			}
+			if s.p.Exited() {
+				s.na = "exited: " + b.r.logTail(s.p.name, 2)
+				hitQPS[s.name].fail(s.na)
+				continue
+			}
+			res, cpu, err := b.dnsperf(ctx, s, hits)
+			if err != nil {
+				hitQPS[s.name].fail(err.Error())
+				continue
+			}
+			qps[s.name] = res.QPS
+			hitQPS[s.name].add(res.QPS)
+			hitCPU[s.name].add(cpu)
+		}
+		if qps["sluice"] > 0 && qps["dnsdist"] > 0 {
+			ratioDD.add(qps["sluice"] / qps["dnsdist"])
+		}
+		if qps["sluice"] > 0 && qps["unbound"] > 0 {
+			ratioUB.add(qps["sluice"] / qps["unbound"])
+		}
+
+		// latency of hits: one query at a time over the (now cached) set
+		var targets []string
+		for _, s := range servers {
+			if s.p != nil && !s.p.Exited() {
+				targets = append(targets, fmt.Sprintf("%s=127.0.0.1:%d", s.name, s.port))
+			}
+		}
+		if len(targets) == 0 {
+			continue
+		}
+		res, err := b.dnslat(ctx, "set", m.latQueries, targets)
+		for _, s := range servers {
+			r, ok := res[s.name]
+			switch {
+			case s.p == nil:
+			case err != nil:
+				hitP50[s.name].fail(err.Error())
+				hitP99[s.name].fail(err.Error())
+			case !ok || r.Count == 0:
+				hitP50[s.name].fail("no answers")
+				hitP99[s.name].fail("no answers")
+			default:
+				hitP50[s.name].add(r.P50us)
+				hitP99[s.name].add(r.P99us)
+			}
+		}
+
+		// latency of misses: unique names, upstream direct interleaved with each contender
+		res, err = b.dnslat(ctx, "unique", m.latQueries, append([]string{fmt.Sprintf("direct=127.0.0.1:%d", upstreamPort)}, targets...))
+		d, dok := res["direct"]
+		if err != nil || !dok || d.Count == 0 {
+			reason := "no direct answers"
+			if err != nil {
+				reason = err.Error()
+			}
+			direct50.fail(reason)
+			direct99.fail(reason)
+			continue
+		}
+		direct50.add(d.P50us)
+		direct99.add(d.P99us)
+		for _, s := range servers {
+			if r, ok := res[s.name]; ok && r.Count > 0 {
+				missAdd50[s.name].add(r.P50us - d.P50us)
+				missAdd99[s.name].add(r.P99us - d.P99us)
+			} else if s.p != nil {
+				missAdd50[s.name].fail("no answers")
+				missAdd99[s.name].fail("no answers")
+			}
+		}
+	}
+	b.notes = append(b.notes,
+		fmt.Sprintf("DNS: every server pinned to CPU %s with one worker thread (unbound num-threads 1, dnsdist one listener, sluice GOMAXPROCS from its affinity = 1); dnsperf -c %d -T %d -q %d for %s per contender per round after one warm-up pass over the %d-name set; all forward to one unbound on 127.0.0.1:%d that answers every name under bench. from local-data",
+			b.cpus.server, dnsperfClients, dnsperfThreads, dnsperfOutstanding, m.dnsperfTime, hitNames, upstreamPort),
+		fmt.Sprintf("DNS latency: dnslat (bench/cmd/dnslat), one query at a time, targets interleaved query by query, %d queries per target per round; hits cycle the cached set, misses use names never asked before; \"added\" = contender percentile − direct-to-upstream percentile in the same round", m.latQueries))
+	return rows()
+}
+
+// startUnbound writes an unbound config, starts it pinned to the server CPU
+// and waits until it answers.
+func (b *bench) startUnbound(ctx context.Context, dir, name, tmpl string, port int) (*proc, error) {
+	conf := filepath.Join(dir, name+".conf")
+	if err := os.WriteFile(conf, []byte(render(tmpl, port, dir)), 0o644); err != nil {
+		return nil, fmt.Errorf("write %s config: %w", name, err)
+	}
+	p, err := b.r.start(name, "", b.cpus.server, nil, "unbound", "-d", "-c", conf)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.waitDNS(ctx, port, p); err != nil {
+		b.r.stop(p)
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitDNS polls until 127.0.0.1:port answers a bench. query correctly.
+func (b *bench) waitDNS(ctx context.Context, port int, p *proc) error {
+	c := &dns.Client{Timeout: 200 * time.Millisecond}
+	m := new(dns.Msg)
+	m.SetQuestion("ready.bench.", dns.TypeA)
+	deadline := time.Now().Add(readyTimeout)
+	var last error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if p.Exited() {
+			return fmt.Errorf("%s exited: %s", p.name, b.r.logTail(p.name, 3))
+		}
+		r, _, err := c.ExchangeContext(ctx, m, fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil && r.Rcode == dns.RcodeSuccess && len(r.Answer) > 0 {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("rcode %s, %d answers", dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+		last = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s on port %d not answering after %s: %v", p.name, port, readyTimeout, last)
+}
+
+// dnsperf warms a contender up with one pass over the query file, then
+// measures it; it returns the result and the server's CPU use in percent of
+// one core during the measured run.
+func (b *bench) dnsperf(ctx context.Context, s *dnsServer, file string) (dnsperfResult, float64, error) {
+	port := strconv.Itoa(s.port)
+	if _, err := b.r.run(ctx, "", b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file, "-n", "1", "-q", "10", "-t", "2"); err != nil {
+		return dnsperfResult{}, 0, fmt.Errorf("warm up %s: %w", s.name, err)
+	}
+	c0, err := cpuSeconds(s.p.Pid())
+	if err != nil {
+		return dnsperfResult{}, 0, err
+	}
+	t0 := time.Now()
+	out, err := b.r.run(ctx, "", b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file,
+		"-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(dnsperfThreads),
+		"-q", strconv.Itoa(dnsperfOutstanding), "-O", "suppress=timeout")
+	if err != nil {
+		return dnsperfResult{}, 0, fmt.Errorf("dnsperf %s: %w", s.name, err)
+	}
+	el := time.Since(t0).Seconds()
+	c1, err := cpuSeconds(s.p.Pid())
+	if err != nil {
+		return dnsperfResult{}, 0, err
+	}
+	res, err := parseDnsperf(out)
+	if err != nil {
+		return res, 0, err
+	}
+	if res.Sent == 0 || float64(res.Completed) < 0.99*float64(res.Sent) {
+		return res, 0, fmt.Errorf("dnsperf %s: only %d of %d queries answered", s.name, res.Completed, res.Sent)
+	}
+	return res, 100 * (c1 - c0) / el, nil
+}
+
+// dnslat runs the latency client pinned to the client CPU.
+func (b *bench) dnslat(ctx context.Context, mode string, n int, targets []string) (map[string]latResult, error) {
+	out, err := b.r.run(ctx, "", b.cpus.client, nil, filepath.Join(b.bin, "dnslat"), "-mode", mode,
+		"-n", strconv.Itoa(n), "-set-size", strconv.Itoa(hitNames), "-want-a", answerA, "-targets", strings.Join(targets, ","))
+	if err != nil {
+		return nil, err
+	}
+	return parseDnslat(out)
+}
+
+// portFree checks that nothing listens on 127.0.0.1:port (udp and tcp).
+func portFree(port int) error {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("udp port %d busy: %w", port, err)
+	}
+	u.Close()
+	t, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("tcp port %d busy: %w", port, err)
+	}
+	t.Close()
+	return nil
+}
+
+var errNotBuilt = errors.New("not built")

@@ -1,0 +1,137 @@
+package dnsproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// logRecord is one answered query, queued for the query log writer.
+type logRecord struct {
+	time     time.Time
+	src      netip.AddrPort
+	name     string
+	qtype    uint16
+	rcode    int
+	group    string
+	upstream string
+	cacheHit bool
+	latency  time.Duration
+	blocked  string
+}
+
+// queryLog writes records as slog JSON lines from one goroutine. Producers
+// never block: when the bounded queue is full the record is dropped and counted.
+type queryLog struct {
+	ch       chan logRecord
+	out      slog.Handler
+	closer   io.Closer // nil for stderr
+	peerName func(netip.Addr) string
+	dropped  prometheus.Counter
+	done     chan struct{}
+}
+
+// openQueryLog returns nil when cfg.Path is empty.
+func openQueryLog(cfg QueryLogConfig, peerName func(netip.Addr) string, dropped prometheus.Counter) (*queryLog, error) {
+	if cfg.Path == "" {
+		return nil, nil
+	}
+	var w io.Writer = os.Stderr
+	var closer io.Closer
+	if cfg.Path != "-" {
+		f, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("open query log %q: %w", cfg.Path, err)
+		}
+		w, closer = f, f
+	}
+	return &queryLog{
+		ch:       make(chan logRecord, cfg.Buffer),
+		out:      slog.NewJSONHandler(w, nil),
+		closer:   closer,
+		peerName: peerName,
+		dropped:  dropped,
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// add queues r without blocking.
+func (l *queryLog) add(r logRecord) {
+	select {
+	case l.ch <- r:
+	default:
+		l.dropped.Inc()
+	}
+}
+
+// run writes records until ctx ends, then drains what is queued and closes
+// the file. It is the only goroutine that touches the writer.
+func (l *queryLog) run(ctx context.Context) {
+	defer close(l.done)
+	for {
+		select {
+		case r := <-l.ch:
+			l.write(r)
+		case <-ctx.Done():
+			for {
+				select {
+				case r := <-l.ch:
+					l.write(r)
+				default:
+					if l.closer != nil {
+						l.closer.Close()
+					}
+					return
+				}
+			}
+		}
+	}
+}
+
+func (l *queryLog) write(r logRecord) {
+	peer := r.src.Addr().String()
+	if l.peerName != nil {
+		if n := l.peerName(r.src.Addr()); n != "" {
+			peer = n
+		}
+	}
+	qtype, ok := dns.TypeToString[r.qtype]
+	if !ok {
+		qtype = fmt.Sprintf("TYPE%d", r.qtype)
+	}
+	rcode, ok := dns.RcodeToString[r.rcode]
+	if !ok {
+		rcode = fmt.Sprintf("RCODE%d", r.rcode)
+	}
+	rec := slog.NewRecord(r.time, slog.LevelInfo, "dns query", 0)
+	rec.AddAttrs(
+		slog.String("peer", peer),
+		slog.String("client", r.src.String()),
+		slog.String("name", r.name),
+		slog.String("type", qtype),
+		slog.String("rcode", rcode),
+		slog.String("group", r.group),
+		slog.String("upstream", r.upstream),
+		slog.Bool("cache_hit", r.cacheHit),
+		slog.Float64("latency_ms", float64(r.latency.Microseconds())/1000),
+		slog.String("blocked", r.blocked),
+	)
+	l.out.Handle(context.Background(), rec) //nolint:errcheck // nowhere to report a failed log write
+}
+
+// wireName renders the uncompressed wire name at the start of b in
+// presentation format (only used when the query log is on).
+func wireName(b []byte) string {
+	name, _, err := dns.UnpackDomainName(b, 0)
+	if err != nil {
+		return ""
+	}
+	return name
+}

@@ -1,0 +1,483 @@
+package dnsproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	// maxUDPAnswer is the read buffer for upstream UDP answers.
+	maxUDPAnswer = 65535
+	// maxStrayReads bounds how many mismatched answers one try reads past.
+	maxStrayReads = 64
+	// poolIdleMax and poolIdleTimeout bound idle TCP/TLS upstream connections.
+	poolIdleMax     = 8
+	poolIdleTimeout = 10 * time.Second
+	// ewmaWeight is the share of a new latency sample in the EWMA (1/4).
+	ewmaShift = 2
+)
+
+// Error kinds in sluice_dns_upstream_errors_total.
+const (
+	errKindTimeout   = "timeout"
+	errKindNetwork   = "network"
+	errKindServfail  = "servfail"
+	errKindRefused   = "refused"
+	errKindMalformed = "malformed"
+	errKindTLS       = "tls"
+)
+
+var errServfail = errors.New("upstream answered SERVFAIL")
+var errRefused = errors.New("upstream answered REFUSED")
+
+// upstreamError classifies a failed try.
+type upstreamError struct {
+	kind string
+	err  error
+}
+
+func (e *upstreamError) Error() string { return e.kind + ": " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+func classify(err error) *upstreamError {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return ue
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout()):
+		return &upstreamError{kind: errKindTimeout, err: err}
+	case isTLSError(err):
+		return &upstreamError{kind: errKindTLS, err: err}
+	}
+	return &upstreamError{kind: errKindNetwork, err: err}
+}
+
+func isTLSError(err error) bool {
+	var ce *tls.CertificateVerificationError
+	var re tls.RecordHeaderError
+	var ae tls.AlertError
+	var he x509.HostnameError
+	var ue x509.UnknownAuthorityError
+	return errors.As(err, &ce) || errors.As(err, &re) || errors.As(err, &ae) || errors.As(err, &he) ||
+		errors.As(err, &ue)
+}
+
+// idSource hands out DNS message IDs from crypto/rand, refilling a buffer
+// instead of making a syscall per query.
+type idSource struct {
+	mu  sync.Mutex // protects buf, pos
+	buf [512]byte
+	pos int
+}
+
+func (s *idSource) next() uint16 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pos == 0 || s.pos+2 > len(s.buf) {
+		if _, err := rand.Read(s.buf[:]); err != nil {
+			// crypto/rand does not fail on Linux; degrade to the clock rather than panic.
+			binary.BigEndian.PutUint64(s.buf[:], uint64(time.Now().UnixNano()))
+		}
+		s.pos = 0
+	}
+	id := binary.BigEndian.Uint16(s.buf[s.pos:])
+	s.pos += 2
+	if s.pos+2 > len(s.buf) {
+		s.pos = 0
+	}
+	return id
+}
+
+// upstream is one resolver of a group with its health state. It survives
+// Reload when the group and address are unchanged.
+type upstream struct {
+	spec  Upstream
+	label string
+	group string
+	log   *slog.Logger
+
+	healthy atomic.Bool
+	fails   atomic.Int32
+	ewmaNs  atomic.Int64
+
+	latency      prometheus.Observer
+	healthyGauge prometheus.Gauge
+	errors       *prometheus.CounterVec
+
+	tlsConf *tls.Config // tls only
+
+	poolMu sync.Mutex // protects idle, closed
+	idle   []idleConn
+	closed bool
+}
+
+type idleConn struct {
+	c     net.Conn
+	since time.Time
+}
+
+func newUpstream(spec Upstream, group string, m *metrics, tlsConf *tls.Config, log *slog.Logger) *upstream {
+	u := &upstream{
+		spec:         spec,
+		label:        spec.String(),
+		group:        group,
+		log:          log,
+		latency:      m.upstreamLatency.WithLabelValues(group, spec.String()),
+		healthyGauge: m.upstreamHealthy.WithLabelValues(group, spec.String()),
+		errors:       m.upstreamErrors,
+	}
+	if spec.Proto == "tls" {
+		c := tlsConf.Clone()
+		c.ServerName = spec.ServerName
+		u.tlsConf = c
+	}
+	u.healthy.Store(true)
+	u.healthyGauge.Set(1)
+	return u
+}
+
+// close drops idle connections; later exchanges dial fresh ones and do not pool.
+func (u *upstream) close() {
+	u.poolMu.Lock()
+	defer u.poolMu.Unlock()
+	u.closed = true
+	for _, ic := range u.idle {
+		ic.c.Close()
+	}
+	u.idle = nil
+}
+
+// success records an answered try.
+func (u *upstream) success(d time.Duration) {
+	u.latency.Observe(d.Seconds())
+	u.observeLatency(d)
+	u.fails.Store(0)
+	if !u.healthy.Swap(true) {
+		u.healthyGauge.Set(1)
+		u.log.Info("dns upstream re-admitted", "group", u.group, "upstream", u.label)
+	}
+}
+
+// failure records a failed try; after threshold consecutive failures the
+// upstream is ejected until an active check (or a later try) succeeds.
+func (u *upstream) failure(kind string, d time.Duration, threshold int) {
+	u.errors.WithLabelValues(u.group, u.label, kind).Inc()
+	if kind == errKindTimeout {
+		u.observeLatency(d)
+	}
+	if n := u.fails.Add(1); int(n) >= threshold && u.healthy.Swap(false) {
+		u.healthyGauge.Set(0)
+		u.log.Warn("dns upstream ejected", "group", u.group, "upstream", u.label, "failures", n, "last_error", kind)
+	}
+}
+
+func (u *upstream) observeLatency(d time.Duration) {
+	for range 8 {
+		old := u.ewmaNs.Load()
+		nv := int64(d)
+		if old != 0 {
+			nv = old + (int64(d)-old)>>ewmaShift
+		}
+		if u.ewmaNs.CompareAndSwap(old, nv) {
+			return
+		}
+	}
+}
+
+// exchange sends q (whose ID the caller set) and returns the matching answer.
+// UDP answers with TC set are retried over TCP on the same address.
+func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("pack query: %w", err)}
+	}
+	switch u.spec.Proto {
+	case "tcp":
+		return u.exchangeStream(ctx, q, wire, false)
+	case "tls":
+		return u.exchangeStream(ctx, q, wire, true)
+	}
+	r, err := u.exchangeUDP(ctx, q, wire)
+	if err == nil && r.Truncated {
+		return u.exchangeStream(ctx, q, wire, false)
+	}
+	return r, err
+}
+
+var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); return &b }}
+
+// exchangeUDP uses a fresh socket (a new random source port) per try and
+// reads past answers whose ID or question do not match until the deadline.
+func (u *upstream) exchangeUDP(ctx context.Context, q *dns.Msg, wire []byte) (*dns.Msg, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", u.spec.Addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if _, err := c.Write(wire); err != nil {
+		return nil, fmt.Errorf("write udp %s: %w", u.label, err)
+	}
+	bp := udpBufPool.Get().(*[]byte)
+	defer udpBufPool.Put(bp)
+	buf := *bp
+	var lastErr error
+	for range maxStrayReads {
+		n, err := c.Read(buf)
+		if err != nil {
+			if lastErr != nil && classify(err).kind == errKindTimeout {
+				return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", u.label, err, lastErr)}
+			}
+			return nil, fmt.Errorf("read udp %s: %w", u.label, err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:n]); err != nil {
+			lastErr = fmt.Errorf("unpack answer: %w", err)
+			continue
+		}
+		if !answerMatches(q, r) {
+			lastErr = errors.New("answer does not match query")
+			continue
+		}
+		return r, nil
+	}
+	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", u.label, lastErr)}
+}
+
+// answerMatches reports whether r answers q: same ID, QR set, same question.
+func answerMatches(q, r *dns.Msg) bool {
+	if r.Id != q.Id || !r.Response || len(r.Question) != 1 || len(q.Question) != 1 {
+		return false
+	}
+	a, b := r.Question[0], q.Question[0]
+	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
+}
+
+// exchangeStream sends one query over TCP or TLS, reusing an idle pooled
+// connection when there is one (and retrying once on a fresh one if the
+// pooled connection turns out to be dead).
+func (u *upstream) exchangeStream(ctx context.Context, q *dns.Msg, wire []byte, useTLS bool) (*dns.Msg, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		c, pooled := u.takeIdle()
+		if c == nil {
+			var err error
+			if c, err = u.dial(ctx, useTLS); err != nil {
+				return nil, err
+			}
+		}
+		r, err := u.streamRoundTrip(ctx, c, q, wire)
+		if err == nil {
+			u.putIdle(c)
+			return r, nil
+		}
+		c.Close()
+		if !pooled || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	return nil, errors.New("unreachable")
+}
+
+func (u *upstream) dial(ctx context.Context, useTLS bool) (net.Conn, error) {
+	addr := u.spec.Addr.String()
+	if useTLS {
+		d := &tls.Dialer{Config: u.tlsConf}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, &upstreamError{kind: classify(err).kind, err: fmt.Errorf("dial tls %s: %w", u.label, err)}
+		}
+		return c, nil
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial tcp %s: %w", u.label, err)
+	}
+	return c, nil
+}
+
+func (u *upstream) streamRoundTrip(ctx context.Context, c net.Conn, q *dns.Msg, wire []byte) (*dns.Msg, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	out := make([]byte, 2+len(wire))
+	binary.BigEndian.PutUint16(out, uint16(len(wire)))
+	copy(out[2:], wire)
+	if _, err := c.Write(out); err != nil {
+		return nil, fmt.Errorf("write %s: %w", u.label, err)
+	}
+	var lenBuf [2]byte
+	for range maxStrayReads {
+		if _, err := io.ReadFull(c, lenBuf[:]); err != nil {
+			return nil, fmt.Errorf("read %s: %w", u.label, err)
+		}
+		buf := make([]byte, binary.BigEndian.Uint16(lenBuf[:]))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return nil, fmt.Errorf("read %s: %w", u.label, err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf); err != nil {
+			return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("unpack answer from %s: %w", u.label, err)}
+		}
+		if answerMatches(q, r) {
+			return r, nil
+		}
+	}
+	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read %s: no matching answer", u.label)}
+}
+
+func (u *upstream) takeIdle() (net.Conn, bool) {
+	u.poolMu.Lock()
+	defer u.poolMu.Unlock()
+	for len(u.idle) > 0 {
+		ic := u.idle[len(u.idle)-1]
+		u.idle = u.idle[:len(u.idle)-1]
+		if time.Since(ic.since) < poolIdleTimeout {
+			return ic.c, true
+		}
+		ic.c.Close()
+	}
+	return nil, false
+}
+
+func (u *upstream) putIdle(c net.Conn) {
+	c.SetDeadline(time.Time{})
+	u.poolMu.Lock()
+	defer u.poolMu.Unlock()
+	if u.closed || len(u.idle) >= poolIdleMax {
+		c.Close()
+		return
+	}
+	u.idle = append(u.idle, idleConn{c: c, since: time.Now()})
+}
+
+// group is the set of upstreams that alone answer one zone.
+type group struct {
+	zone     string // canonical zone name, "" for the default group
+	label    string
+	ups      []*upstream
+	counters *groupCounters
+}
+
+// order returns the upstreams healthy first, each part by latency EWMA.
+func (g *group) order() []*upstream {
+	out := make([]*upstream, len(g.ups))
+	copy(out, g.ups)
+	less := func(a, b *upstream) bool {
+		ha, hb := a.healthy.Load(), b.healthy.Load()
+		if ha != hb {
+			return ha
+		}
+		return a.ewmaNs.Load() < b.ewmaNs.Load()
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && less(out[j], out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// groupResult is the outcome of asking a group.
+type groupResult struct {
+	msg      *dns.Msg
+	upstream string
+	ede      uint16 // set when msg is nil
+	text     string
+}
+
+// exchangeGroup asks the group's upstreams in health order, each for at most
+// perTry, until one answers or ctx (the whole-query deadline) ends. It never
+// asks any other group.
+func (g *group) exchange(ctx context.Context, q *dns.Msg, ids *idSource, perTry time.Duration, threshold int) groupResult {
+	if len(g.ups) == 0 {
+		return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
+			text: fmt.Sprintf("group %q has no upstreams", g.label)}
+	}
+	allNetwork := true
+	tried := 0
+	for _, u := range g.order() {
+		if ctx.Err() != nil {
+			break
+		}
+		tried++
+		tctx, cancel := context.WithTimeout(ctx, perTry)
+		start := time.Now()
+		q.Id = ids.next()
+		r, err := u.exchange(tctx, q)
+		d := time.Since(start)
+		cancel()
+		if err == nil {
+			switch r.Rcode {
+			case dns.RcodeServerFailure:
+				err = &upstreamError{kind: errKindServfail, err: errServfail}
+			case dns.RcodeRefused:
+				err = &upstreamError{kind: errKindRefused, err: errRefused}
+			}
+		}
+		if err == nil {
+			u.success(d)
+			return groupResult{msg: r, upstream: u.label}
+		}
+		ue := classify(err)
+		if ue.kind != errKindNetwork && ue.kind != errKindTLS {
+			allNetwork = false
+		}
+		// A live server answering SERVFAIL/REFUSED is not ejected for it.
+		if ue.kind == errKindServfail || ue.kind == errKindRefused {
+			u.errors.WithLabelValues(u.group, u.label, ue.kind).Inc()
+		} else {
+			u.failure(ue.kind, d, threshold)
+		}
+		u.log.Debug("dns upstream try failed", "group", g.label, "upstream", u.label, "error", err)
+	}
+	code := dns.ExtendedErrorCodeNoReachableAuthority
+	if allNetwork && tried > 0 {
+		code = dns.ExtendedErrorCodeNetworkError
+	}
+	return groupResult{ede: code, text: fmt.Sprintf("no upstream of group %q answered (%d tried)", g.label, tried)}
+}
+
+// loadTLSConfig builds the client TLS configuration for DoT upstreams.
+func loadTLSConfig(caFile string) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return c, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read tls ca file %q: %w", caFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("parse tls ca file %q: no certificates", caFile)
+	}
+	c.RootCAs = pool
+	return c, nil
+}
