@@ -16,16 +16,17 @@ const cacheShards = 64
 // cacheEntry is one cached answer in wire form. Everything but ref and gen is
 // immutable after insertion, so readers use it without holding a lock.
 type cacheEntry struct {
-	key     string
-	wire    []byte   // ID 0, lower-case question, no OPT record
-	ttlOffs []uint16 // offsets of every record's TTL in wire
-	stored  int64    // unix nanoseconds when wire's TTLs were current
-	expires int64    // unix nanoseconds
-	group   string   // label of the group that answered
-	rcode   int
-	gen     atomic.Uint64 // config generation the entry was last validated against
-	ref     atomic.Bool   // CLOCK reference bit
-	slot    int           // index in the shard's ring; guarded by the shard lock
+	key      string
+	wire     []byte   // ID 0, lower-case question, no OPT record
+	ttlOffs  []uint16 // offsets of every record's TTL in wire
+	stored   int64    // unix nanoseconds when wire's TTLs were current
+	expires  int64    // unix nanoseconds
+	group    string   // label of the group that answered
+	counters *groupCounters
+	rcode    int
+	gen      atomic.Uint64 // config generation the entry was last validated against
+	ref      atomic.Bool   // CLOCK reference bit
+	slot     int           // index in the shard's ring; guarded by the shard lock
 }
 
 type cacheShard struct {
@@ -174,9 +175,22 @@ func cacheTTL(msg *dns.Msg, maxTTL, servfailTTL time.Duration) time.Duration {
 	return 0
 }
 
+// clampNegativeSOA lowers the TTL of the SOA in a negative answer to the
+// SOA minimum (RFC 2308 section 5), so clients cache it no longer than we do.
+func clampNegativeSOA(msg *dns.Msg) {
+	if len(msg.Answer) > 0 || (msg.Rcode != dns.RcodeSuccess && msg.Rcode != dns.RcodeNameError) {
+		return
+	}
+	for _, rr := range msg.Ns {
+		if soa, ok := rr.(*dns.SOA); ok && soa.Hdr.Ttl > soa.Minttl {
+			soa.Hdr.Ttl = soa.Minttl
+		}
+	}
+}
+
 // newCacheEntry packs msg for the cache: ID 0, lower-case question, no OPT,
 // every TTL capped to ttl (and the SOA of a negative answer to its minimum).
-func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, group string) (*cacheEntry, bool) {
+func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *group) (*cacheEntry, bool) {
 	m := msg.Copy()
 	m.Id = 0
 	m.Truncated = false
@@ -205,21 +219,23 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, group
 		return nil, false
 	}
 	return &cacheEntry{
-		key:     key,
-		wire:    wire,
-		ttlOffs: offs,
-		stored:  now,
-		expires: now + int64(ttl),
-		group:   group,
-		rcode:   m.Rcode,
+		key:      key,
+		wire:     wire,
+		ttlOffs:  offs,
+		stored:   now,
+		expires:  now + int64(ttl),
+		group:    g.label,
+		counters: g.counters,
+		rcode:    m.Rcode,
 	}, true
 }
 
-// writeHit renders e as the answer to the query in pkt into out (which must
+// writeHit renders e as the answer to query q (whose wire question name,
+// in the client's case, is qname) into out (which must
 // have room for len(e.wire)+11 bytes): ID and question name as the client
 // sent them, RD/CD mirrored, TTLs counted down, our OPT when the client used
 // EDNS, TC when larger than the client accepts. It does not allocate.
-func writeHit(out []byte, e *cacheEntry, pkt []byte, q *query, now int64, ednsMax int, maxSize int) []byte {
+func writeHit(out []byte, e *cacheEntry, qname []byte, q *query, now int64, ednsMax int, maxSize int) []byte {
 	out = append(out[:0], e.wire...)
 	binary.BigEndian.PutUint16(out[0:], q.id)
 	flags := binary.BigEndian.Uint16(out[2:])
@@ -228,7 +244,7 @@ func writeHit(out []byte, e *cacheEntry, pkt []byte, q *query, now int64, ednsMa
 		flags &^= flagAD
 	}
 	binary.BigEndian.PutUint16(out[2:], flags)
-	copy(out[headerLen:headerLen+q.nameLen], pkt[headerLen:headerLen+q.nameLen])
+	copy(out[headerLen:headerLen+q.nameLen], qname)
 	elapsed := uint32(0)
 	if d := now - e.stored; d > 0 {
 		elapsed = uint32(d / int64(time.Second))

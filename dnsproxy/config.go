@@ -292,8 +292,11 @@ func canonicalZone(name string) (string, error) {
 
 // groupLabel names a group in metrics, logs and EDE texts.
 func groupLabel(zone string) string {
-	if zone == "" {
+	switch zone {
+	case "":
 		return "default"
+	case ".":
+		return "."
 	}
 	return strings.TrimSuffix(zone, ".")
 }

@@ -180,8 +180,8 @@ type metrics struct {
 	querylogDropped prometheus.Counter
 
 	descQueries, descDuration, descHits, descMisses, descEntries *prometheus.Desc
-	registered                                                  []prometheus.Collector
-	reg                                                         prometheus.Registerer
+	registered                                                   []prometheus.Collector
+	reg                                                          prometheus.Registerer
 }
 
 func newMetrics(reg prometheus.Registerer, entries func() int) (*metrics, error) {

@@ -64,7 +64,7 @@ PublicKey = %s
 Endpoint = %s:%s
 AllowedIPs = 10.20.0.0/24, fd20::/64, 10.30.0.0/16
 `, clKey, resolver4, resolver6, gwPub, gwUnderlay, wgPort)
-	wc := tp.wgQuickUp(client, conf)
+	wc := tp.wgQuickUp(t, client, conf)
 
 	t.Run("tunnel", func(t *testing.T) {
 		mustPing(t, client, gwTunnel4, 5*time.Second)
@@ -90,7 +90,7 @@ AllowedIPs = 10.20.0.0/24, fd20::/64, 10.30.0.0/16
 		}
 	})
 	t.Run("internet servers from the gateway", func(t *testing.T) {
-		before := tp.counters()
+		before := tp.counters(t)
 		if r := dig(tp.gw, "@"+publicDNS4, internalFQ); !r.has(trapAnswer) {
 			t.Errorf("public resolver: want trap answer %s:\n%s", trapAnswer, r.out)
 		}
@@ -118,7 +118,7 @@ AllowedIPs = 10.20.0.0/24, fd20::/64, 10.30.0.0/16
 				t.Errorf("http %s: %v: %q", ip, r.err, r.body)
 			}
 		}
-		after := tp.counters()
+		after := tp.counters(t)
 		for _, c := range []string{"port53", "port853", "doh443"} {
 			if after[c] <= before[c] {
 				t.Errorf("counter %s did not count the gateway's own traffic: %d -> %d", c, before[c], after[c])

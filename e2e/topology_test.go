@@ -194,8 +194,8 @@ func (tp *topology) installCounters() {
 var counterRE = regexp.MustCompile(`counter (\w+) \{\s*packets (\d+) bytes \d+`)
 
 // counters reads the packet counts of the counting table.
-func (tp *topology) counters() map[string]int {
-	tp.t.Helper()
+func (tp *topology) counters(t testing.TB) map[string]int {
+	t.Helper()
 	out := tp.inet.Run("nft", "list", "counters", "table", "inet", counterTable)
 	m := map[string]int{}
 	for _, sm := range counterRE.FindAllStringSubmatch(out, -1) {
@@ -203,7 +203,7 @@ func (tp *topology) counters() map[string]int {
 		m[sm[1]] = n
 	}
 	if len(m) != 3 {
-		tp.t.Fatalf("parse counters of table %s: %q", counterTable, out)
+		t.Fatalf("parse counters of table %s: %q", counterTable, out)
 	}
 	return m
 }
@@ -260,12 +260,12 @@ type wgClient struct {
 // with Debian's wireguard-go (which daemonizes). A resolvconf shim that only
 // writes the namespace's own resolv.conf keeps wg-quick away from the host's
 // resolver configuration. Cleanup runs wg-quick down.
-func (tp *topology) wgQuickUp(ns *netnstest.NS, conf string) *wgClient {
-	tp.t.Helper()
+func (tp *topology) wgQuickUp(t testing.TB, ns *netnstest.NS, conf string) *wgClient {
+	t.Helper()
 	c := &wgClient{ns: ns, ifname: netnstest.Unique("wgc")}
 	c.conf = filepath.Join(tp.dir, c.ifname+".conf")
 	if err := os.WriteFile(c.conf, []byte(conf), 0o600); err != nil {
-		tp.t.Fatalf("write %s: %v", c.conf, err)
+		t.Fatalf("write %s: %v", c.conf, err)
 	}
 	env := wgQuickEnv(tp.t, tp.dir, ns)
 	tp.t.Cleanup(func() {
@@ -277,9 +277,9 @@ func (tp *topology) wgQuickUp(ns *netnstest.NS, conf string) *wgClient {
 	})
 	out, err := runEnv(env, 30*time.Second, "ip", "netns", "exec", ns.Name, "wg-quick", "up", c.conf)
 	if err != nil {
-		tp.t.Fatalf("wg-quick up %s in %s: %v\n%s\nconfig:\n%s", c.ifname, ns.Name, err, out, redactKey(conf))
+		t.Fatalf("wg-quick up %s in %s: %v\n%s\nconfig:\n%s", c.ifname, ns.Name, err, out, redactKey(conf))
 	}
-	tp.t.Logf("wg-quick up %s in %s:\n%s", c.ifname, ns.Name, out)
+	t.Logf("wg-quick up %s in %s:\n%s", c.ifname, ns.Name, out)
 	return c
 }
 

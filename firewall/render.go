@@ -2,12 +2,14 @@ package firewall
 
 import (
 	"fmt"
-	"net/netip"
 	"strings"
 )
 
-// elementsPerLine is how many set elements the rendering puts on one line.
-const elementsPerLine = 4
+// Set elements per line, as nft lays them out.
+const (
+	elementsPerLineV4 = 2
+	elementsPerLineV6 = 1
+)
 
 // render prints rs in nft syntax, the way `nft list table inet NAME` lays it
 // out, with the given counter values (missing ones print as zero). The text
@@ -38,10 +40,14 @@ func (rs *ruleset) render(counters map[Reason]Counter) string {
 			b.WriteString("\t\tflags interval\n")
 		}
 		if len(s.ranges) > 0 {
+			perLine := elementsPerLineV4
+			if s.v6 {
+				perLine = elementsPerLineV6
+			}
 			b.WriteString("\t\telements = { ")
 			for i, r := range s.ranges {
 				if i > 0 {
-					if i%elementsPerLine == 0 {
+					if i%perLine == 0 {
 						b.WriteString(",\n\t\t\t     ")
 					} else {
 						b.WriteString(", ")
@@ -77,13 +83,4 @@ func (r addrRange) String() string {
 		return p.String()
 	}
 	return r.from.String() + "-" + r.to.String()
-}
-
-// singleAddrs is a helper for tests and rendering of plain sets.
-func singleAddrs(rs []addrRange) []netip.Addr {
-	out := make([]netip.Addr, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, r.from)
-	}
-	return out
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -136,7 +137,7 @@ func build(s Spec, eg egress) *ruleset {
 			res6 = append(res6, r)
 		}
 	}
-	res4, res6 = mergeRanges(res4), mergeRanges(res6)
+	res4, res6 = uniqueAddrs(res4), uniqueAddrs(res6)
 	r4 := addSet(setResolvers4, false, false, res4)
 	r6 := addSet(setResolvers6, true, false, res6)
 	var doh4, doh6, tun4, tun6 *set
@@ -237,6 +238,19 @@ func build(s Spec, eg egress) *ruleset {
 		rs.chains = append(rs.chains, post)
 	}
 	return rs
+}
+
+// uniqueAddrs sorts single-address ranges and drops duplicates; unlike
+// mergeRanges it keeps adjacent addresses apart (plain sets hold keys).
+func uniqueAddrs(rs []addrRange) []addrRange {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].from.Less(rs[j].from) })
+	var out []addrRange
+	for _, r := range rs {
+		if len(out) == 0 || out[len(out)-1].from != r.from {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // --- statements ---

@@ -50,8 +50,8 @@ func (p Pool) families() ([]*family, error) {
 			f.first, f.last = 1, 1<<host-2
 		case host == 1: // RFC 3021 point-to-point: both usable
 			f.first, f.last = 0, 1
-		default:
-			f.first, f.last = 0, 0
+		default: // a /32 is the gateway's own address: nothing to hand out
+			f.first, f.last = 1, 0
 		}
 		fams = append(fams, f)
 	}
@@ -62,8 +62,8 @@ func (p Pool) families() ([]*family, error) {
 		f := &family{prefix: p.V6.Masked()}
 		host := 128 - p.V6.Bits()
 		switch {
-		case host == 0:
-			f.first, f.last = 0, 0
+		case host == 0: // the gateway's own address: nothing to hand out
+			f.first, f.last = 1, 0
 		case host >= 25:
 			f.first, f.last = 1, MaxV6Hosts
 		default: // skip the subnet-router anycast (network) address

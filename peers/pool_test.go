@@ -30,6 +30,7 @@ func TestPoolCapacity(t *testing.T) {
 		{"v4 /30 with gateway from prefix host bits", Pool{V4: mustPrefix("10.20.0.1/30")}, 1},
 		{"v4 /31 point to point", Pool{V4: mustPrefix("10.20.0.0/31")}, 2},
 		{"v4 /32", Pool{V4: mustPrefix("10.20.0.7/32")}, 0},
+		{"v6 /128", Pool{V6: mustPrefix("fd20::7/128")}, 0},
 		{"v6 /64 capped", Pool{V6: mustPrefix("fd20::/64")}, MaxV6Hosts},
 		{"v6 /120", Pool{V6: mustPrefix("fd20::/120"), Reserved: []netip.Addr{mustAddr("fd20::1")}}, 254},
 		{"v6 smaller than v4", Pool{V4: mustPrefix("10.20.0.0/24"), V6: mustPrefix("fd20::/126")}, 3},

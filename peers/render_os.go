@@ -155,7 +155,7 @@ func renderMobileconfig(p ClientParams) ([]byte, error) {
 	w.raw(`<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">`)
 	w.raw(`<plist version="1.0">`)
 	w.open("", "dict")
-	w.str("PayloadDisplayName", "sluice "+p.TunnelName+" ("+p.Peer.ID()+")")
+	w.str("PayloadDisplayName", p.TunnelName+" ("+p.Peer.ID()+")")
 	w.str("PayloadDescription", "WireGuard tunnel "+p.TunnelName+" to "+p.Endpoint+"; DNS is answered inside the tunnel.")
 	w.str("PayloadType", "Configuration")
 	w.elem("key", "PayloadVersion")

@@ -143,7 +143,8 @@ func (n *NS) Handle() netns.NsHandle {
 	return h
 }
 
-// Do runs fn on a dedicated OS thread switched into the namespace. Sockets and
+// Do runs fn on an OS thread switched into the namespace, and switches the
+// thread back afterwards. Sockets and
 // netlink handles fn creates belong to the namespace; goroutines fn starts do
 // not (they run on other threads), but sockets they use keep their namespace.
 func (n *NS) Do(fn func() error) error {
@@ -154,14 +155,26 @@ func (n *NS) Do(fn func() error) error {
 	defer h.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is never unlocked: it exits with the goroutine, so no
-		// other goroutine can run in the switched namespace.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("open current netns: %w", err)
+			return // the thread stays locked and exits with the goroutine
+		}
+		defer orig.Close()
 		if err := netns.Set(h); err != nil {
 			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		// Switch back before unlocking. Go cannot terminate the main thread
+		// when a locked goroutine exits on it, so a thread left in the test
+		// namespace would put the whole process there. If switching back
+		// fails, the thread stays locked and is terminated instead.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
 	}()
 	return <-errc
 }

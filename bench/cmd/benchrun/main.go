@@ -233,7 +233,11 @@ func (b *bench) have(name string) bool {
 // why returns the reason a program was not built (run.sh writes NAME.err).
 func (b *bench) why(name string) string {
 	if e, err := os.ReadFile(filepath.Join(b.bin, name+".err")); err == nil {
-		return name + " not built: " + lastLine(string(e))
+		for _, line := range strings.Split(string(e), "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				return name + " not built: " + line
+			}
+		}
 	}
 	return name + " not built"
 }

@@ -115,8 +115,8 @@ func table(rows []row) string {
 func mdEscape(s string) string {
 	s = strings.ReplaceAll(s, "|", "/")
 	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 160 {
-		s = s[:157] + "..."
+	if len(s) > 100 {
+		s = s[:97] + "..."
 	}
 	return s
 }
@@ -140,25 +140,28 @@ func num(v float64) string {
 type dnsperfResult struct {
 	Sent, Completed int
 	QPS             float64
+	RunTime         float64 // seconds dnsperf sent queries for
 }
 
 var (
 	reSent      = regexp.MustCompile(`(?m)^\s*Queries sent:\s+(\d+)`)
 	reCompleted = regexp.MustCompile(`(?m)^\s*Queries completed:\s+(\d+)`)
 	reQPS       = regexp.MustCompile(`(?m)^\s*Queries per second:\s+([0-9.]+)`)
+	reRunTime   = regexp.MustCompile(`(?m)^\s*Run time \(s\):\s+([0-9.]+)`)
 )
 
 func parseDnsperf(out string) (dnsperfResult, error) {
 	var r dnsperfResult
-	m1, m2, m3 := reSent.FindStringSubmatch(out), reCompleted.FindStringSubmatch(out), reQPS.FindStringSubmatch(out)
-	if m1 == nil || m2 == nil || m3 == nil {
+	m1, m2, m3, m4 := reSent.FindStringSubmatch(out), reCompleted.FindStringSubmatch(out), reQPS.FindStringSubmatch(out), reRunTime.FindStringSubmatch(out)
+	if m1 == nil || m2 == nil || m3 == nil || m4 == nil {
 		return r, errors.New("parse dnsperf output: statistics not found")
 	}
-	var err1, err2, err3 error
+	var err1, err2, err3, err4 error
 	r.Sent, err1 = strconv.Atoi(m1[1])
 	r.Completed, err2 = strconv.Atoi(m2[1])
 	r.QPS, err3 = strconv.ParseFloat(m3[1], 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	r.RunTime, err4 = strconv.ParseFloat(m4[1], 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return r, fmt.Errorf("parse dnsperf output: %w", err)
 	}
 	return r, nil

@@ -1,0 +1,271 @@
+package dnsproxy
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func ttlOf(t *testing.T, rrs []dns.RR) uint32 {
+	t.Helper()
+	if len(rrs) == 0 {
+		t.Fatalf("no records")
+	}
+	return rrs[0].Header().Ttl
+}
+
+func TestCacheTTLCountdown(t *testing.T) {
+	up := startFake(t, answerA("10.30.0.53", 300))
+	clock := newClock()
+	p, _ := startProxy(t, testConfig(up.addr), Options{Now: clock.Now})
+	r := ask(t, p, "udp", "www.example.com.", dns.TypeA, 1232)
+	if got := ttlOf(t, r.Answer); got != 300 {
+		t.Fatalf("first answer TTL %d, want 300", got)
+	}
+	clock.Advance(100 * time.Second)
+	for _, network := range []string{"udp", "tcp"} {
+		r = ask(t, p, network, "www.example.com.", dns.TypeA, 1232)
+		if got := ttlOf(t, r.Answer); got != 200 {
+			t.Errorf("%s: cached TTL %d after 100s, want 200", network, got)
+		}
+		if firstA(t, r) != "10.30.0.53" {
+			t.Errorf("%s: wrong cached answer %v", network, r)
+		}
+	}
+	if n := up.count("www.example.com."); n != 1 {
+		t.Errorf("upstream saw %d queries, want 1", n)
+	}
+	clock.Advance(201 * time.Second)
+	r = ask(t, p, "udp", "www.example.com.", dns.TypeA, 1232)
+	if got := ttlOf(t, r.Answer); got != 300 || up.count("www.example.com.") != 2 {
+		t.Errorf("after expiry: TTL %d, upstream queries %d; want 300 and 2", got, up.count("www.example.com."))
+	}
+	st := p.Stats()
+	if st.CacheHits != 2 || st.CacheMisses != 2 || st.CacheEntries != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestCacheMaxTTL(t *testing.T) {
+	up := startFake(t, answerA("10.30.0.53", 86400*7))
+	cfg := testConfig(up.addr)
+	cfg.Cache.MaxTTL = time.Hour
+	p, _ := startProxy(t, cfg, Options{})
+	ask(t, p, "udp", "a.example.", dns.TypeA, 0)
+	r := ask(t, p, "udp", "a.example.", dns.TypeA, 0)
+	if got := ttlOf(t, r.Answer); got > 3600 {
+		t.Errorf("TTL %d above MaxTTL", got)
+	}
+}
+
+// negative answers: NXDOMAIN and NODATA with an SOA are cached for
+// min(SOA TTL, SOA minimum); without an SOA they are not cached.
+func TestNegativeCache(t *testing.T) {
+	up := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		name := r.Question[0].Name
+		switch name {
+		case "nx.example.":
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{mustRR("example. 3600 IN SOA ns.example. host.example. 1 7200 900 1209600 30")}
+		case "nodata.example.":
+			m.Ns = []dns.RR{mustRR("example. 20 IN SOA ns.example. host.example. 1 7200 900 1209600 600")}
+		case "nosoa.example.":
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})
+	clock := newClock()
+	p, _ := startProxy(t, testConfig(up.addr), Options{Now: clock.Now})
+	for _, tc := range []struct {
+		name  string
+		rcode int
+		ttl   uint32
+	}{{"nx.example.", dns.RcodeNameError, 30}, {"nodata.example.", dns.RcodeSuccess, 20}} {
+		r := ask(t, p, "udp", tc.name, dns.TypeA, 1232)
+		if r.Rcode != tc.rcode || ttlOf(t, r.Ns) > tc.ttl {
+			t.Errorf("%s: %v", tc.name, r)
+		}
+		clock.Advance(5 * time.Second)
+		r = ask(t, p, "udp", tc.name, dns.TypeA, 1232)
+		if r.Rcode != tc.rcode || up.count(tc.name) != 1 {
+			t.Errorf("%s: not served from cache (upstream %d)", tc.name, up.count(tc.name))
+		}
+		if got := ttlOf(t, r.Ns); got != tc.ttl-5 {
+			t.Errorf("%s: SOA TTL %d, want %d", tc.name, got, tc.ttl-5)
+		}
+		clock.Advance(time.Duration(tc.ttl) * time.Second)
+		ask(t, p, "udp", tc.name, dns.TypeA, 1232)
+		if up.count(tc.name) != 2 {
+			t.Errorf("%s: not refreshed after negative TTL", tc.name)
+		}
+	}
+	ask(t, p, "udp", "nosoa.example.", dns.TypeA, 0)
+	ask(t, p, "udp", "nosoa.example.", dns.TypeA, 0)
+	if n := up.count("nosoa.example."); n != 2 {
+		t.Errorf("NXDOMAIN without SOA cached (upstream saw %d)", n)
+	}
+}
+
+func TestServfailCaching(t *testing.T) {
+	up := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeServerFailure)
+		w.WriteMsg(m)
+	})
+	clock := newClock()
+	cfg := testConfig(up.addr)
+	p, _ := startProxy(t, cfg, Options{Now: clock.Now})
+	for range 2 {
+		if r := ask(t, p, "udp", "sf.example.", dns.TypeA, 0); r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("rcode %d", r.Rcode)
+		}
+	}
+	if n := up.count("sf.example."); n != 2 {
+		t.Errorf("SERVFAIL cached by default (upstream saw %d)", n)
+	}
+	cfg.Cache.ServfailTTL = 5 * time.Second
+	if err := p.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, p, "udp", "sf2.example.", dns.TypeA, 0)
+	r := ask(t, p, "udp", "sf2.example.", dns.TypeA, 0)
+	if r.Rcode != dns.RcodeServerFailure || up.count("sf2.example.") != 1 {
+		t.Errorf("ServfailTTL: rcode %d, upstream %d", r.Rcode, up.count("sf2.example."))
+	}
+	clock.Advance(6 * time.Second)
+	ask(t, p, "udp", "sf2.example.", dns.TypeA, 0)
+	if up.count("sf2.example.") != 2 {
+		t.Errorf("SERVFAIL kept past ServfailTTL")
+	}
+}
+
+func TestTruncatedNotCached(t *testing.T) {
+	up := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Truncated = true
+		m.Answer = []dns.RR{mustRR("%s 300 IN A 10.30.0.53", r.Question[0].Name)}
+		w.WriteMsg(m)
+	})
+	p, _ := startProxy(t, testConfig("tcp://"+up.addr), Options{})
+	ask(t, p, "udp", "tc.example.", dns.TypeA, 1232)
+	ask(t, p, "udp", "tc.example.", dns.TypeA, 1232)
+	if n := up.count("tc.example."); n != 2 {
+		t.Errorf("TC answer cached (upstream saw %d)", n)
+	}
+}
+
+// TestCacheKey: the key folds case but separates DO and CD.
+func TestCacheKey(t *testing.T) {
+	up := startFake(t, answerA("10.30.0.53", 300))
+	p, _ := startProxy(t, testConfig(up.addr), Options{})
+	ask(t, p, "udp", "Key.Example.", dns.TypeA, 1232)
+	ask(t, p, "udp", "kEY.example.", dns.TypeA, 1232)
+	ask(t, p, "tcp", "KEY.EXAMPLE.", dns.TypeA, 1232)
+	if n := up.count("key.example."); n != 1 {
+		t.Errorf("case variants: upstream saw %d, want 1", n)
+	}
+	do := new(dns.Msg)
+	do.SetQuestion("key.example.", dns.TypeA)
+	do.SetEdns0(1232, true)
+	if r := askMsg(t, p, "udp", do); !r.IsEdns0().Do() {
+		t.Errorf("DO bit not mirrored")
+	}
+	askMsg(t, p, "udp", do)
+	if n := up.count("key.example."); n != 2 {
+		t.Errorf("DO: upstream saw %d, want 2", n)
+	}
+	cd := new(dns.Msg)
+	cd.SetQuestion("key.example.", dns.TypeA)
+	cd.CheckingDisabled = true
+	if r := askMsg(t, p, "udp", cd); !r.CheckingDisabled {
+		t.Errorf("CD not mirrored")
+	}
+	askMsg(t, p, "udp", cd)
+	if n := up.count("key.example."); n != 3 {
+		t.Errorf("CD: upstream saw %d, want 3", n)
+	}
+	ask(t, p, "udp", "key.example.", dns.TypeAAAA, 0)
+	if n := up.count("key.example."); n != 4 {
+		t.Errorf("qtype: upstream saw %d, want 4", n)
+	}
+}
+
+// TestCoalescing: identical concurrent misses make one upstream query.
+func TestCoalescing(t *testing.T) {
+	up := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		time.Sleep(200 * time.Millisecond)
+		answerA("10.30.0.53", 300)(w, r)
+	})
+	p, _ := startProxy(t, testConfig(up.addr), Options{})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			network := []string{"udp", "tcp"}[i%2]
+			c := &dns.Client{Net: network, Timeout: 3 * time.Second}
+			m := new(dns.Msg)
+			m.SetQuestion("same.example.", dns.TypeA)
+			r, _, err := c.Exchange(m, proxyAddr(t, p, network))
+			if err != nil || len(r.Answer) != 1 || r.Id != m.Id {
+				t.Errorf("concurrent query: %v %v", r, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := up.count("same.example."); n != 1 {
+		t.Errorf("upstream saw %d queries for 20 concurrent identical ones, want 1", n)
+	}
+}
+
+func TestCacheEvictionBound(t *testing.T) {
+	const size = 256
+	c := newCache(size)
+	g := &group{label: "default", counters: &groupCounters{}}
+	for i := range 5000 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("n%d.example.", i), dns.TypeA)
+		m.Response = true
+		m.Answer = []dns.RR{mustRR("n%d.example. 300 IN A 10.30.0.53", i)}
+		e, ok := newCacheEntry(fmt.Sprintf("k%d", i), m, 300*time.Second, 0, g)
+		if !ok {
+			t.Fatal("newCacheEntry failed")
+		}
+		c.put(e)
+		if i%3 == 0 { // touch some so CLOCK has something to protect
+			c.get([]byte(e.key), 1)
+		}
+	}
+	if n := c.len(); n > size || n < size/2 {
+		t.Errorf("cache holds %d entries, bound %d", n, size)
+	}
+	total := 0
+	for i := range c.shards {
+		total += len(c.shards[i].m)
+		if len(c.shards[i].m) != len(c.shards[i].ring) {
+			t.Errorf("shard %d: map %d, ring %d", i, len(c.shards[i].m), len(c.shards[i].ring))
+		}
+	}
+	if total != c.len() {
+		t.Errorf("entries counter %d, actual %d", c.len(), total)
+	}
+	c.resize(64)
+	for i := range 1000 {
+		m := new(dns.Msg)
+		m.SetQuestion("x.example.", dns.TypeA)
+		m.Response = true
+		e, _ := newCacheEntry(fmt.Sprintf("z%d", i), m, 0, 0, g)
+		c.put(e)
+	}
+	if n := c.len(); n > 64 {
+		t.Errorf("after shrink: %d entries, bound 64", n)
+	}
+}

@@ -1,0 +1,33 @@
+// Package dnsproxy owns sluice's in-tunnel resolver: the UDP and TCP
+// listeners on the tunnel addresses, the source ACL (tunnel prefixes only;
+// never an open resolver), policy (leak canaries, DDR, public DoH/DoT names,
+// blocklist, allowlist), the wire-format answer cache, the zone router, the
+// upstream groups (udp, tcp, tls) with health checks, limits, metrics and
+// the query log.
+//
+// A query is only ever sent to the group of its own zone (longest suffix
+// match); when every upstream of that group fails the client gets SERVFAIL
+// with an Extended DNS Error before Config.Deadline, never another group's
+// answer.
+//
+// Cache hits over UDP never unpack a dns.Msg: the fast path parses the
+// header and question from the wire, looks the case-folded key up, and
+// patches ID, question case, flags and TTLs into a copy of the stored wire
+// answer without allocating. Everything else takes the slow path.
+//
+// One file, one job:
+//
+//	config.go      Config, defaults, ParseUpstream, validation
+//	proxy.go       Proxy lifecycle (New, Start, Reload, Close, Stats, Exchange) and the slow path
+//	server_udp.go  SO_REUSEPORT sockets per core, read loops, the fast path
+//	server_tcp.go  TCP listener (dns.Server with the proxy's own handler)
+//	wire.go        minimal wire parsing and writing for the fast path
+//	cache.go       sharded CLOCK cache of wire answers, TTL rules (RFC 2308)
+//	router.go      zone → group routing
+//	upstream.go    upstream exchange (udp with tcp fallback, tcp, tls), groups, failover
+//	health.go      active health checks
+//	policy.go      canaries, DDR, DoH names, blocklist, allowlist
+//	limits.go      per-peer token buckets, in-flight cap
+//	metrics.go     sluice_dns_* metrics, sharded hot-path counters
+//	querylog.go    asynchronous slog JSON query log
+package dnsproxy

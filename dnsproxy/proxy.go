@@ -1,0 +1,750 @@
+package dnsproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	// localGroup labels answers the proxy gives itself (policy, ACL, limits, errors).
+	localGroup = "local"
+	// policyTTL is the TTL of synthesized policy answers and their SOA.
+	policyTTL = 60
+	// rfc8482TTL is the TTL of the minimal HINFO answer to ANY.
+	rfc8482TTL = 3600
+	// maxSlowPerInflight scales the cap on concurrently handled cache misses.
+	maxSlowPerInflight = 2
+	defaultMaxSlow     = 16384
+)
+
+// Options are the proxy's injected dependencies.
+type Options struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer   // may be nil: metrics are then kept but not exported
+	PeerName   func(netip.Addr) string // "user/device" for the query log; may be nil
+	Now        func() time.Time        // nil = time.Now
+}
+
+// state is everything Reload swaps at once. It is immutable once published.
+type state struct {
+	cfg     Config
+	gen     uint64
+	acl     []netip.Prefix
+	policy  *policy
+	router  *router
+	groups  []*group
+	tlsConf *tls.Config
+}
+
+func (st *state) allowed(a netip.Addr) bool {
+	for _, p := range st.acl {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Proxy is the in-tunnel resolver. Create it with New, bind with Start, stop
+// with Close; Reload may be called at any time in between.
+type Proxy struct {
+	log      *slog.Logger
+	now      func() time.Time
+	peerName func(netip.Addr) string
+
+	st       atomic.Pointer[state]
+	reloadMu sync.Mutex // serializes Reload and Start/Close around listeners
+
+	cache    *cache
+	lim      *limiter
+	inflight inflight
+	slow     atomic.Int64 // cache misses being handled
+	met      *metrics
+	// localCounters are queries_total for answers given without a group.
+	localCounters *groupCounters
+	qlog          *queryLog
+	ids           idSource
+
+	rateLimited atomic.Uint64
+	blockedN    atomic.Uint64
+
+	flightMu sync.Mutex // protects flights
+	flights  map[string]*flight
+
+	ctx    context.Context // ends at Close; parent of every upstream query
+	cancel context.CancelFunc
+
+	// Guarded by reloadMu.
+	listeners []*listenerSet
+	started   bool
+	closed    bool
+
+	wg sync.WaitGroup // health loop, query log, slow-path goroutines
+}
+
+// New validates cfg and builds a proxy; nothing is bound until Start.
+func New(cfg Config, opts Options) (*Proxy, error) {
+	p := &Proxy{
+		log:      opts.Logger,
+		now:      opts.Now,
+		peerName: opts.PeerName,
+		flights:  map[string]*flight{},
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.cache = newCache(cfg.Cache.Size)
+	met, err := newMetrics(opts.Registerer, p.cache.len)
+	if err != nil {
+		return nil, err
+	}
+	p.met = met
+	p.localCounters = met.group(localGroup)
+	st, err := p.buildState(cfg, nil)
+	if err != nil {
+		met.unregister()
+		return nil, err
+	}
+	p.lim = newLimiter(st.cfg.Limits.PeerQPS, st.cfg.Limits.PeerBurst)
+	p.inflight.max.Store(int64(st.cfg.Limits.MaxInflight))
+	p.cache.resize(st.cfg.Cache.Size)
+	if p.qlog, err = openQueryLog(st.cfg.QueryLog, p.peerName, met.querylogDropped); err != nil {
+		met.unregister()
+		return nil, err
+	}
+	p.st.Store(st)
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p, nil
+}
+
+// buildState turns cfg into a state, reusing prev's upstreams (and so their
+// health and pooled connections) where group and address are unchanged.
+func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
+	cfg.Listen = slices.Clone(cfg.Listen)
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, fmt.Errorf("check dns proxy config: %w", err)
+	}
+	st := &state{cfg: cfg, acl: slices.Clone(cfg.AllowedSources)}
+	for i, pfx := range st.acl {
+		st.acl[i] = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()-unmapBits(pfx)).Masked()
+	}
+	if prev != nil {
+		st.gen = prev.gen + 1
+	}
+	if st.policy, err = newPolicy(cfg.Policy); err != nil {
+		return nil, err
+	}
+	if prev != nil && prev.cfg.TLSCAFile == cfg.TLSCAFile {
+		st.tlsConf = prev.tlsConf
+	} else if st.tlsConf, err = loadTLSConfig(cfg.TLSCAFile); err != nil {
+		return nil, err
+	}
+	old := map[string]*upstream{}
+	if prev != nil && prev.tlsConf == st.tlsConf {
+		for _, g := range prev.groups {
+			for _, u := range g.ups {
+				old[g.label+"|"+u.label] = u
+			}
+		}
+	}
+	st.router = &router{zones: map[string]*group{}}
+	mk := func(zone string, ups []string) (*group, error) {
+		g := &group{zone: zone, label: groupLabel(zone)}
+		g.counters = p.met.group(g.label)
+		seen := map[string]bool{}
+		for _, s := range ups {
+			spec, err := ParseUpstream(s)
+			if err != nil {
+				return nil, err
+			}
+			if seen[spec.String()] {
+				continue
+			}
+			seen[spec.String()] = true
+			if u := old[g.label+"|"+spec.String()]; u != nil {
+				g.ups = append(g.ups, u)
+				continue
+			}
+			g.ups = append(g.ups, newUpstream(spec, g.label, p.met, st.tlsConf, p.log))
+		}
+		return g, nil
+	}
+	for _, z := range cfg.Zones {
+		name, _ := canonicalZone(z.Name)
+		g, err := mk(name, z.Upstreams)
+		if err != nil {
+			return nil, err
+		}
+		st.router.zones[name] = g
+		st.groups = append(st.groups, g)
+	}
+	def, err := mk("", cfg.Default.Upstreams)
+	if err != nil {
+		return nil, err
+	}
+	st.router.def = def
+	st.groups = append(st.groups, def)
+	return st, nil
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// retire closes upstreams of prev that st no longer uses.
+func (p *Proxy) retire(prev, st *state) {
+	keep := map[*upstream]bool{}
+	for _, g := range st.groups {
+		for _, u := range g.ups {
+			keep[u] = true
+		}
+	}
+	for _, g := range prev.groups {
+		for _, u := range g.ups {
+			if !keep[u] {
+				u.close()
+				p.met.upstreamHealthy.DeleteLabelValues(u.group, u.label)
+			}
+		}
+	}
+}
+
+// Start binds every listener (UDP and TCP on each address) and starts health
+// checks and the query log. It returns once bound; serving stops at Close.
+func (p *Proxy) Start(ctx context.Context) error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	if p.closed {
+		return errors.New("start dns proxy: closed")
+	}
+	if p.started {
+		return errors.New("start dns proxy: already started")
+	}
+	st := p.st.Load()
+	sets, err := p.bindAll(ctx, st.cfg.Listen, st.cfg.Port)
+	if err != nil {
+		return err
+	}
+	p.listeners = sets
+	p.started = true
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.healthLoop(p.ctx)
+	}()
+	if p.qlog != nil {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.qlog.run(p.ctx)
+		}()
+	}
+	return nil
+}
+
+func (p *Proxy) bindAll(ctx context.Context, addrs []netip.Addr, port uint16) ([]*listenerSet, error) {
+	var sets []*listenerSet
+	for _, a := range addrs {
+		ls, err := p.bind(ctx, a, port)
+		if err != nil {
+			for _, s := range sets {
+				s.close()
+			}
+			return nil, err
+		}
+		sets = append(sets, ls)
+	}
+	return sets, nil
+}
+
+// Addrs returns the bound listener addresses: for each configured address
+// one UDP and one TCP address.
+func (p *Proxy) Addrs() []net.Addr {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	var out []net.Addr
+	for _, ls := range p.listeners {
+		out = append(out, ls.udp[0].LocalAddr(), ls.tcpLn.Addr())
+	}
+	return out
+}
+
+// Reload swaps zones, upstreams, policy, limits and ACL atomically and keeps
+// the cache (entries are revalidated against the new policy and routing on
+// their next hit). Listeners are rebound only if Listen or Port changed; on a
+// bind error the old configuration stays in force.
+func (p *Proxy) Reload(cfg Config) error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	if p.closed {
+		return errors.New("reload dns proxy: closed")
+	}
+	prev := p.st.Load()
+	st, err := p.buildState(cfg, prev)
+	if err != nil {
+		return err
+	}
+	if st.cfg.QueryLog != prev.cfg.QueryLog {
+		p.log.Warn("dns query log settings change on restart only")
+		st.cfg.QueryLog = prev.cfg.QueryLog
+	}
+	var stale []*listenerSet
+	if p.started && (st.cfg.Port != prev.cfg.Port || !slices.Equal(st.cfg.Listen, prev.cfg.Listen)) {
+		keep := map[netip.Addr]*listenerSet{}
+		if st.cfg.Port == prev.cfg.Port {
+			for _, ls := range p.listeners {
+				keep[ls.addr] = ls
+			}
+		}
+		var next []*listenerSet
+		var fresh []*listenerSet
+		for _, a := range st.cfg.Listen {
+			if ls := keep[a]; ls != nil {
+				next = append(next, ls)
+				delete(keep, a)
+				continue
+			}
+			ls, err := p.bind(context.Background(), a, st.cfg.Port)
+			if err != nil {
+				for _, s := range fresh {
+					s.close()
+				}
+				return err
+			}
+			fresh = append(fresh, ls)
+			next = append(next, ls)
+		}
+		for _, ls := range p.listeners {
+			if !slices.Contains(next, ls) {
+				stale = append(stale, ls)
+			}
+		}
+		p.listeners = next
+	}
+	p.lim.set(st.cfg.Limits.PeerQPS, st.cfg.Limits.PeerBurst)
+	p.inflight.max.Store(int64(st.cfg.Limits.MaxInflight))
+	p.cache.resize(st.cfg.Cache.Size)
+	p.st.Store(st)
+	p.retire(prev, st)
+	for _, ls := range stale {
+		ls.close()
+	}
+	return nil
+}
+
+// Close stops the listeners, health checks and query log, cancels upstream
+// queries in flight and waits for every goroutine. It is idempotent.
+func (p *Proxy) Close() error {
+	p.reloadMu.Lock()
+	if p.closed {
+		p.reloadMu.Unlock()
+		return nil
+	}
+	p.closed = true
+	sets := p.listeners
+	p.listeners = nil
+	p.reloadMu.Unlock()
+
+	var errs []error
+	for _, ls := range sets {
+		if err := ls.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.cancel()
+	p.wg.Wait()
+	for _, g := range p.st.Load().groups {
+		for _, u := range g.ups {
+			u.close()
+		}
+	}
+	if p.qlog != nil && !p.started && p.qlog.closer != nil {
+		p.qlog.closer.Close()
+	}
+	p.met.unregister()
+	return errors.Join(errs...)
+}
+
+// Stats is a snapshot for `sluice status`.
+type Stats struct {
+	Queries      uint64
+	ByRcode      map[string]uint64
+	CacheHits    uint64
+	CacheMisses  uint64
+	CacheEntries int
+	Blocked      uint64
+	RateLimited  uint64
+	Upstreams    []UpstreamStats
+}
+
+// UpstreamStats is the health of one upstream.
+type UpstreamStats struct {
+	Group    string
+	Addr     string
+	Healthy  bool
+	Latency  time.Duration // EWMA
+	Failures int           // consecutive
+}
+
+// Stats returns totals since New.
+func (p *Proxy) Stats() Stats {
+	s := Stats{
+		CacheHits:    p.met.cacheHits.load(),
+		CacheMisses:  p.met.cacheMisses.load(),
+		CacheEntries: p.cache.len(),
+		Blocked:      p.blockedN.Load(),
+		RateLimited:  p.rateLimited.Load(),
+	}
+	s.Queries, s.ByRcode = p.met.totals()
+	for _, g := range p.st.Load().groups {
+		for _, u := range g.ups {
+			s.Upstreams = append(s.Upstreams, UpstreamStats{
+				Group:    g.label,
+				Addr:     u.label,
+				Healthy:  u.healthy.Load(),
+				Latency:  time.Duration(u.ewmaNs.Load()),
+				Failures: int(u.fails.Load()),
+			})
+		}
+	}
+	sort.SliceStable(s.Upstreams, func(i, j int) bool { return s.Upstreams[i].Group < s.Upstreams[j].Group })
+	return s
+}
+
+// Exchange answers q as if it came from src over TCP (no truncation): ACL,
+// rate limit, policy, cache, router, upstream. It is the request path without
+// sockets, for tests, fuzzing and `sluice doctor`.
+func (p *Proxy) Exchange(ctx context.Context, q *dns.Msg, src netip.Addr) (*dns.Msg, error) {
+	if q == nil {
+		return nil, errors.New("exchange dns query: nil message")
+	}
+	start := p.now()
+	st := p.st.Load()
+	src = src.Unmap()
+	shard := int(addrHash(src))
+	if rc, ok := p.admit(st, src, start.UnixNano()); !ok {
+		resp := new(dns.Msg)
+		resp.SetRcode(q, rc)
+		p.account(shard, start, q, resp, answerInfo{group: localGroup}, netip.AddrPortFrom(src, 0))
+		return resp, nil
+	}
+	resp, info := p.serve(ctx, st, q, shard)
+	p.account(shard, start, q, resp, info, netip.AddrPortFrom(src, 0))
+	return resp, nil
+}
+
+// admit applies the ACL and the per-peer rate limit.
+func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
+	if !st.allowed(src) {
+		return dns.RcodeRefused, false
+	}
+	if !p.lim.allow(src, now) {
+		p.rateLimited.Add(1)
+		p.met.ratelimited.Inc()
+		return dns.RcodeRefused, false
+	}
+	return 0, true
+}
+
+// answerInfo says how a query was answered, for metrics and the query log.
+type answerInfo struct {
+	group    string
+	upstream string
+	blocked  string
+	cacheHit bool
+}
+
+// account records one answered query (slow path) in metrics and the query log.
+func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info answerInfo, src netip.AddrPort) {
+	var qtype uint16
+	name := ""
+	if len(req.Question) > 0 {
+		qtype, name = req.Question[0].Qtype, req.Question[0].Name
+	}
+	lat := p.now().Sub(start)
+	p.met.group(info.group).inc(shard, qtype, resp.Rcode)
+	p.met.duration.observe(shard, lat)
+	if p.qlog != nil {
+		p.qlog.add(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
+			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked})
+	}
+}
+
+// serve is the slow path for one admitted query.
+func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (*dns.Msg, answerInfo) {
+	info := answerInfo{group: localGroup}
+	resp := new(dns.Msg)
+	if req.Response || req.Opcode != dns.OpcodeQuery {
+		resp.SetRcode(req, dns.RcodeNotImplemented)
+		resp.Question = nil
+		return resp, info
+	}
+	if len(req.Question) != 1 {
+		resp.SetRcode(req, dns.RcodeFormatError)
+		return resp, info
+	}
+	opt := req.IsEdns0()
+	if opt != nil && opt.Version() != 0 {
+		resp.SetRcode(req, dns.RcodeBadVers)
+		resp.SetEdns0(uint16(st.cfg.EDNSBufferSize), false)
+		return resp, info
+	}
+	q := req.Question[0]
+	if reason := st.policy.check(q.Name); reason != "" {
+		p.blockedN.Add(1)
+		p.met.blocked.WithLabelValues(reason).Inc()
+		info.blocked = reason
+		return p.finish(st, policyAnswer(req, reason), req, blockedEDE(reason)), info
+	}
+	if q.Qtype == dns.TypeANY {
+		resp.SetReply(req)
+		resp.Answer = []dns.RR{&dns.HINFO{
+			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: rfc8482TTL},
+			Cpu: "RFC8482",
+		}}
+		return p.finish(st, resp, req, nil), info
+	}
+	g := st.router.route(q.Name)
+	info.group = g.label
+	var key [keyMax]byte
+	var name [maxNameWire]byte
+	kn, nn, ok := msgKey(req, &key, &name)
+	if !ok {
+		resp.SetRcode(req, dns.RcodeFormatError)
+		return resp, info
+	}
+	now := p.now().UnixNano()
+	if e := p.cache.get(key[:kn], now); e != nil && e.group == g.label {
+		e.gen.Store(st.gen) // revalidated against current policy and routing
+		p.met.cacheHits.inc(shard)
+		var buf [maxUDPAnswer]byte
+		qi := query{id: req.Id, flags: msgFlags(req), nameLen: nn}
+		if opt != nil {
+			qi.do = opt.Do()
+		}
+		wire := writeHit(buf[:0], e, name[:nn], &qi, now, st.cfg.EDNSBufferSize, maxUDPAnswer)
+		r := new(dns.Msg)
+		if err := r.Unpack(wire); err == nil {
+			info.cacheHit = true
+			return p.finish(st, r, req, nil), info
+		}
+	}
+	p.met.cacheMisses.inc(shard)
+	res := p.resolve(ctx, st, g, req, string(key[:kn]))
+	info.upstream = res.upstream
+	if res.msg == nil {
+		resp.SetRcode(req, dns.RcodeServerFailure)
+		return p.finish(st, resp, req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: res.ede, ExtraText: res.text}}), info
+	}
+	return p.finish(st, res.msg.Copy(), req, nil), info
+}
+
+// msgFlags returns the header flags of req relevant to writeHit.
+func msgFlags(req *dns.Msg) uint16 {
+	var f uint16
+	if req.RecursionDesired {
+		f |= flagRD
+	}
+	if req.CheckingDisabled {
+		f |= flagCD
+	}
+	if req.AuthenticatedData {
+		f |= flagAD
+	}
+	return f
+}
+
+// msgKey builds the cache key of req (the same bytes parseQuery produces)
+// and the question name in wire form as the client wrote it.
+func msgKey(req *dns.Msg, key *[keyMax]byte, name *[maxNameWire]byte) (int, int, bool) {
+	q := req.Question[0]
+	n, err := dns.PackDomainName(dns.Fqdn(q.Name), name[:], 0, nil, false)
+	if err != nil {
+		return 0, 0, false
+	}
+	for i := 0; i < n; i++ {
+		c := name[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		key[i] = c
+	}
+	// Length bytes are < 64 and never in A-Z, so folding them is a no-op.
+	key[n] = byte(q.Qtype >> 8)
+	key[n+1] = byte(q.Qtype)
+	key[n+2] = byte(q.Qclass >> 8)
+	key[n+3] = byte(q.Qclass)
+	var f byte
+	if opt := req.IsEdns0(); opt != nil && opt.Do() {
+		f |= keyFlagDO
+	}
+	if req.CheckingDisabled {
+		f |= keyFlagCD
+	}
+	key[n+4] = f
+	return n + 5, n, true
+}
+
+// finish makes r the answer to req: ID, question (the client's case), flags,
+// and our own OPT record (with ede options) if and only if req had EDNS.
+func (p *Proxy) finish(st *state, r, req *dns.Msg, ede []dns.EDNS0) *dns.Msg {
+	r.Id = req.Id
+	r.Response = true
+	r.Opcode = req.Opcode
+	r.RecursionDesired = req.RecursionDesired
+	r.RecursionAvailable = true
+	r.CheckingDisabled = req.CheckingDisabled
+	r.Truncated = false
+	r.Question = []dns.Question{req.Question[0]}
+	r.Compress = true
+	extra := r.Extra[:0]
+	for _, rr := range r.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	r.Extra = extra
+	reqOpt := req.IsEdns0()
+	do := reqOpt != nil && reqOpt.Do()
+	if !do && !req.AuthenticatedData {
+		r.AuthenticatedData = false
+	}
+	if reqOpt != nil {
+		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		o.SetUDPSize(uint16(st.cfg.EDNSBufferSize))
+		o.SetDo(do)
+		o.Option = ede
+		r.Extra = append(r.Extra, o)
+	} else if r.Rcode > 0xF {
+		r.Rcode = dns.RcodeServerFailure
+	}
+	return r
+}
+
+// policyAnswer synthesizes the local answer for a blocked name: NODATA with
+// an SOA for DDR, NXDOMAIN with an SOA otherwise.
+func policyAnswer(req *dns.Msg, reason string) *dns.Msg {
+	r := new(dns.Msg)
+	r.SetReply(req)
+	r.Authoritative = true
+	owner := "resolver.arpa."
+	if reason == reasonDDR {
+		r.Rcode = dns.RcodeSuccess
+	} else {
+		r.Rcode = dns.RcodeNameError
+		owner = dns.Fqdn(lowerASCII(req.Question[0].Name))
+	}
+	r.Ns = []dns.RR{&dns.SOA{
+		Hdr:     dns.RR_Header{Name: owner, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: policyTTL},
+		Ns:      "sluice.invalid.",
+		Mbox:    "hostmaster.sluice.invalid.",
+		Serial:  1,
+		Refresh: 3600,
+		Retry:   600,
+		Expire:  86400,
+		Minttl:  policyTTL,
+	}}
+	return r
+}
+
+func blockedEDE(reason string) []dns.EDNS0 {
+	code := dns.ExtendedErrorCodeBlocked
+	if reason == reasonDDR {
+		code = dns.ExtendedErrorCodeFiltered
+	}
+	return []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: code, ExtraText: "sluice policy: " + reason}}
+}
+
+// flight is one upstream resolution shared by identical concurrent queries.
+type flight struct {
+	done chan struct{}
+	res  groupResult
+}
+
+// resolve asks g for req's question once per key at a time (coalescing
+// identical concurrent misses), caches the answer and returns it. The result
+// is shared: callers must copy res.msg before changing it.
+func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, key string) groupResult {
+	p.flightMu.Lock()
+	if f := p.flights[key]; f != nil {
+		p.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.res
+		case <-ctx.Done():
+			return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
+				text: fmt.Sprintf("query for group %q cancelled", g.label)}
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	p.flights[key] = f
+	p.flightMu.Unlock()
+	defer func() {
+		p.flightMu.Lock()
+		delete(p.flights, key)
+		p.flightMu.Unlock()
+		close(f.done)
+	}()
+
+	if !p.inflight.acquire() {
+		p.met.overload.Inc()
+		f.res = groupResult{ede: dns.ExtendedErrorCodeNotReady,
+			text: "too many upstream queries in flight"}
+		return f.res
+	}
+	defer p.inflight.release()
+
+	// The upstream query belongs to the proxy, not to the first client: a
+	// client going away must not fail the others waiting on this flight.
+	qctx, cancel := context.WithTimeout(p.ctx, st.cfg.Deadline)
+	defer cancel()
+	uq := new(dns.Msg)
+	uq.RecursionDesired = true
+	uq.CheckingDisabled = req.CheckingDisabled
+	uq.Question = []dns.Question{req.Question[0]}
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	uq.SetEdns0(uint16(st.cfg.EDNSBufferSize), do)
+	f.res = g.exchange(qctx, uq, &p.ids, st.cfg.UpstreamTimeout, st.cfg.Health.Failures)
+
+	now := p.now().UnixNano()
+	msg := f.res.msg
+	if msg != nil {
+		clampNegativeSOA(msg)
+	}
+	if msg == nil && st.cfg.Cache.ServfailTTL > 0 {
+		msg = new(dns.Msg)
+		msg.SetRcode(uq, dns.RcodeServerFailure)
+	}
+	if msg != nil {
+		if ttl := cacheTTL(msg, st.cfg.Cache.MaxTTL, st.cfg.Cache.ServfailTTL); ttl >= time.Second {
+			if e, ok := newCacheEntry(key, msg, ttl, now, g); ok {
+				e.gen.Store(st.gen)
+				p.cache.put(e)
+			}
+		}
+	}
+	return f.res
+}

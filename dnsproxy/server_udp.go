@@ -1,0 +1,286 @@
+package dnsproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// udpReadBuf is the read buffer of one UDP read loop.
+	udpReadBuf = 65535
+	// maxBindAttempts bounds retries when an ephemeral UDP port is taken for TCP.
+	maxBindAttempts = 8
+)
+
+// listenerSet is the UDP sockets (one per core, SO_REUSEPORT) and the TCP
+// server of one listen address. Its goroutines exit when close is called.
+type listenerSet struct {
+	addr  netip.Addr
+	udp   []*net.UDPConn
+	tcpLn net.Listener
+	tcp   *dns.Server
+	wg    sync.WaitGroup
+	once  sync.Once
+	err   error
+}
+
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// bind opens the UDP sockets and TCP listener for a on port (0: ephemeral,
+// the same port for UDP and TCP) and starts their loops.
+func (p *Proxy) bind(ctx context.Context, a netip.Addr, port uint16) (*listenerSet, error) {
+	udpNet, tcpNet := "udp4", "tcp4"
+	if a.Is6() {
+		udpNet, tcpNet = "udp6", "tcp6"
+	}
+	lc := net.ListenConfig{Control: reusePort}
+	n := max(1, runtime.GOMAXPROCS(0))
+	var lastErr error
+	for attempt := 0; attempt < maxBindAttempts; attempt++ {
+		ls := &listenerSet{addr: a}
+		first, err := lc.ListenPacket(ctx, udpNet, netip.AddrPortFrom(a, port).String())
+		if err != nil {
+			return nil, fmt.Errorf("listen udp %s: %w", netip.AddrPortFrom(a, port), err)
+		}
+		ls.udp = append(ls.udp, first.(*net.UDPConn))
+		bound := first.LocalAddr().(*net.UDPAddr).AddrPort()
+		for len(ls.udp) < n && err == nil {
+			var c net.PacketConn
+			if c, err = lc.ListenPacket(ctx, udpNet, bound.String()); err == nil {
+				ls.udp = append(ls.udp, c.(*net.UDPConn))
+			}
+		}
+		if err == nil {
+			var tcpLC net.ListenConfig
+			ls.tcpLn, err = tcpLC.Listen(ctx, tcpNet, bound.String())
+		}
+		if err != nil {
+			for _, c := range ls.udp {
+				c.Close()
+			}
+			lastErr = fmt.Errorf("listen %s: %w", bound, err)
+			if port == 0 && errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			return nil, lastErr
+		}
+		p.serveSet(ls)
+		return ls, nil
+	}
+	return nil, lastErr
+}
+
+func (p *Proxy) serveSet(ls *listenerSet) {
+	for i, c := range ls.udp {
+		ls.wg.Add(1)
+		go func() {
+			defer ls.wg.Done()
+			p.udpLoop(c, i)
+		}()
+	}
+	ls.tcp = p.newTCPServer(ls.tcpLn)
+	started := make(chan struct{})
+	ls.tcp.NotifyStartedFunc = func() { close(started) }
+	ls.wg.Add(1)
+	go func() {
+		defer ls.wg.Done()
+		if err := ls.tcp.ActivateAndServe(); err != nil {
+			p.log.Error("dns tcp listener stopped", "addr", ls.tcpLn.Addr().String(), "error", err)
+		}
+	}()
+	<-started
+}
+
+// close stops the set's sockets and waits for its goroutines.
+func (ls *listenerSet) close() error {
+	ls.once.Do(func() {
+		var errs []error
+		for _, c := range ls.udp {
+			if err := c.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := ls.tcp.ShutdownContext(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down dns tcp listener: %w", err))
+		}
+		ls.wg.Wait()
+		ls.err = errors.Join(errs...)
+	})
+	return ls.err
+}
+
+// loopState is owned by one UDP read loop: its buffers and metric shard.
+type loopState struct {
+	shard int
+	key   [keyMax]byte
+	q     query
+	out   []byte
+}
+
+func newLoopState(shard int) *loopState {
+	return &loopState{shard: shard, out: make([]byte, 0, udpReadBuf+64)}
+}
+
+// udpLoop reads queries from c until it is closed. Cache hits are answered
+// inline without allocating; everything else is handed to a goroutine.
+func (p *Proxy) udpLoop(c *net.UDPConn, shard int) {
+	ls := newLoopState(shard)
+	buf := make([]byte, udpReadBuf)
+	for {
+		n, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		resp, slow := p.handlePacket(ls, buf[:n], src)
+		if resp != nil {
+			c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone; nothing to do
+			continue
+		}
+		if !slow {
+			continue
+		}
+		if !p.slowAcquire() {
+			p.met.overload.Inc()
+			continue
+		}
+		pkt := append([]byte(nil), buf[:n]...)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.slow.Add(-1)
+			if resp := p.slowPacket(p.ctx, pkt, src, shard); resp != nil {
+				c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone
+			}
+		}()
+	}
+}
+
+func (p *Proxy) slowAcquire() bool {
+	limit := int64(defaultMaxSlow)
+	if m := p.inflight.max.Load(); m > 0 {
+		limit = m * maxSlowPerInflight
+	}
+	if p.slow.Add(1) > limit {
+		p.slow.Add(-1)
+		return false
+	}
+	return true
+}
+
+// handlePacket is the UDP fast path. It returns the answer to write, or
+// slow=true when the packet needs the slow path, or neither to drop it.
+func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (resp []byte, slow bool) {
+	start := p.now()
+	now := start.UnixNano()
+	st := p.st.Load()
+	a := src.Addr().Unmap()
+	q := &ls.q
+	kn, ok := parseQuery(pkt, q, &ls.key)
+	if rc, admitted := p.admit(st, a, now); !admitted {
+		if !ok {
+			return nil, false
+		}
+		out := append(ls.out[:0], pkt[:q.questEnd]...)
+		binary.BigEndian.PutUint16(out[2:], flagQR|q.flags&(flagRD|flagCD)|uint16(rc))
+		binary.BigEndian.PutUint16(out[10:], 0)
+		ls.out = out
+		p.localCounters.inc(ls.shard, q.qtype, rc)
+		return out, false
+	}
+	if !ok {
+		return nil, true
+	}
+	e := p.cache.get(ls.key[:kn], now)
+	if e == nil || e.gen.Load() != st.gen {
+		return nil, true
+	}
+	maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
+	out := writeHit(ls.out, e, pkt[headerLen:headerLen+q.nameLen], q, now, st.cfg.EDNSBufferSize, maxSize)
+	ls.out = out
+	p.met.cacheHits.inc(ls.shard)
+	e.counters.inc(ls.shard, q.qtype, e.rcode)
+	lat := p.now().Sub(start)
+	p.met.duration.observe(ls.shard, lat)
+	if p.qlog != nil {
+		p.qlog.add(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
+			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat})
+	}
+	return out, false
+}
+
+// slowPacket answers one UDP packet that the fast path could not: unpack,
+// serve, pack, truncate to the client's buffer. The packet was admitted
+// (ACL, rate limit) by handlePacket.
+func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, shard int) []byte {
+	start := p.now()
+	st := p.st.Load()
+	req := new(dns.Msg)
+	if err := req.Unpack(pkt); err != nil {
+		if len(pkt) < headerLen || pkt[2]&0x80 != 0 {
+			return nil // too short to answer, or a response: never reflect
+		}
+		out := make([]byte, headerLen)
+		copy(out, pkt[:4])
+		out[2] = 0x80 | pkt[2]&0x79 // QR, keep opcode and RD
+		out[3] = dns.RcodeFormatError
+		p.localCounters.inc(shard, 0, dns.RcodeFormatError)
+		return out
+	}
+	if req.Response {
+		return nil
+	}
+	resp, info := p.serve(ctx, st, req, shard)
+	size := minEDNSBufferSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = maxUDPSize(true, opt.UDPSize(), st.cfg.EDNSBufferSize)
+	}
+	out, err := resp.Pack()
+	if err == nil && len(out) > size {
+		// Like the fast path: header, question, OPT, TC; the client retries over TCP.
+		resp.Truncated = true
+		resp.Answer, resp.Ns = nil, nil
+		extra := resp.Extra[:0]
+		for _, rr := range resp.Extra {
+			if rr.Header().Rrtype == dns.TypeOPT {
+				extra = append(extra, rr)
+			}
+		}
+		resp.Extra = extra
+		out, err = resp.Pack()
+	}
+	if err != nil {
+		p.log.Debug("pack dns answer", "error", err)
+		fail := new(dns.Msg)
+		fail.SetRcode(req, dns.RcodeServerFailure)
+		if out, err = fail.Pack(); err != nil {
+			return nil
+		}
+	}
+	p.account(shard, start, req, resp, info, src)
+	return out
+}

@@ -1,0 +1,75 @@
+// Package firewall owns sluice's nftables table (family inet, "sluice" by
+// default): the desired state is built in memory from a Spec, applied in one
+// netlink batch, watched and re-applied when someone removes or changes it,
+// and its named counters are read back for status and Prometheus. It talks
+// to the kernel with github.com/google/nftables only; it never runs nft.
+//
+// # What the table does
+//
+// Everything matches traffic arriving on the WireGuard interface (iifname):
+//
+//   - chain prerouting (nat, priority dstnat): with OffPolicyDNS=redirect,
+//     UDP/TCP port 53 to any address that is not an in-tunnel resolver —
+//     public resolvers and internal ones inside routed prefixes alike — is
+//     DNATed to the first resolver of the packet's family. DNAT to an address,
+//     not `redirect`, because redirect rewrites to the interface's primary
+//     address, which need not be the proxy's.
+//   - chains input and forward (filter, priority filter - 5) jump to the
+//     regular chain peer_dns: accept port 53 to the resolvers
+//     (dns_accepted); reject any other port 53 (dns_rejected: TCP reset,
+//     ICMP/ICMPv6 administratively prohibited for UDP) — the policy with
+//     reject, the backstop with redirect (old flows NAT did not see, a family
+//     without a resolver); TCP 853 reset (dot_rejected), UDP 853 rejected
+//     (doq_rejected); TCP/UDP 443 to the interval sets @doh_v4/@doh_v6
+//     rejected (doh_rejected). Sets hold thousands of prefixes in a few
+//     rules.
+//   - forward also drops peer-to-peer traffic (iif and oif the WireGuard
+//     interface) unless PeerToPeer; in full mode it accepts peers' traffic
+//     to the egress and established/related return traffic, and chain
+//     postrouting (nat, priority srcnat) masquerades IPv4 and IPv6 from the
+//     tunnel prefixes out of the egress.
+//
+// Every verdict is counted in a named counter object whose name is the
+// Reason; Apply carries counter values over to the replacing table.
+//
+// # Atomic replace, fail closed
+//
+// Apply sends one batch: add table (creates it when missing), delete table,
+// add table with all counters, sets, chains and rules. The kernel commits a
+// batch atomically, so packets see the old table or the new one and never
+// a mix, and a table left by a killed process is replaced, never doubled.
+// A SIGKILLed sluice leaves its table in place (fail closed); only Close
+// removes it, and not with KeepOnStop. After each Apply, conntrack entries
+// of existing peer flows to ports 53 and 853 are deleted so that a flow
+// opened before the rule (NAT is decided on a flow's first packet) cannot
+// keep bypassing it.
+//
+// # Living beside other tables
+//
+// nftables evaluates every base chain registered at a hook, in priority
+// order, table by table. An accept ends evaluation only within its own base
+// chain: the packet then meets the next table's chain at the same hook, and
+// a drop there still drops it. So sluice's accepts do not open anything in
+// another table: an operator whose own table drops by default (a host
+// firewall with policy drop on input) must itself allow the WireGuard
+// interface to reach the resolvers on port 53 (and, with redirect, after
+// DNAT the packet arrives on input addressed to the resolver). The converse
+// holds too: sluice's rejects and drops are final whatever other tables
+// accept, which is what keeps DNS in the tunnel.
+//
+// Priorities: NAT uses the standard dstnat (-100) and srcnat (100) so that
+// DNAT happens before routing and filter chains see the rewritten address,
+// like every other NAT table. The filter chains use filter - 5: after
+// conntrack (-200) and dstnat, so ct state and the DNATed destination are
+// known; a little before the usual filter (0) tables, so an off-policy
+// attempt is counted and answered with a fast reset/ICMP error even when a
+// later table would drop it silently (a silent drop makes clients wait for
+// a timeout, then fall back to another resolver).
+//
+// # Watching
+//
+// Run listens to nftables netlink events and polls every 500 ms as a
+// fallback; when the table is missing or a chain, rule or set of it is gone
+// (nft delete table, nft flush ruleset, nft flush table), it applies the
+// last spec again and counts it (sluice_firewall_reapplied_total).
+package firewall
