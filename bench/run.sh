@@ -12,7 +12,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
 usage() {
-	echo "usage: bench/run.sh [--quick] [--sections=dns,tunnel,scale] [-v]" >&2
+	echo "usage: bench/run.sh [--quick] [--sections=dns,tunnel,scale,profile] [-v]" >&2
 	exit 2
 }
 args=()
@@ -82,8 +82,10 @@ go build -o "$bin/wireguard-go-same" golang.zx2c4.com/wireguard
 # The sluice side may not build yet while its packages are written; its rows
 # then say n/a with the build error instead of failing the whole run.
 build_sluice_side() {
-	local name="$1" pkgpath="$2"
-	if ! go build -o "$bin/$name" "$pkgpath" 2>"$bin/$name.err"; then
+	local name="$1" pkgpath="$2" verb="${3:-build}"
+	local how=(build)
+	[ "$verb" = test ] && how=(test -c)
+	if ! go "${how[@]}" -o "$bin/$name" "$pkgpath" 2>"$bin/$name.err"; then
 		echo "bench: $name not built: $(grep -v '^#' "$bin/$name.err" | head -1)" >&2
 		rm -f "$bin/$name"
 	fi
@@ -91,6 +93,9 @@ build_sluice_side() {
 build_sluice_side dnsproxy-bench ./bench/cmd/dnsproxy-bench
 build_sluice_side sluice ./cmd/sluice
 build_sluice_side scale ./bench/cmd/scale
+# the packages' own scale benchmarks, run from test binaries
+build_sluice_side wgdev.test ./gateway/wgdev test
+build_sluice_side firewall.test ./firewall test
 
 "$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" ${args[@]+"${args[@]}"} &
 pid=$!

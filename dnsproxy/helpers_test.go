@@ -227,3 +227,5 @@ func ede(r *dns.Msg) *dns.EDNS0_EDE {
 	}
 	return nil
 }
+
+func fmtName(format string, args ...any) string { return fmt.Sprintf(format, args...) }

@@ -10,84 +10,109 @@ import (
 
 const (
 	limiterShards = 64
-	// limiterShardMax bounds the buckets one shard remembers; idle buckets
-	// are swept when it is reached.
+	// limiterShardMax bounds the peers one shard remembers; idle ones are
+	// forgotten when it is reached.
 	limiterShardMax = 4096
 )
 
+// bucket is a GCRA token bucket: tat is the theoretical arrival time (unix
+// nanoseconds) of the next conforming query. One CAS per query, no lock.
 type bucket struct {
-	tokens float64
-	last   int64 // unix nanoseconds of the last refill
+	tat atomic.Int64
 }
 
 type limiterShard struct {
-	mu sync.Mutex // protects m
-	m  map[netip.Addr]*bucket
+	mu sync.Mutex                             // serializes writers of m
+	m  atomic.Pointer[map[netip.Addr]*bucket] // copy-on-write: readers never lock
 	_  [48]byte
 }
 
-// limiter is a per-source token bucket table, sharded by address hash.
+// limiter is a per-source rate limit, sharded by address. Lookups of known
+// peers are lock-free; a new peer copies its shard's map (peers are the
+// tunnel's devices, so this is rare and bounded).
 type limiter struct {
-	qps    atomic.Int64 // tokens per second; 0 = unlimited
-	burst  atomic.Int64
-	shards [limiterShards]limiterShard
+	interval atomic.Int64 // nanoseconds per query; 0 = unlimited
+	tol      atomic.Int64 // burst * interval
+	shards   [limiterShards]limiterShard
 }
 
 func newLimiter(qps, burst int) *limiter {
 	l := &limiter{}
 	for i := range l.shards {
-		l.shards[i].m = make(map[netip.Addr]*bucket)
+		m := map[netip.Addr]*bucket{}
+		l.shards[i].m.Store(&m)
 	}
 	l.set(qps, burst)
 	return l
 }
 
 func (l *limiter) set(qps, burst int) {
-	l.qps.Store(int64(qps))
-	l.burst.Store(int64(max(burst, qps)))
+	if qps <= 0 {
+		l.interval.Store(0)
+		return
+	}
+	iv := max(int64(time.Second)/int64(qps), 1)
+	l.tol.Store(iv * int64(max(burst, qps)))
+	l.interval.Store(iv)
 }
 
-// allow takes one token from src's bucket at time now (unix nanoseconds).
+// allow reports whether src may send one more query at now (unix nanoseconds).
 func (l *limiter) allow(src netip.Addr, now int64) bool {
-	qps := l.qps.Load()
-	if qps <= 0 {
+	iv := l.interval.Load()
+	if iv == 0 {
 		return true
 	}
-	burst := float64(l.burst.Load())
+	tol := l.tol.Load()
 	s := &l.shards[addrHash(src)&(limiterShards-1)]
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b := s.m[src]
+	b := (*s.m.Load())[src]
 	if b == nil {
-		if len(s.m) >= limiterShardMax {
-			s.sweep(now, qps, burst)
+		b = s.add(src, now)
+	}
+	for range 16 {
+		tat := b.tat.Load()
+		next := max(tat, now) + iv
+		if next-now > tol {
+			return false
 		}
-		b = &bucket{tokens: burst, last: now}
-		s.m[src] = b
+		if b.tat.CompareAndSwap(tat, next) {
+			return true
+		}
 	}
-	if d := now - b.last; d > 0 {
-		b.tokens = min(burst, b.tokens+float64(d)*float64(qps)/float64(time.Second))
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return false
 }
 
-// sweep forgets buckets that have refilled completely (they carry no state).
-// If none has, it forgets all of them: a flood of sources must not grow memory.
-func (s *limiterShard) sweep(now, qps int64, burst float64) {
-	full := time.Duration(burst / float64(qps) * float64(time.Second))
-	for a, b := range s.m {
-		if time.Duration(now-b.last) >= full {
-			delete(s.m, a)
+// add returns src's bucket, creating it (and forgetting idle peers when the
+// shard is full).
+func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.m.Load()
+	if b := old[src]; b != nil {
+		return b
+	}
+	next := make(map[netip.Addr]*bucket, len(old)+1)
+	for a, b := range old {
+		// A bucket whose tat has passed is full again: it carries no state.
+		if len(old) < limiterShardMax || b.tat.Load() > now {
+			next[a] = b
 		}
 	}
-	if len(s.m) >= limiterShardMax {
-		clear(s.m)
+	if len(next) >= limiterShardMax {
+		clear(next) // a flood of sources must not grow memory
 	}
+	b := &bucket{}
+	next[src] = b
+	s.m.Store(&next)
+	return b
+}
+
+// addrHash mixes the 16 bytes of a into a shard index source.
+func addrHash(a netip.Addr) uint64 {
+	b := a.As16()
+	h := binary.LittleEndian.Uint64(b[:8])*0x9E3779B97F4A7C15 ^ binary.LittleEndian.Uint64(b[8:])
+	h ^= h >> 29
+	h *= 0xBF58476D1CE4E5B9
+	return h ^ h>>32
 }
 
 // inflight caps concurrent upstream queries.
@@ -106,12 +131,3 @@ func (f *inflight) acquire() bool {
 }
 
 func (f *inflight) release() { f.n.Add(-1) }
-
-// addrHash mixes the 16 bytes of a into a shard index source.
-func addrHash(a netip.Addr) uint64 {
-	b := a.As16()
-	h := binary.LittleEndian.Uint64(b[:8])*0x9E3779B97F4A7C15 ^ binary.LittleEndian.Uint64(b[8:])
-	h ^= h >> 29
-	h *= 0xBF58476D1CE4E5B9
-	return h ^ h>>32
-}

@@ -151,10 +151,12 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 	if st.policy, err = newPolicy(cfg.Policy); err != nil {
 		return nil, err
 	}
-	if prev != nil && prev.cfg.TLSCAFile == cfg.TLSCAFile {
+	if prev != nil && prev.tlsConf != nil && prev.cfg.TLSCAFile == cfg.TLSCAFile {
 		st.tlsConf = prev.tlsConf
-	} else if st.tlsConf, err = loadTLSConfig(cfg.TLSCAFile); err != nil {
-		return nil, err
+	} else if hasTLSUpstream(cfg) || cfg.TLSCAFile != "" {
+		if st.tlsConf, err = loadTLSConfig(cfg.TLSCAFile); err != nil {
+			return nil, err
+		}
 	}
 	old := map[string]*upstream{}
 	if prev != nil && prev.tlsConf == st.tlsConf {
@@ -202,6 +204,17 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 	st.router.def = def
 	st.groups = append(st.groups, def)
 	return st, nil
+}
+
+func hasTLSUpstream(cfg Config) bool {
+	for _, z := range append(slices.Clone(cfg.Zones), cfg.Default) {
+		for _, s := range z.Upstreams {
+			if u, err := ParseUpstream(s); err == nil && u.Proto == "tls" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func unmapBits(p netip.Prefix) int {

@@ -464,10 +464,18 @@ func (g *group) exchange(ctx context.Context, q *dns.Msg, ids *idSource, perTry 
 	return groupResult{ede: code, text: fmt.Sprintf("no upstream of group %q answered (%d tried)", g.label, tried)}
 }
 
-// loadTLSConfig builds the client TLS configuration for DoT upstreams.
+// loadTLSConfig builds the client TLS configuration for DoT upstreams; it is
+// only called when a tls upstream is configured.
 func loadTLSConfig(caFile string) (*tls.Config, error) {
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile == "" {
+		// Load the system roots now rather than lazily inside the first
+		// handshake, where it would eat into a query's deadline.
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			return nil, fmt.Errorf("load system certificate pool: %w", err)
+		}
+		c.RootCAs = pool
 		return c, nil
 	}
 	pem, err := os.ReadFile(caFile)

@@ -16,6 +16,7 @@ const servfailWithin = 2 * time.Second
 // peer and the upstream; with both corp resolvers down the answer is a fast
 // SERVFAIL and the public resolver never sees a corp.example query.
 func TestSplitDNS(t *testing.T) {
+	requireSluice(t)
 	tp := newTopology(t)
 	g := tp.newSluice(sluiceOpts{mode: "split", offPolicy: "redirect"})
 	g.start(t)

@@ -19,6 +19,7 @@ const failFast = time.Second
 // reject. The internet's counting table proves that no peer packet to port
 // 53 or 853, or to the DoH server, left the gateway in full mode.
 func TestEnforcement(t *testing.T) {
+	requireSluice(t)
 	tp := newTopology(t)
 
 	// Split mode first; its subtest-free setup fails the whole test when

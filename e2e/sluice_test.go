@@ -268,9 +268,17 @@ func metricSum(text, name string, labels ...string) float64 {
 	return sum
 }
 
-// firewallCounter is sluice_firewall_packets_total{reason=...}.
+// firewallCounter waits (counters may be read from the kernel
+// periodically) until sluice_firewall_packets_total{reason=...} is at least
+// 1 and returns it; 0 means it never counted.
 func (g *sluiceGW) firewallCounter(t testing.TB, reason string) float64 {
-	return metricSum(g.metrics(t), "sluice_firewall_packets_total", `reason="`+reason+`"`)
+	t.Helper()
+	var n float64
+	waitFor(5*time.Second, 200*time.Millisecond, func() (bool, string) {
+		n = metricSum(g.metrics(t), "sluice_firewall_packets_total", `reason="`+reason+`"`)
+		return n >= 1, ""
+	})
+	return n
 }
 
 // queryRecord is one line of the query log.

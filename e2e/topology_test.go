@@ -226,6 +226,10 @@ func (tp *topology) newClientNS(prefix string) *netnstest.NS {
 		if err := os.RemoveAll(etc); err != nil {
 			tp.t.Errorf("remove %s: %v", etc, err)
 		}
+		// /etc/netns itself goes too once no namespace uses it.
+		if err := os.Remove("/etc/netns"); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+			tp.t.Errorf("remove /etc/netns: %v", err)
+		}
 	})
 	// No nameserver: until wg-quick applies DNS=, nothing resolves.
 	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("# sluice e2e: no resolver until wg-quick sets one\n"), 0o644); err != nil {

@@ -44,6 +44,7 @@ func contains(list []string, s string) bool {
 // tunnel on both families; a device added while the daemon runs works at
 // once, and a removed one stops working while the first keeps going.
 func TestClientTunnel(t *testing.T) {
+	requireSluice(t)
 	tp := newTopology(t)
 	// The tunnel prefixes are routed too, so that the client reaches the
 	// gateway's own tunnel addresses (split mode routes only peers.routes

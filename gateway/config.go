@@ -526,6 +526,15 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		}
 		c.Peers.Routes = append(c.Peers.Routes, p)
 	}
+	var def4, def6 bool
+	for _, r := range c.Peers.Routes {
+		def4 = def4 || r.Bits() == 0 && r.Addr().Is4()
+		def6 = def6 || r.Bits() == 0 && r.Addr().Is6()
+	}
+	if def4 != def6 {
+		bad("peers.routes", "routes one family's default route but not the other's: the other family leaks around the tunnel",
+			"add both 0.0.0.0/0 and ::/0, or use dns.mode: full")
+	}
 	if len(errs) == 0 {
 		if err := c.Pool().Validate(); err != nil {
 			bad("interface.addresses", err.Error(), "use larger prefixes, e.g. /24 for IPv4 and /64 for IPv6")

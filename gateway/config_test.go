@@ -88,27 +88,29 @@ func TestParseBad(t *testing.T) {
 		old, new   string
 		line       int
 		key, inMsg string
+		old2, new2 string
 	}{
-		{"unknown key", "  mtu: 1420\n", "  mtu: 1420\n  mtux: 3\n", 8, "", `unknown key "mtux"`},
-		{"unknown section", "admin:\n", "bogus: 1\nadmin:\n", 25, "", `unknown key "bogus"`},
-		{"bad cidr", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/33, fd20::1/64]", 6, "interface.addresses[0]", "not an address with prefix length"},
-		{"network address", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.0/24, fd20::1/64]", 6, "interface.addresses[0]", "network address"},
-		{"no ipv6", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/24]", 6, "interface.addresses", "one IPv4 and one IPv6"},
-		{"resolver outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.99.0.53, fd20::53]", 11, "dns.listen[0]", "outside the interface prefixes"},
-		{"resolver v6 outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.20.0.53, fd99::53]", 11, "dns.listen[1]", "outside the interface prefixes"},
-		{"pool too small", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/30, fd20::1/64]", 6, "interface.addresses", ""},
-		{"bad upstream", "upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'udp://nope']", 15, "dns.zones[0].upstreams[1]", ""},
-		{"bad mode", "mode: split", "mode: half", 10, "dns.mode", "unknown mode"},
-		{"bad backend", "backend: userspace", "backend: ebpf", 3, "interface.backend", "unknown backend"},
-		{"bad route", "routes: [10.30.0.0/16]", "routes: [10.30.0.0/99]", 24, "peers.routes[0]", "not a CIDR"},
-		{"route host bits", "routes: [10.30.0.0/16]", "routes: [10.30.0.1/16]", 24, "peers.routes[0]", "host bits"},
-		{"bad endpoint", "endpoint: vpn.example.com:51820", "endpoint: vpn.example.com", 8, "interface.endpoint", "not host:port"},
-		{"bad action", "off_policy_dns: redirect", "off_policy_dns: drop", 20, "enforce.off_policy_dns", "unknown action"},
-		{"wrong type", "mtu: 1420", "mtu: big", 7, "", "cannot unmarshal"},
-		{"bad duration", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: soon", 19, "dns.upstream_timeout", "not a duration"},
-		{"timeout too long", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: 5s", 19, "dns.upstream_timeout", "under 2s"},
-		{"duplicate zone", "  default:\n", "    - name: Corp.Example.\n      upstreams: [10.30.0.53]\n  default:\n", 16, "dns.zones[1].name", "listed twice"},
-		{"public upstream in full mode", "mode: split", "mode: full", 17, "dns.default.upstreams[0]", "not internal"},
+		{"unknown key", "  mtu: 1420\n", "  mtu: 1420\n  mtux: 3\n", 8, "", `unknown key "mtux"`, "", ""},
+		{"unknown section", "admin:\n", "bogus: 1\nadmin:\n", 25, "", `unknown key "bogus"`, "", ""},
+		{"bad cidr", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/33, fd20::1/64]", 6, "interface.addresses[0]", "not an address with prefix length", "", ""},
+		{"network address", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.0/24, fd20::1/64]", 6, "interface.addresses[0]", "network address", "", ""},
+		{"no ipv6", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/24]", 6, "interface.addresses", "one IPv4 and one IPv6", "", ""},
+		{"resolver outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.99.0.53, fd20::53]", 11, "dns.listen[0]", "outside the interface prefixes", "", ""},
+		{"resolver v6 outside", "listen: [10.20.0.53, fd20::53]", "listen: [10.20.0.53, fd99::53]", 11, "dns.listen[1]", "outside the interface prefixes", "", ""},
+		{"pool too small", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/30, fd20::1/64]", 6, "interface.addresses", "", "10.20.0.53", "10.20.0.2"},
+		{"bad upstream", "upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'udp://nope']", 15, "dns.zones[0].upstreams[1]", "", "", ""},
+		{"bad mode", "mode: split", "mode: half", 10, "dns.mode", "unknown mode", "", ""},
+		{"bad backend", "backend: userspace", "backend: ebpf", 3, "interface.backend", "unknown backend", "", ""},
+		{"bad route", "routes: [10.30.0.0/16]", "routes: [10.30.0.0/99]", 24, "peers.routes[0]", "not a CIDR", "", ""},
+		{"v4 default only", "routes: [10.30.0.0/16]", "routes: [0.0.0.0/0]", 24, "peers.routes", "leaks", "", ""},
+		{"route host bits", "routes: [10.30.0.0/16]", "routes: [10.30.0.1/16]", 24, "peers.routes[0]", "host bits", "", ""},
+		{"bad endpoint", "endpoint: vpn.example.com:51820", "endpoint: vpn.example.com", 8, "interface.endpoint", "not host:port", "", ""},
+		{"bad action", "off_policy_dns: redirect", "off_policy_dns: drop", 20, "enforce.off_policy_dns", "unknown action", "", ""},
+		{"wrong type", "mtu: 1420", "mtu: big", 7, "", "cannot unmarshal", "", ""},
+		{"bad duration", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: soon", 19, "dns.upstream_timeout", "not a duration", "", ""},
+		{"timeout too long", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: 5s", 19, "dns.upstream_timeout", "under 2s", "", ""},
+		{"duplicate zone", "  default:\n", "    - name: Corp.Example.\n      upstreams: [10.30.0.53]\n  default:\n", 16, "dns.zones[1].name", "listed twice", "", ""},
+		{"public upstream in full mode", "mode: split", "mode: full", 17, "dns.default.upstreams[0]", "not internal", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,6 +118,9 @@ func TestParseBad(t *testing.T) {
 				t.Fatalf("test setup: %q not in config", tt.old)
 			}
 			data := strings.Replace(goodConfig, tt.old, tt.new, 1)
+			if tt.old2 != "" {
+				data = strings.Replace(data, tt.old2, tt.new2, 1)
+			}
 			_, err := Parse("bad.yaml", []byte(data))
 			if err == nil {
 				t.Fatal("Parse succeeded, want error")

@@ -39,7 +39,7 @@ func TestAllowedIPs(t *testing.T) {
 		{"resolver covered by a route is not repeated", false, prefixes("10.20.0.0/24", "fd20::/64"), res, "10.20.0.0/24, fd20::/64"},
 		{"only v4 covered", false, prefixes("10.20.0.0/24"), res, "10.20.0.0/24, fd20::53/128"},
 		{"routes with host bits are masked", false, prefixes("10.30.1.7/16", "fd30::9/48"), res, "10.20.0.53/32, 10.30.0.0/16, fd20::53/128, fd30::/48"},
-		{"duplicates and nested routes collapse", false, prefixes("10.30.0.0/16", "10.30.5.0/24", "10.30.0.0/16", "fd30::/48", "fd30:0:1::/64"), res, "10.20.0.53/32, 10.30.0.0/16, fd20::53/128, fd30::/48"},
+		{"duplicates and nested routes collapse", false, prefixes("10.30.0.0/16", "10.30.5.0/24", "10.30.0.0/16", "fd30::/48", "fd30::1:0:0:0/64"), res, "10.20.0.53/32, 10.30.0.0/16, fd20::53/128, fd30::/48"},
 		{"duplicate resolvers", false, nil, addrs("10.20.0.53", "10.20.0.53", "::ffff:10.20.0.53", "fd20::53%eth0"), "10.20.0.53/32, fd20::53/128"},
 		{"split with default routes", false, prefixes("0.0.0.0/0", "::/0"), res, "0.0.0.0/0, ::/0"},
 		{"sorted v4 first", false, prefixes("fd30::/48", "192.0.2.0/24", "10.30.0.0/16"), addrs("fd20::53", "10.20.0.54", "10.20.0.53"), "10.20.0.53/32, 10.20.0.54/32, 10.30.0.0/16, 192.0.2.0/24, fd20::53/128, fd30::/48"},

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -286,7 +287,7 @@ func TestRenderMobileconfigStructure(t *testing.T) {
 		}
 	}
 	for _, u := range []string{top["PayloadUUID"].Text, vpn["PayloadUUID"].Text} {
-		if !regexpMatch(uuidRE, u) {
+		if !regexp.MustCompile(uuidRE).MatchString(u) {
 			t.Errorf("PayloadUUID %q is not a v4 UUID", u)
 		}
 	}

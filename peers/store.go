@@ -71,7 +71,7 @@ type Store struct {
 
 // Open opens the registry in dir, creating dir (0700) when missing. An
 // existing peers.json is read and checked now so that a damaged store is
-// reported at start.
+// reported at start, and set back to mode 0600 if it was readable by others.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("open peer store: state directory not set")
@@ -95,6 +95,12 @@ func Open(dir string) (*Store, error) {
 	}
 	if _, err := s.load(); err != nil {
 		return nil, err
+	}
+	// The file holds private keys: tighten a mode someone loosened.
+	if st, err := os.Stat(s.path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(s.path, 0o600); err != nil {
+			return nil, fmt.Errorf("restrict peer store %q to mode 0600: %w", s.path, err)
+		}
 	}
 	return s, nil
 }

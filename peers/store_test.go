@@ -540,3 +540,20 @@ func TestCheckFindsMismatchedKeyPair(t *testing.T) {
 		t.Fatalf("Check = %v", err)
 	}
 }
+
+func TestOpenTightensLooseStoreMode(t *testing.T) {
+	s := openTestStore(t)
+	if _, err := s.Add(AddRequest{User: "alice"}, testPool()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(s.Path(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(filepath.Dir(s.Path())); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(s.Path())
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode after Open = %v, want 0600", st.Mode().Perm())
+	}
+}

@@ -177,12 +177,12 @@ func open(ctx context.Context, cfg Config, opts Options, sys system) (_ *Device,
 		return nil, fmt.Errorf("set %q up: %w", name, err)
 	}
 
-	port := cfg.ListenPort
-	if got, err := wg.Device(name); err == nil {
-		port = got.ListenPort
-	} else {
+	// Read back the port: with ListenPort 0 the device picked one.
+	got, err := wg.Device(name)
+	if err != nil {
 		return nil, fmt.Errorf("read wireguard interface %q: %w", name, err)
 	}
+	port := got.ListenPort
 
 	d := &Device{
 		name:       name,

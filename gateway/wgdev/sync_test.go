@@ -3,10 +3,12 @@ package wgdev
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -323,5 +325,45 @@ func BenchmarkDiffPeers10k(b *testing.B) {
 		if _, _, err := diffPeers(cur.Peers, want); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDeviceConcurrentUse runs syncs, stats and Close at once (under -race
+// in CI): every call either succeeds or reports ErrClosed.
+func TestDeviceConcurrentUse(t *testing.T) {
+	fw := newFakeWG("wgt0")
+	d := &Device{name: "wgt0", wg: fw, log: discardLogger(), teardown: func() error { return nil }}
+	peers := manyPeers(t, 50)
+	errc := make(chan error, 64)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				var err error
+				if (i+j)%2 == 0 {
+					_, _, _, err = d.SyncPeers(peers[:10+(i*j)%40])
+				} else {
+					_, err = d.Stats()
+				}
+				if err != nil && !errors.Is(err, ErrClosed) {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := d.Close(); err != nil {
+			errc <- err
+		}
+	}()
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
 	}
 }

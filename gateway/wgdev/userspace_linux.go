@@ -55,7 +55,16 @@ func startUserspace(name string, mtu int, log *slog.Logger) (userspaceDevice, er
 		}
 		return nil, errors.Join(fmt.Errorf("create tun %q: %w", name, err), cerr)
 	}
-	pt := newPinnedTUN(t)
+	pt, err := newPinnedTUN(t)
+	if err != nil {
+		// Drain the TUN's events so its listeners can exit; the channel
+		// closes after Close.
+		go func() {
+			for range t.Events() {
+			}
+		}()
+		return nil, errors.Join(fmt.Errorf("create tun %q: %w", name, err), t.Close(), srv.Close())
+	}
 	dev := device.NewDevice(pt, conn.NewDefaultBind(), deviceLogger(log.With("interface", name)))
 	srv.serve(dev)
 	return &userspace{dev: dev, tun: pt, uapi: srv}, nil
@@ -89,22 +98,34 @@ func deviceLogger(log *slog.Logger) *device.Logger {
 	}
 }
 
-// pinnedTUN passes a TUN through but drops its link up/down events.
-// wireguard-go reacts to them by calling Up or Down from its event goroutine,
-// and Up opens the UDP sockets on whatever thread that goroutine runs on,
-// which is not necessarily in the device's network namespace. Instead Open
-// calls Up once on its own thread and the device stays up until Close. MTU
-// events still pass.
+// pinnedTUN passes a TUN through with two changes that keep wireguard-go
+// working from threads outside the device's network namespace:
+//
+//   - it drops link up/down events. wireguard-go reacts to them by calling Up
+//     or Down from its event goroutine, and Up opens the UDP sockets on
+//     whatever thread that goroutine runs on. Instead Open calls Up once on
+//     its own thread and the device stays up until Close. MTU events pass.
+//   - MTU queries go through a socket opened in the namespace at creation;
+//     wireguard-go's own query resolves the name in the calling thread's
+//     namespace and fails with "no such device" elsewhere.
 type pinnedTUN struct {
 	tun.Device
 	events chan tun.Event
 	done   chan struct{} // closed when pump exits: the inner event channel was closed
+
+	mu  sync.RWMutex // protects ctl
+	ctl int          // AF_INET datagram socket for SIOCGIFMTU; -1 after Close
 }
 
-func newPinnedTUN(t tun.Device) *pinnedTUN {
-	p := &pinnedTUN{Device: t, events: make(chan tun.Event, 8), done: make(chan struct{})}
+// newPinnedTUN wraps t; it must run on a thread in t's namespace.
+func newPinnedTUN(t tun.Device) (*pinnedTUN, error) {
+	ctl, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open control socket: %w", err)
+	}
+	p := &pinnedTUN{Device: t, events: make(chan tun.Event, 8), done: make(chan struct{}), ctl: ctl}
 	go p.pump()
-	return p
+	return p, nil
 }
 
 // pump forwards events until the wrapped TUN closes its channel (on Close).
@@ -120,6 +141,39 @@ func (p *pinnedTUN) pump() {
 
 // Events returns the filtered event channel; it is closed after Close.
 func (p *pinnedTUN) Events() <-chan tun.Event { return p.events }
+
+// MTU reads the link's MTU in the TUN's namespace.
+func (p *pinnedTUN) MTU() (int, error) {
+	name, err := p.Device.Name()
+	if err != nil {
+		return 0, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, fmt.Errorf("get mtu of %q: %w", name, err)
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.ctl < 0 {
+		return 0, fmt.Errorf("get mtu of %q: %w", name, net.ErrClosed)
+	}
+	if err := unix.IoctlIfreq(p.ctl, unix.SIOCGIFMTU, ifr); err != nil {
+		return 0, fmt.Errorf("get mtu of %q: %w", name, err)
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// Close closes the TUN, which removes the link, and the control socket.
+func (p *pinnedTUN) Close() error {
+	err := p.Device.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctl >= 0 {
+		err = errors.Join(err, unix.Close(p.ctl))
+		p.ctl = -1
+	}
+	return err
+}
 
 // uapiServer serves the WireGuard configuration protocol on the UAPI socket
 // so that wg(8) and wgctrl reach the embedded device. Each connection is
@@ -229,15 +283,44 @@ func (s *uapiServer) handle(dev *device.Device, c net.Conn) {
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
-	// The thread is never unlocked: having switched namespace it exits with
-	// this goroutine instead of returning to the scheduler's pool.
-	runtime.LockOSThread()
-	if err := netns.Set(s.ns); err != nil {
-		s.log.Error("enter network namespace for uapi", "interface", s.name, "err", err)
-		_ = c.Close() // cannot serve it safely
-		return
+	if err := inNamespace(s.ns, func() { dev.IpcHandle(c) }); err != nil { // IpcHandle closes c
+		s.log.Error("serve uapi connection", "interface", s.name, "err", err)
+		_ = c.Close() // not served
 	}
-	dev.IpcHandle(c) // closes c
+}
+
+// inNamespace runs fn on a goroutine locked to a thread switched into ns and
+// switches the thread back afterwards, so that the thread can return to the
+// scheduler's pool. (A thread left switched is discarded when its goroutine
+// exits, except the process's main thread, which Go keeps "wedged" instead:
+// the whole process would then look like it lives in ns.) Only if switching
+// back fails is the thread left locked, to be discarded.
+func inNamespace(ns netns.NsHandle, fn func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get thread network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: it ends with this goroutine.
+			errc <- fmt.Errorf("restore thread network namespace: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
 }
 
 // Close stops accepting, closes open connections, waits for their handlers

@@ -6,11 +6,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netns"
 )
 
 // Loopback ports of the DNS contenders. The upstream port is the one the
@@ -163,11 +165,12 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return failAll(err.Error())
 	}
-	for _, p := range []int{upstreamPort, sluicePort, dnsdistPort, unboundPort} {
-		if err := portFree(p); err != nil {
-			return failAll(err.Error())
-		}
+	// A namespace of our own: its loopback is private, so the fixed ports
+	// cannot collide with anything else running on the host.
+	if err := b.enterDNSNetns(ctx, "d"); err != nil {
+		return failAll(err.Error())
 	}
+	defer b.leaveDNSNetns()
 	up, err := b.startUnbound(ctx, dir, "upstream", upstreamConf, upstreamPort)
 	if err != nil {
 		return failAll("upstream: " + err.Error())
@@ -183,7 +186,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				s.na = b.why("dnsproxy-bench")
 				continue
 			}
-			s.p, err = b.r.start("dnsproxy-bench", "", b.cpus.server, nil, filepath.Join(b.bin, "dnsproxy-bench"),
+			s.p, err = b.r.start("dnsproxy-bench", b.dnsns, b.cpus.server, nil, filepath.Join(b.bin, "dnsproxy-bench"),
 				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort))
 			if err == nil {
 				err = b.waitDNS(ctx, s.port, s.p)
@@ -191,7 +194,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		case "dnsdist":
 			conf := filepath.Join(dir, "dnsdist.conf")
 			if err = os.WriteFile(conf, []byte(render(dnsdistConf, s.port, dir)), 0o644); err == nil {
-				s.p, err = b.r.start("dnsdist", "", b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
+				s.p, err = b.r.start("dnsdist", b.dnsns, b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
 			}
 			if err == nil {
 				err = b.waitDNS(ctx, s.port, s.p)
@@ -326,7 +329,7 @@ func (b *bench) startUnbound(ctx context.Context, dir, name, tmpl string, port i
 	if err := os.WriteFile(conf, []byte(render(tmpl, port, dir)), 0o644); err != nil {
 		return nil, fmt.Errorf("write %s config: %w", name, err)
 	}
-	p, err := b.r.start(name, "", b.cpus.server, nil, "unbound", "-d", "-c", conf)
+	p, err := b.r.start(name, b.dnsns, b.cpus.server, nil, "unbound", "-d", "-c", conf)
 	if err != nil {
 		return nil, err
 	}
@@ -348,7 +351,7 @@ func (b *bench) waitDNS(ctx context.Context, port int, p *proc) error {
 		if p.Exited() {
 			return fmt.Errorf("%s exited: %s", p.name, b.r.logTail(p.name, 3))
 		}
-		r, _, err := c.ExchangeContext(ctx, m, fmt.Sprintf("127.0.0.1:%d", port))
+		r, err := exchangeIn(c, b.dnsns, fmt.Sprintf("127.0.0.1:%d", port), m)
 		if err == nil && r.Rcode == dns.RcodeSuccess && len(r.Answer) > 0 {
 			return nil
 		}
@@ -366,14 +369,14 @@ func (b *bench) waitDNS(ctx context.Context, port int, p *proc) error {
 // one core during the measured run.
 func (b *bench) dnsperf(ctx context.Context, s *dnsServer, file string) (dnsperfResult, float64, error) {
 	port := strconv.Itoa(s.port)
-	if _, err := b.r.run(ctx, "", b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file, "-n", "1", "-q", "10", "-t", "2"); err != nil {
+	if _, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file, "-n", "1", "-q", "10", "-t", "2"); err != nil {
 		return dnsperfResult{}, 0, fmt.Errorf("warm up %s: %w", s.name, err)
 	}
 	c0, err := cpuSeconds(s.p.Pid())
 	if err != nil {
 		return dnsperfResult{}, 0, err
 	}
-	out, err := b.r.run(ctx, "", b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file,
+	out, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file,
 		"-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(dnsperfThreads),
 		"-q", strconv.Itoa(dnsperfOutstanding), "-t", "1", "-O", "suppress=timeout")
 	if err != nil {
@@ -400,7 +403,7 @@ func (b *bench) dnsperf(ctx context.Context, s *dnsServer, file string) (dnsperf
 
 // dnslat runs the latency client pinned to the client CPU.
 func (b *bench) dnslat(ctx context.Context, mode string, n int, targets []string) (map[string]latResult, error) {
-	out, err := b.r.run(ctx, "", b.cpus.client, nil, filepath.Join(b.bin, "dnslat"), "-mode", mode,
+	out, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, filepath.Join(b.bin, "dnslat"), "-mode", mode,
 		"-n", strconv.Itoa(n), "-set-size", strconv.Itoa(hitNames), "-want-a", answerA, "-targets", strings.Join(targets, ","))
 	if err != nil {
 		return nil, err
@@ -408,18 +411,73 @@ func (b *bench) dnslat(ctx context.Context, mode string, n int, targets []string
 	return parseDnslat(out)
 }
 
-// portFree checks that nothing listens on 127.0.0.1:port (udp and tcp).
-func portFree(port int) error {
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	u, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return fmt.Errorf("udp port %d busy: %w", port, err)
+// enterDNSNetns creates the namespace the DNS contenders run in.
+func (b *bench) enterDNSNetns(ctx context.Context, suffix string) error {
+	ns := b.runID + suffix
+	if err := b.r.addNetns(ctx, ns); err != nil {
+		return err
 	}
-	u.Close()
-	t, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("tcp port %d busy: %w", port, err)
-	}
-	t.Close()
+	b.dnsns = ns
 	return nil
+}
+
+// leaveDNSNetns deletes it (and kills whatever still runs there).
+func (b *bench) leaveDNSNetns() {
+	if err := b.r.delNetns(b.dnsns); err != nil {
+		b.log.Warn("delete namespace", "err", err)
+	}
+	b.dnsns = ""
+}
+
+// dialUDPIn opens a UDP socket inside namespace ns (the host's own when ns
+// is empty) connected to addr. The socket keeps its namespace after the
+// thread switches back.
+func dialUDPIn(ns, addr string) (net.Conn, error) {
+	if ns == "" {
+		return net.Dial("udp", addr)
+	}
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	// The goroutine ends right after the dial; its locked thread is
+	// discarded by the runtime if switching back failed.
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- result{err: fmt.Errorf("get current netns: %w", err)}
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			ch <- result{err: fmt.Errorf("open netns %q: %w", ns, err)}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{err: fmt.Errorf("enter netns %q: %w", ns, err)}
+			return
+		}
+		c, err := net.Dial("udp", addr)
+		if serr := netns.Set(orig); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// exchangeIn sends one query over a fresh socket in namespace ns.
+func exchangeIn(c *dns.Client, ns, addr string, m *dns.Msg) (*dns.Msg, error) {
+	conn, err := dialUDPIn(ns, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	r, _, err := c.ExchangeWithConn(m, &dns.Conn{Conn: conn})
+	return r, err
 }

@@ -66,6 +66,7 @@ type bench struct {
 	bin   string // directory with the built programs
 	work  string // scratch directory
 	runID string // prefix of namespace and interface names
+	dnsns string // namespace of the running DNS section
 	cpus  struct{ server, client string }
 	notes []string // shown under the table
 }
@@ -84,7 +85,7 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,tunnel,scale", "comma-separated sections to run")
+		sections = flag.String("sections", "dns,tunnel,scale", "comma-separated sections to run: dns, tunnel, scale, profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -146,8 +147,20 @@ func run() error {
 	if want["scale"] && ctx.Err() == nil {
 		rows = append(rows, b.scaleSection(ctx)...)
 	}
+	if want["profile"] && ctx.Err() == nil {
+		dir := *out
+		if dir == "" {
+			dir = *work
+		}
+		if err := b.profileSection(ctx, dir); err != nil {
+			log.Error("profile", "err", err)
+		}
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	if len(rows) == 0 {
+		return nil
 	}
 	report := b.report(rows, time.Since(start))
 	fmt.Print(report)

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	// scaleRounds is how many fresh processes measure each scale figure.
+	scaleRounds = 3
+	// scaleTimeout bounds waiting for sluice up to program every peer.
+	scaleTimeout = 2 * time.Minute
+	// rssSettle is how long the daemon idles before its RSS is read.
+	rssSettle = time.Second
+)
+
+// The scale daemon uses 10.30.0.0/16 (room for 10,000 peers) and a port of
+// its own; it needs no underlay, so its namespace has only loopback.
+const scaleConfTmpl = `interface: {name: {{IF}}, backend: userspace, listen_port: 51821, private_key_file: {{DIR}}/gw.key, addresses: [10.30.0.1/16, fd20::1/64], mtu: 1420, endpoint: 192.0.2.1:51821}
+dns: {mode: split, listen: [10.30.0.53, fd20::53], default: {upstreams: [127.0.0.1:5300]}}
+peers: {state_dir: {{DIR}}/state, routes: []}
+admin: {listen: 127.0.0.1:0, control_socket: {{DIR}}/ctl.sock}
+`
+
+func (b *bench) scaleSection(ctx context.Context) []row {
+	n := b.mode.scalePeers
+	syncSec, syncRSS, upSec, upRSS, fwMS := &series{}, &series{}, &series{}, &series{}, &series{}
+	rows := []row{
+		{figure: fmt.Sprintf("Scale: apply %d peers in one SyncPeers (wgdev benchmark)", n), unit: " s", s: syncSec, rounds: scaleRounds},
+		{figure: fmt.Sprintf("Scale: RSS of the wgdev benchmark process at %d peers", n), unit: " MiB", s: syncRSS, rounds: scaleRounds},
+		{figure: fmt.Sprintf("Scale: sluice up until %d peers are on the device", n), unit: " s", s: upSec, rounds: scaleRounds},
+		{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", n), unit: " MiB", s: upRSS, rounds: scaleRounds},
+		{figure: fmt.Sprintf("Scale: firewall Apply with %d DoH entries (firewall benchmark)", b.mode.scaleDoH), unit: " ms", s: fwMS, rounds: scaleRounds},
+	}
+
+	// Go benchmarks of the packages, each round in a fresh process pinned to
+	// the server CPU (RSS of a process that already ran a round is not a
+	// fresh figure).
+	for range scaleRounds {
+		if ctx.Err() != nil {
+			return rows
+		}
+		if !b.have("wgdev.test") {
+			syncSec.fail(b.why("wgdev.test"))
+			syncRSS.fail(b.why("wgdev.test"))
+		} else if m, err := b.goBench(ctx, "wgdev.test", "BenchmarkSyncPeers10k/add$", "1x", "BenchmarkSyncPeers10k/add"); err != nil {
+			syncSec.fail(err.Error())
+			syncRSS.fail(err.Error())
+		} else {
+			syncSec.add(m["ns/op"] / 1e9)
+			if v, ok := m["RSS-MiB"]; ok {
+				syncRSS.add(v)
+			} else {
+				syncRSS.fail("benchmark reports no RSS-MiB")
+			}
+		}
+		if !b.have("firewall.test") {
+			fwMS.fail(b.why("firewall.test"))
+		} else if m, err := b.goBench(ctx, "firewall.test", "BenchmarkApply$", "5x", "BenchmarkApply"); err != nil {
+			fwMS.fail(err.Error())
+		} else {
+			fwMS.add(m["ns/op"] / 1e6)
+		}
+	}
+
+	// The daemon itself: sluice up on a store of n peers.
+	switch {
+	case !b.have("sluice"):
+		upSec.fail(b.why("sluice"))
+		upRSS.fail(b.why("sluice"))
+	case !b.have("scale"):
+		upSec.fail(b.why("scale"))
+		upRSS.fail(b.why("scale"))
+	default:
+		if err := b.scaleDaemon(ctx, n, upSec, upRSS); err != nil {
+			upSec.fail(err.Error())
+			upRSS.fail(err.Error())
+		}
+	}
+	b.notes = append(b.notes, fmt.Sprintf("Scale: each figure from %d fresh processes pinned to CPU %s; SyncPeers and firewall figures are the packages' own Go benchmarks (gateway/wgdev BenchmarkSyncPeers10k/add: empty userspace device to %d peers in one ConfigureDevice over UAPI; firewall BenchmarkApply: one atomic batch with %d DoH prefixes in interval sets); \"sluice up\" is the wall time from starting the daemon on a store of %d peers (filled by bench/cmd/scale) until `wg show` lists all of them, and its VmRSS %s later",
+		scaleRounds, b.cpus.server, n, b.mode.scaleDoH, n, rssSettle))
+	return rows
+}
+
+// goBench runs one Go benchmark from a test binary built by run.sh and
+// returns the metrics of the line named name.
+func (b *bench) goBench(ctx context.Context, binary, pattern, benchtime, name string) (map[string]float64, error) {
+	out, err := b.r.run(ctx, "", b.cpus.server, nil, filepath.Join(b.bin, binary),
+		"-test.run", "^$", "-test.bench", pattern, "-test.benchtime", benchtime, "-test.count", "1")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %s", binary, err, lastLine(out))
+	}
+	return parseGoBench(out, name)
+}
+
+// parseGoBench reads the metrics of the benchmark line for name (with or
+// without the -N GOMAXPROCS suffix).
+func parseGoBench(out, name string) (map[string]float64, error) {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		base := f[0]
+		if i := strings.LastIndexByte(base, '-'); i > 0 {
+			if _, err := strconv.Atoi(base[i+1:]); err == nil {
+				base = base[:i]
+			}
+		}
+		if base != name {
+			continue
+		}
+		m := map[string]float64{}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("parse benchmark line %q: %w", line, err)
+			}
+			m[f[i+1]] = v
+		}
+		if _, ok := m["ns/op"]; !ok {
+			return nil, fmt.Errorf("parse benchmark line %q: no ns/op", line)
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("benchmark %s: no result line", name)
+}
+
+// scaleDaemon starts sluice up on a store of n peers scaleRounds times.
+func (b *bench) scaleDaemon(ctx context.Context, n int, upSec, upRSS *series) error {
+	dir := filepath.Join(b.work, "scale")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create scale dir: %w", err)
+	}
+	ifname := b.runID + "wgx"
+	conf := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(conf, []byte(strings.NewReplacer("{{IF}}", ifname, "{{DIR}}", dir).Replace(scaleConfTmpl)), 0o600); err != nil {
+		return fmt.Errorf("write scale config: %w", err)
+	}
+	if err := writeKey(filepath.Join(dir, "gw.key")); err != nil {
+		return err
+	}
+	if out, err := b.r.run(ctx, "", "", nil, filepath.Join(b.bin, "scale"), "-state", filepath.Join(dir, "state"), "-n", strconv.Itoa(n)); err != nil {
+		return fmt.Errorf("fill peer store: %w: %s", err, out)
+	}
+	ns := b.runID + "s"
+	if err := b.r.addNetns(ctx, ns); err != nil {
+		return err
+	}
+	defer func() {
+		if err := b.r.delNetns(ns); err != nil {
+			b.log.Warn("delete namespace", "err", err)
+		}
+	}()
+	for round := range scaleRounds {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.log.Info("scale round", "round", round+1, "of", scaleRounds)
+		secs, rss, err := b.scaleOnce(ctx, ns, ifname, conf, n)
+		if err != nil {
+			upSec.fail(err.Error())
+			upRSS.fail(err.Error())
+			continue
+		}
+		upSec.add(secs)
+		upRSS.add(rss)
+	}
+	return nil
+}
+
+func (b *bench) scaleOnce(ctx context.Context, ns, ifname, conf string, n int) (float64, float64, error) {
+	start := time.Now()
+	p, err := b.r.start("sluice-scale", ns, b.cpus.server, nil, filepath.Join(b.bin, "sluice"), "up", "-c", conf, "--log-level", "warn")
+	defer func() {
+		b.r.stop(p)
+		waitGone(filepath.Join(uapiDir, ifname+".sock"), upTimeout)
+	}()
+	if err != nil {
+		return 0, 0, err
+	}
+	got := 0
+	for time.Since(start) < scaleTimeout && ctx.Err() == nil {
+		if p.Exited() {
+			return 0, 0, fmt.Errorf("sluice up exited: %s", b.r.logTail(p.name, 3))
+		}
+		out, err := b.r.run(ctx, ns, "", nil, "wg", "show", ifname, "peers")
+		if err == nil {
+			got = len(strings.Fields(out))
+			if got >= n {
+				el := time.Since(start).Seconds()
+				time.Sleep(rssSettle)
+				rss, err := rssBytes(p.Pid())
+				if err != nil {
+					return 0, 0, err
+				}
+				return el, float64(rss) / (1 << 20), nil
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return 0, 0, fmt.Errorf("sluice up: %d of %d peers after %s", got, n, scaleTimeout)
+}
+
+// waitGone waits (bounded) for a path to disappear.
+func waitGone(path string, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
