@@ -132,7 +132,12 @@ func udpProbe(t testing.TB, ns *netnstest.NS, addr string, timeout time.Duration
 
 // ping sends one echo request (1 s timeout) from ns and reports success.
 func ping(ns *netnstest.NS, addr string) (bool, string) {
-	out, err := ns.Exec("ping", "-n", "-c", "1", "-W", "1", addr)
+	return pingWait(ns, addr, "1")
+}
+
+// pingWait is ping with a reply timeout of wait seconds (fractions allowed).
+func pingWait(ns *netnstest.NS, addr, wait string) (bool, string) {
+	out, err := ns.Exec("ping", "-n", "-c", "1", "-W", wait, addr)
 	return err == nil, out
 }
 

@@ -123,18 +123,18 @@ func TestEnforcement(t *testing.T) {
 			t.Errorf("the public resolver saw a corp.example query:\n%s", log)
 		}
 	})
-	logFirewall(t, g, tp.gw)
+	if t.Failed() {
+		logFirewall(t, g, tp.gw)
+	}
 }
 
 // logFirewall logs `sluice firewall show` and the kernel's view of the
-// gateway's nftables ruleset, for the record.
+// gateway's nftables ruleset, to debug a failure.
 func logFirewall(t *testing.T, g *sluiceGW, gw *netnstest.NS) {
 	out, err := g.cli("firewall", "show")
 	t.Logf("sluice firewall show (err %v):\n%s", err, out)
-	if testing.Verbose() {
-		rs, _ := gw.Exec("nft", "list", "ruleset")
-		t.Logf("nft list ruleset in the gateway namespace:\n%s", rs)
-	}
+	rs, _ := gw.Exec("nft", "list", "ruleset") // for the record only
+	t.Logf("nft list ruleset in the gateway namespace:\n%s", rs)
 }
 
 // enforceSplit: a split-mode client's plain DNS to an address in a routed

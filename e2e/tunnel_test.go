@@ -107,13 +107,13 @@ func TestClientTunnel(t *testing.T) {
 		removed := time.Now()
 		// One ping may still be in flight; after liveApply none may pass.
 		ok, _ := waitFor(liveApply+time.Second, 10*time.Millisecond, func() (bool, string) {
-			ok, out := ping(phoneNS, gwTunnel4)
+			ok, out := pingWait(phoneNS, gwTunnel4, "0.2")
 			return !ok, out
 		})
 		if !ok {
 			t.Fatalf("removed device alice/phone still pings the gateway %v after peer remove", time.Since(removed))
 		}
-		t.Logf("alice/phone: pings stopped %v after peer remove", time.Since(removed).Round(time.Millisecond))
+		t.Logf("alice/phone: pings stopped %v after peer remove (incl. one 0.2 s ping timeout)", time.Since(removed).Round(time.Millisecond))
 		for i := range 3 {
 			if ok, out := ping(phoneNS, gwTunnel4); ok {
 				t.Fatalf("removed device alice/phone pinged the gateway again (attempt %d):\n%s", i, out)

@@ -92,6 +92,15 @@ type Config struct {
 // Resolvers are the in-tunnel resolver addresses.
 func (c *Config) Resolvers() []netip.Addr { return c.DNS.Listen }
 
+// ZoneNames are the names of the conditionally forwarded zones.
+func (c *Config) ZoneNames() []string {
+	out := make([]string, len(c.DNS.Zones))
+	for i, z := range c.DNS.Zones {
+		out[i] = z.Name
+	}
+	return out
+}
+
 // FullTunnel reports whether clients route everything through the tunnel.
 func (c *Config) FullTunnel() bool { return c.Mode == ModeFull }
 

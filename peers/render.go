@@ -51,6 +51,11 @@ type ClientParams struct {
 	// Resolvers are the in-tunnel resolver addresses, IPv4 and IPv6.
 	Resolvers     []netip.Addr
 	SearchDomains []string
+	// Zones are the internal zones the gateway forwards conditionally
+	// (reverse zones included). Formats with per-domain DNS routing (nrpt,
+	// resolved) send them to the in-tunnel resolvers besides the search
+	// domains; the wg-quick DNS line does not list them.
+	Zones []string
 	// Keepalive is PersistentKeepalive: 0 means DefaultKeepalive, a
 	// negative value leaves it out.
 	Keepalive time.Duration
@@ -169,6 +174,15 @@ func (p *ClientParams) normalize() error {
 		doms = append(doms, d)
 	}
 	p.SearchDomains = doms
+	zones := make([]string, 0, len(p.Zones))
+	for _, d := range p.Zones {
+		d = strings.TrimSuffix(strings.ToLower(d), ".")
+		if len(d) > 253 || !domainRE.MatchString(d) {
+			return fmt.Errorf("zone %q is not a DNS name", d)
+		}
+		zones = append(zones, d)
+	}
+	p.Zones = zones
 	if p.MTU != 0 && (p.MTU < minMTU || p.MTU > 65535) {
 		return fmt.Errorf("mtu %d out of range %d-65535", p.MTU, minMTU)
 	}

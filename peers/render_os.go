@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -37,11 +38,12 @@ func renderNRPT(p ClientParams) string {
 	for i, r := range p.Resolvers {
 		servers[i] = psQuote(r.String())
 	}
-	var namespaces []string
-	if p.FullTunnel || len(p.SearchDomains) == 0 {
+	var namespaces, names []string
+	if p.FullTunnel || len(routedDomains(p)) == 0 {
 		namespaces = []string{"."}
 	} else {
-		for _, d := range p.SearchDomains {
+		names = routedDomains(p)
+		for _, d := range names {
 			namespaces = append(namespaces, "."+d)
 		}
 	}
@@ -52,7 +54,7 @@ func renderNRPT(p ClientParams) string {
 	if namespaces[0] == "." {
 		line("#    every name to the in-tunnel resolvers %s", joinAddrs(p.Resolvers, ", "))
 	} else {
-		line("#    %s to the in-tunnel resolvers %s", strings.Join(p.SearchDomains, ", "), joinAddrs(p.Resolvers, ", "))
+		line("#    %s to the in-tunnel resolvers %s", strings.Join(names, ", "), joinAddrs(p.Resolvers, ", "))
 	}
 	line("#    only, never to another network adapter's resolver.")
 	for _, ns := range namespaces {
@@ -63,6 +65,18 @@ func renderNRPT(p ClientParams) string {
 	return b.String()
 }
 
+// routedDomains are the names split DNS sends into the tunnel: the search
+// domains and the internal zones, each once, in that order.
+func routedDomains(p ClientParams) []string {
+	out := append([]string(nil), p.SearchDomains...)
+	for _, z := range p.Zones {
+		if !slices.Contains(out, z) {
+			out = append(out, z)
+		}
+	}
+	return out
+}
+
 // writeResolvedHooks writes PostUp/PreDown lines giving the link its DNS
 // servers and domains in systemd-resolved: in split mode the search
 // domains (which resolved also uses as routing domains) so only those names
@@ -70,8 +84,13 @@ func renderNRPT(p ClientParams) string {
 // every name does.
 func writeResolvedHooks(b *strings.Builder, p ClientParams) {
 	domains := append([]string(nil), p.SearchDomains...)
+	for _, z := range p.Zones {
+		if !slices.Contains(p.SearchDomains, z) {
+			domains = append(domains, "~"+z) // routing only, not a search domain
+		}
+	}
 	defaultRoute := "false"
-	if p.FullTunnel || len(p.SearchDomains) == 0 {
+	if p.FullTunnel || len(domains) == 0 {
 		domains = append([]string{"~."}, domains...)
 		defaultRoute = "true"
 	}

@@ -363,3 +363,35 @@ func TestFormatsAllRender(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderZonesRouted checks that internal zones which are not search
+// domains still reach the tunnel resolvers in the per-domain formats, and
+// stay out of the wg-quick DNS line.
+func TestRenderZonesRouted(t *testing.T) {
+	p := testParams(false)
+	p.SearchDomains = []string{"corp.example"}
+	p.Zones = []string{"corp.example", "30.10.in-addr.arpa"}
+	nrpt, err := Render("nrpt", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"-Namespace '.corp.example'", "-Namespace '.30.10.in-addr.arpa'"} {
+		if !strings.Contains(string(nrpt), want) {
+			t.Errorf("nrpt lacks %s:\n%s", want, nrpt)
+		}
+	}
+	res, err := Render("resolved", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(res), "resolvectl domain %i corp.example ~30.10.in-addr.arpa;") {
+		t.Errorf("resolved variant does not route the reverse zone:\n%s", res)
+	}
+	conf, err := Render("conf", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(conf), "in-addr.arpa") {
+		t.Errorf("conf DNS line lists a zone as a search domain:\n%s", conf)
+	}
+}

@@ -255,6 +255,7 @@ Formats:
 				Routes:          cfg.Peers.Routes,
 				Resolvers:       cfg.Resolvers(),
 				SearchDomains:   cfg.SearchDomains,
+				Zones:           cfg.ZoneNames(),
 				Keepalive:       cfg.Peers.PersistentKeepalive,
 				TunnelName:      cfg.Interface.Name,
 			})

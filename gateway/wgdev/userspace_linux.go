@@ -107,14 +107,18 @@ func deviceLogger(log *slog.Logger) *device.Logger {
 //     its own thread and the device stays up until Close. MTU events pass.
 //   - MTU queries go through a socket opened in the namespace at creation;
 //     wireguard-go's own query resolves the name in the calling thread's
-//     namespace and fails with "no such device" elsewhere.
+//     namespace and fails with "no such device" elsewhere. Once Close has
+//     begun (the link is going away) queries answer the last known MTU, so
+//     a late MTU event during shutdown is not an error.
 type pinnedTUN struct {
 	tun.Device
 	events chan tun.Event
 	done   chan struct{} // closed when pump exits: the inner event channel was closed
 
-	mu  sync.RWMutex // protects ctl
-	ctl int          // AF_INET datagram socket for SIOCGIFMTU; -1 after Close
+	mu      sync.RWMutex // protects ctl, closing and lastMTU
+	ctl     int          // AF_INET datagram socket for SIOCGIFMTU; -1 after Close
+	closing bool
+	lastMTU int
 }
 
 // newPinnedTUN wraps t; it must run on a thread in t's namespace.
@@ -152,19 +156,23 @@ func (p *pinnedTUN) MTU() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("get mtu of %q: %w", name, err)
 	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.ctl < 0 {
-		return 0, fmt.Errorf("get mtu of %q: %w", name, net.ErrClosed)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return p.lastMTU, nil
 	}
 	if err := unix.IoctlIfreq(p.ctl, unix.SIOCGIFMTU, ifr); err != nil {
 		return 0, fmt.Errorf("get mtu of %q: %w", name, err)
 	}
-	return int(ifr.Uint32()), nil
+	p.lastMTU = int(ifr.Uint32())
+	return p.lastMTU, nil
 }
 
 // Close closes the TUN, which removes the link, and the control socket.
 func (p *pinnedTUN) Close() error {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
 	err := p.Device.Close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
