@@ -27,7 +27,8 @@ CLIF=wgc$SUF    # the client's
 WORK=$(mktemp -d /tmp/sluice-demo.XXXXXX)
 SLUICE=$WORK/sluice
 CONF=$WORK/sluice.yaml
-SLUICE_PID=""
+SLUICE_PID="" SLUICE_LOG="" SLUICE_RUNS=0
+UNBOUND_PIDS=()
 CREATED_ETC_NETNS=""
 [[ -d /etc/netns ]] || CREATED_ETC_NETNS=1
 
@@ -54,9 +55,12 @@ refused() {
 	note "failed as it should (exit $rc, $((SECONDS - start))s)"
 }
 sluice() { on "$GW" gateway "$SLUICE" "$@" -c "$CONF"; }
+# wgquick ARGS: wg-quick in the client namespace with Debian's wireguard-go
+# (it daemonizes) and the resolvconf shim first in PATH.
 wgquick() {
-	on "$CL" client env -u WG_PROCESS_FOREGROUND -u LOG_LEVEL WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go \
-		PATH="$WORK/shim:$PATH" wg-quick "$@" 2>&1 | grep -v -e '│' -e '┌' -e '└'
+	printf '%s[client]$ wg-quick %s%s\n' "$cyan" "$*" "$off"
+	ip netns exec "$CL" env -u WG_PROCESS_FOREGROUND -u LOG_LEVEL WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go \
+		PATH="$WORK/shim:$PATH" wg-quick "$@" 2>&1 | grep -v -e '│' -e '┌' -e '└' -e 'Unknown device type'
 }
 
 cleanup() {
@@ -64,6 +68,7 @@ cleanup() {
 	set +e
 	section "Cleaning up"
 	stop_sluice
+	for pid in "${UNBOUND_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
 	if [[ -f $WORK/$CLIF.conf ]] && ip -n "$CL" link show "$CLIF" >/dev/null 2>&1; then
 		ip netns exec "$CL" env WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go PATH="$WORK/shim:$PATH" \
 			wg-quick down "$WORK/$CLIF.conf" >/dev/null 2>&1
@@ -85,24 +90,28 @@ trap 'exit 130' INT TERM
 stop_sluice() {
 	[[ -n $SLUICE_PID ]] || return 0
 	note "SIGTERM to sluice (pid $SLUICE_PID)"
-	kill -TERM "$SLUICE_PID" 2>/dev/null
+	kill -TERM "$SLUICE_PID" 2>/dev/null || true
 	for _ in $(seq 100); do kill -0 "$SLUICE_PID" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$SLUICE_PID" 2>/dev/null
-	wait "$SLUICE_PID" 2>/dev/null
+	kill -KILL "$SLUICE_PID" 2>/dev/null && note "sluice did not stop within 10s: killed"
+	local rc=0
+	wait "$SLUICE_PID" 2>/dev/null || rc=$?
+	note "sluice exited with status $rc"
+	tail -n 2 "$SLUICE_LOG"
 	SLUICE_PID=""
 }
 
 start_sluice() {
-	ip netns exec "$GW" "$SLUICE" up -c "$CONF" >>"$WORK/sluice.log" 2>&1 &
+	SLUICE_LOG=$WORK/sluice-$((++SLUICE_RUNS)).log
+	ip netns exec "$GW" "$SLUICE" up -c "$CONF" >"$SLUICE_LOG" 2>&1 &
 	SLUICE_PID=$!
-	printf '%s[gateway]$ sluice up -c %s &%s\n' "$cyan" "$CONF" "$off"
+	printf '%s[gateway]$ sluice up -c %s 2>%s &%s\n' "$cyan" "$CONF" "$SLUICE_LOG" "$off"
 	for _ in $(seq 200); do
-		grep -q ready "$WORK/sluice.log" && break
-		kill -0 "$SLUICE_PID" 2>/dev/null || { cat "$WORK/sluice.log"; echo "sluice up exited" >&2; exit 1; }
+		grep -q ready "$SLUICE_LOG" && break
+		kill -0 "$SLUICE_PID" 2>/dev/null || { cat "$SLUICE_LOG"; echo "sluice up exited" >&2; exit 1; }
 		sleep 0.1
 	done
-	grep -q ready "$WORK/sluice.log" || { cat "$WORK/sluice.log"; echo "sluice up: not ready after 20s" >&2; exit 1; }
-	tail -n 5 "$WORK/sluice.log"
+	grep -q ready "$SLUICE_LOG" || { cat "$SLUICE_LOG"; echo "sluice up: not ready after 20s" >&2; exit 1; }
+	tail -n 4 "$SLUICE_LOG"
 }
 
 unbound_conf() { # name addrs... -- records...
@@ -167,7 +176,7 @@ ip -n "$GW" route add default via 203.0.113.2
 ip -n "$GW" -6 route add default via 2001:db8:1::2
 ip -n "$CO" route add 10.20.0.0/24 via 10.30.0.1
 ip -n "$CO" -6 route add fd20::/64 via fd30::1
-ip -n "$GW" -br addr
+ip -n "$GW" -br addr | awk '{$2=""; print}'
 
 section "Starting resolvers: two corp unbounds, one public unbound with DoT and DoH"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=dns.example.net \
@@ -183,7 +192,9 @@ unbound_conf public 198.51.100.53 2001:db8:53::53 203.0.113.11@853 2001:db8:853:
 	'local-zone: "example.net." static' 'local-data: "www.example.net. 60 IN A 203.0.113.20"' \
 	'local-data: "www.example.net. 60 IN AAAA 2001:db8:80::20"'
 for u in corp1:"$CO" corp2:"$CO" public:"$IN"; do
+	printf '%s[%s]$ unbound -d -c %s &%s\n' "$cyan" "${u%%:*}" "$WORK/unbound-${u%%:*}/unbound.conf" "$off"
 	ip netns exec "${u#*:}" unbound -d -c "$WORK/unbound-${u%%:*}/unbound.conf" >/dev/null 2>&1 &
+	UNBOUND_PIDS+=($!)
 done
 wait_dns "$CO" 10.30.0.53
 wait_dns "$CO" 10.30.0.54
@@ -264,9 +275,12 @@ sluice peer config alice/laptop -o "$WORK/$CLIF.conf"
 grep AllowedIPs "$WORK/$CLIF.conf"
 wgquick up "$WORK/$CLIF.conf"
 on "$CL" client ping -c 1 -W 1 10.20.0.53
-note "plain DNS to a hard-coded public resolver: redirected, answered with the internal view"
-on "$CL" client dig +short @198.51.100.53 git.corp.example
-on "$CL" client dig +short @2001:db8:53::53 AAAA git.corp.example
+note "full mode rejects off-policy DNS by default: a hard-coded public resolver fails at once"
+refused "$CL" client dig +tries=1 +time=3 @198.51.100.53 git.corp.example
+refused "$CL" client dig +tries=1 +time=3 +tcp @2001:db8:53::53 AAAA git.corp.example
+note "while the tunnel's resolver answers every name from the internal resolvers:"
+on "$CL" client dig +short git.corp.example
+on "$CL" client dig +short AAAA git.corp.example
 note "DNS over TLS and DNS over HTTPS: refused at once"
 refused "$CL" client kdig +retry=0 +timeout=3 +tls @203.0.113.11 www.example.net
 refused "$CL" client kdig +retry=0 +timeout=3 +tls @2001:db8:853::11 www.example.net
@@ -279,7 +293,7 @@ on "$GW" gateway tail -n 6 "$WORK/query.log"
 note "the public resolver never saw a corp.example query:"
 PUBLIC_CORP_AFTER=$(grep -c 'corp\.example' "$WORK/unbound-public/log" || true)
 echo "corp.example queries at the public resolver since the gateway started: $((PUBLIC_CORP_AFTER - PUBLIC_CORP_BEFORE))"
-sluice firewall show | head -n 40
+sluice firewall show | sed -n "1,40p"
 
 section "sluice doctor"
 sluice doctor --peer alice/laptop || note "doctor reported problems (exit $?)"

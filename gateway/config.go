@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
 	"github.com/sluice-vpn/sluice/firewall"
@@ -148,6 +149,34 @@ func (c *Config) ControlSocket() string {
 		return c.Admin.ControlSocket
 	}
 	return filepath.Join(DefaultControlDir, c.Interface.Name+".sock")
+}
+
+// ControlSocketPath finds the control socket of the daemon started with the
+// configuration file at path ("" for the embedded defaults). It reads only
+// the two keys it needs and skips validation, so that `sluice reload` and
+// `sluice status` still reach the daemon when the file has just been broken.
+func ControlSocketPath(path string) (string, error) {
+	c := &Config{Interface: InterfaceConfig{Name: DefaultInterface}}
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("read config: %w", err)
+		}
+		var partial struct {
+			Interface struct {
+				Name string `yaml:"name"`
+			} `yaml:"interface"`
+			Admin struct {
+				ControlSocket string `yaml:"control_socket"`
+			} `yaml:"admin"`
+		}
+		if err := yaml.Unmarshal(data, &partial); err != nil {
+			return "", yamlErrors(path, err)
+		}
+		c.Interface.Name = orString(partial.Interface.Name, DefaultInterface)
+		c.Admin.ControlSocket = partial.Admin.ControlSocket
+	}
+	return c.ControlSocket(), nil
 }
 
 // Load reads and validates a configuration file. With path "" it returns the

@@ -137,6 +137,15 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	undo = append(undo, func() { g.proxy.Close() })
 
+	if cfg.FullTunnel() {
+		changed, err := enableForwarding()
+		if err != nil {
+			return fmt.Errorf("full mode: %w", err)
+		}
+		if len(changed) > 0 {
+			g.log.Info("enabled ip forwarding for full-tunnel peers", "sysctls", changed)
+		}
+	}
 	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
 	if err != nil {
 		return fmt.Errorf("open firewall: %w", err)

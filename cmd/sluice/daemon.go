@@ -126,12 +126,14 @@ Keys (see examples/split.yaml for a commented file):
 	}
 }
 
-func (g *globals) client() (*gateway.Client, *gateway.Config, error) {
-	cfg, err := g.load()
+// client connects to the daemon run with the configured file. It does not
+// validate the file: a reload is usually asked for right after editing it.
+func (g *globals) client() (*gateway.Client, error) {
+	path, err := gateway.ControlSocketPath(g.config)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return gateway.NewClient(cfg.ControlSocket()), cfg, nil
+	return gateway.NewClient(path), nil
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -147,7 +149,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show the interface, peers, DNS and firewall counters of the running daemon",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, _, err := g.client()
+			c, err := g.client()
 			if err != nil {
 				return err
 			}
@@ -215,7 +217,7 @@ reaches the proxy ("handshakes but no DNS from this peer" means its device
 uses another resolver). Exit status 1 when any check fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, _, err := g.client()
+			c, err := g.client()
 			if err != nil {
 				return err
 			}
@@ -267,7 +269,7 @@ the firewall table is replaced in one batch. Interface settings (name,
 backend, addresses, port, key, MTU, dns.listen, admin) need a restart.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, _, err := g.client()
+			c, err := g.client()
 			if err != nil {
 				return err
 			}
@@ -295,7 +297,7 @@ func newFirewallCmd(g *globals) *cobra.Command {
 		Short: "Print the active table in nft syntax, with counters",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, _, err := g.client()
+			c, err := g.client()
 			if err != nil {
 				return err
 			}

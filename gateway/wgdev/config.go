@@ -127,10 +127,10 @@ func (cfg Config) normalize() (Config, error) {
 	out.Addresses = nil
 	seen := make(map[netip.Prefix]bool)
 	for _, p := range cfg.Addresses {
-		if !p.IsValid() {
+		p, ok := unmapPrefix(p)
+		if !ok {
 			return out, fmt.Errorf("check address %q: invalid prefix", p.String())
 		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr()))
 		if !seen[p] {
 			seen[p] = true
 			out.Addresses = append(out.Addresses, p)
@@ -151,12 +151,20 @@ func (cfg Config) normalize() (Config, error) {
 	return out, nil
 }
 
-// unmapBits is the number of prefix bits a 4-in-6 address loses when unmapped.
-func unmapBits(a netip.Addr) int {
-	if a.Is4In6() {
-		return 96
+// unmapPrefix turns a 4-in-6 prefix (::ffff:10.20.0.1/120) into its IPv4
+// form (10.20.0.1/24); it reports false for invalid prefixes and for 4-in-6
+// prefixes shorter than /96.
+func unmapPrefix(p netip.Prefix) (netip.Prefix, bool) {
+	if !p.IsValid() {
+		return p, false
 	}
-	return 0
+	if !p.Addr().Is4In6() {
+		return p, true
+	}
+	if p.Bits() < 96 {
+		return p, false
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96), true
 }
 
 // hostPrefix returns a as a single-address prefix (/32 or /128).

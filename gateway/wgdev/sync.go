@@ -100,10 +100,11 @@ func canonicalPeers(desired []PeerConfig) ([]desiredPeer, error) {
 			d.psk = *p.PresharedKey
 		}
 		for _, ip := range p.AllowedIPs {
-			if !ip.IsValid() {
+			c, ok := unmapPrefix(ip)
+			if !ok {
 				return nil, fmt.Errorf("check peer %q: invalid allowed ip %q", p.PublicKey.String(), ip.String())
 			}
-			c := netip.PrefixFrom(ip.Addr().Unmap(), ip.Bits()-unmapBits(ip.Addr())).Masked()
+			c = c.Masked()
 			if k, ok := owner[c]; ok {
 				if k == p.PublicKey {
 					continue

@@ -162,6 +162,7 @@ func TestDiffPeersRejectsBadInput(t *testing.T) {
 		{"shared allowed ip", []PeerConfig{{PublicKey: k1, AllowedIPs: pfx("10.20.0.2/32")}, {PublicKey: k2, AllowedIPs: pfx("10.20.0.2/32")}}, "already belongs"},
 		{"shared after masking", []PeerConfig{{PublicKey: k1, AllowedIPs: pfx("10.30.0.0/16")}, {PublicKey: k2, AllowedIPs: pfx("10.30.1.1/16")}}, "already belongs"},
 		{"invalid prefix", []PeerConfig{{PublicKey: k1, AllowedIPs: []netip.Prefix{{}}}}, "invalid allowed ip"},
+		{"short 4in6", []PeerConfig{{PublicKey: k1, AllowedIPs: pfx("::ffff:0.0.0.0/64")}}, "invalid allowed ip"},
 		{"keepalive", []PeerConfig{{PublicKey: k1, PersistentKeepalive: 70000 * time.Second}}, "out of range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -115,8 +115,8 @@ type pinnedTUN struct {
 	events chan tun.Event
 	done   chan struct{} // closed when pump exits: the inner event channel was closed
 
-	mu      sync.RWMutex // protects ctl, closing and lastMTU
-	ctl     int          // AF_INET datagram socket for SIOCGIFMTU; -1 after Close
+	mu      sync.Mutex // protects ctl, closing and lastMTU
+	ctl     int        // AF_INET datagram socket for SIOCGIFMTU; -1 after Close
 	closing bool
 	lastMTU int
 }

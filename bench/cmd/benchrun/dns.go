@@ -113,16 +113,18 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort}}
 	hitQPS := map[string]*series{}
 	hitCPU := map[string]*series{}
+	hitEff := map[string]*series{}
 	hitP50 := map[string]*series{}
 	hitP99 := map[string]*series{}
 	missAdd50 := map[string]*series{}
 	missAdd99 := map[string]*series{}
 	for _, s := range servers {
 		hitQPS[s.name], hitCPU[s.name], hitP50[s.name], hitP99[s.name] = &series{}, &series{}, &series{}, &series{}
+		hitEff[s.name] = &series{}
 		missAdd50[s.name], missAdd99[s.name] = &series{}, &series{}
 	}
 	direct50, direct99 := &series{}, &series{}
-	ratioDD, ratioUB := &series{}, &series{}
+	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -135,6 +137,10 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits server CPU under dnsperf — " + s.name, unit: " %", s: hitCPU[s.name], rounds: R})
 		}
+		for _, s := range servers {
+			out = append(out, row{figure: "DNS hits per server CPU-second — " + s.name, s: hitEff[s.name], rounds: R})
+		}
+		out = append(out, row{figure: "DNS hits per CPU-second ratio sluice / dnsdist", unit: "×", s: effDD, rounds: R})
 		for _, s := range servers {
 			out = append(out,
 				row{figure: "DNS hit latency p50 — " + s.name, unit: " µs", s: hitP50[s.name], rounds: R},
@@ -213,12 +219,13 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			defer b.r.stop(s.p)
 			continue
 		}
-		for _, m := range []map[string]*series{hitQPS, hitCPU, hitP50, hitP99, missAdd50, missAdd99} {
+		for _, m := range []map[string]*series{hitQPS, hitCPU, hitEff, hitP50, hitP99, missAdd50, missAdd99} {
 			m[s.name].fail(s.na)
 		}
 		if s.name == "sluice" {
 			ratioDD.fail(s.na)
 			ratioUB.fail(s.na)
+			effDD.fail(s.na)
 		}
 	}
 
@@ -236,7 +243,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			break
 		}
 		b.log.Info("dns round", "round", round+1, "of", m.rounds)
-		qps := map[string]float64{}
+		qps, eff := map[string]float64{}, map[string]float64{}
 		// dnsperf, one contender after the other, order rotated each round
 		for k := range servers {
 			s := servers[(round+k)%len(servers)]
@@ -256,6 +263,13 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			qps[s.name] = res.QPS
 			hitQPS[s.name].add(res.QPS)
 			hitCPU[s.name].add(cpu)
+			if cpu > 0 {
+				eff[s.name] = res.QPS / (cpu / 100)
+				hitEff[s.name].add(eff[s.name])
+			}
+		}
+		if eff["sluice"] > 0 && eff["dnsdist"] > 0 {
+			effDD.add(eff["sluice"] / eff["dnsdist"])
 		}
 		if qps["sluice"] > 0 && qps["dnsdist"] > 0 {
 			ratioDD.add(qps["sluice"] / qps["dnsdist"])
@@ -316,7 +330,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 	}
 	b.notes = append(b.notes,
-		fmt.Sprintf("DNS: every server pinned to CPU %s with one worker thread (unbound num-threads 1, dnsdist one listener, sluice GOMAXPROCS from its affinity = 1); dnsperf -c %d -T %d -q %d for %s per contender per round after one warm-up pass over the %d-name set; all forward to one unbound on 127.0.0.1:%d that answers every name under bench. from local-data",
+		fmt.Sprintf("DNS: every server pinned to CPU %s with one worker thread (unbound num-threads 1, dnsdist one listener, sluice GOMAXPROCS from its affinity = 1); dnsperf -c %d -T %d -q %d for %s per contender per round after one warm-up pass over the %d-name set; all forward to one unbound on 127.0.0.1:%d that answers every name under bench. from local-data; everything DNS runs in a namespace of its own (private loopback, fixed ports); server CPU below 100 %% means the single-core load generator was partly the limit, so \"per server CPU-second\" (QPS ÷ server CPU share) is given as the load-independent figure; sluice's per-peer rate limit is off in the runner (all load comes from one source; the anchors have none)",
 			b.cpus.server, dnsperfClients, dnsperfThreads, dnsperfOutstanding, m.dnsperfTime, hitNames, upstreamPort),
 		fmt.Sprintf("DNS latency: dnslat (bench/cmd/dnslat), one query at a time, targets interleaved query by query, %d queries per target per round; hits cycle the cached set, misses use names never asked before; \"added\" = contender percentile − direct-to-upstream percentile in the same round", m.latQueries))
 	return rows()

@@ -53,8 +53,8 @@ var (
 		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
 	}
 	quickMode = mode{
-		name: "quick", rounds: 3, dnsperfTime: 3 * time.Second, latQueries: 5000,
-		iperfTime: 3 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
+		name: "quick", rounds: 3, dnsperfTime: 2 * time.Second, latQueries: 4000,
+		iperfTime: 2 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
 	}
 )
 

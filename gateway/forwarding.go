@@ -1,0 +1,46 @@
+package gateway
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+)
+
+// forwardingSysctls are the switches a full-tunnel gateway needs on: peers'
+// traffic is forwarded to the egress interface (and masqueraded there by
+// the firewall table), IPv4 and IPv6 alike.
+var forwardingSysctls = []string{
+	"/proc/sys/net/ipv4/ip_forward",
+	"/proc/sys/net/ipv6/conf/all/forwarding",
+}
+
+// enableForwarding turns IP forwarding on in the current network namespace
+// and reports which switches it changed. They stay on at stop: other
+// services of a VPN concentrator usually rely on them too.
+func enableForwarding() (changed []string, err error) {
+	for _, p := range forwardingSysctls {
+		cur, err := os.ReadFile(p)
+		if err != nil {
+			return changed, fmt.Errorf("read %s: %w", p, err)
+		}
+		if string(bytes.TrimSpace(cur)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+			return changed, fmt.Errorf("enable forwarding %s: %w", p, err)
+		}
+		changed = append(changed, p)
+	}
+	return changed, nil
+}
+
+// forwardingOff lists the forwarding switches that are off.
+func forwardingOff() []string {
+	var off []string
+	for _, p := range forwardingSysctls {
+		if cur, err := os.ReadFile(p); err != nil || string(bytes.TrimSpace(cur)) != "1" {
+			off = append(off, p)
+		}
+	}
+	return off
+}
