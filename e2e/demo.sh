@@ -152,7 +152,6 @@ for ns in "$CL" "$GW" "$CO" "$IN"; do
 	ip -n "$ns" link set lo up
 	ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 done
-ip netns exec "$GW" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 # Each veth pair is created directly inside its two namespaces.
 ip -n "$GW" link add ul0 type veth peer name ul0 netns "$CL"
 ip -n "$GW" link add corp0 type veth peer name gw0 netns "$CO"

@@ -21,6 +21,8 @@ import (
 // results ("DoT fails fast") only mean something because this passes.
 func TestTopology(t *testing.T) {
 	tp := newTopology(t)
+	// sluice turns forwarding on itself; the throwaway gateway needs it set.
+	tp.gw.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
 	// The throwaway gateway.
 	ifname := netnstest.Unique("wgf")

@@ -54,9 +54,9 @@ func (g *Gateway) Doctor(ctx context.Context, peer string) *Report {
 	g.doctorInterface(r, cfg)
 	g.doctorUpstreams(ctx, r, cfg)
 	g.doctorFirewall(r)
-	if cfg.FullTunnel() {
+	if cfg.forwards() {
 		if off := forwardingOff(); len(off) > 0 {
-			r.add(Check{Name: "forwarding", Detail: "off: " + strings.Join(off, ", "), Action: "full-tunnel peers cannot reach the internet: something turned forwarding off; restart sluice or set the sysctls to 1"})
+			r.add(Check{Name: "forwarding", Detail: "off: " + strings.Join(off, ", "), Action: "peers cannot reach peers.routes or the internet: something turned forwarding off; restart sluice or set the sysctls to 1"})
 		} else {
 			r.add(Check{Name: "forwarding", OK: true, Detail: "IPv4 and IPv6 forwarding on"})
 		}

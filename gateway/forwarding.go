@@ -6,9 +6,9 @@ import (
 	"os"
 )
 
-// forwardingSysctls are the switches a full-tunnel gateway needs on: peers'
-// traffic is forwarded to the egress interface (and masqueraded there by
-// the firewall table), IPv4 and IPv6 alike.
+// forwardingSysctls are the switches a gateway needs on when peers route
+// through it: to peers.routes in split mode, to the egress interface (where
+// the firewall table masquerades) in full mode; IPv4 and IPv6 alike.
 var forwardingSysctls = []string{
 	"/proc/sys/net/ipv4/ip_forward",
 	"/proc/sys/net/ipv6/conf/all/forwarding",
@@ -44,3 +44,6 @@ func forwardingOff() []string {
 	}
 	return off
 }
+
+// forwards reports whether peers route anything beyond the gateway itself.
+func (c *Config) forwards() bool { return c.FullTunnel() || len(c.Peers.Routes) > 0 }

@@ -137,13 +137,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	undo = append(undo, func() { g.proxy.Close() })
 
-	if cfg.FullTunnel() {
+	if cfg.forwards() {
 		changed, err := enableForwarding()
 		if err != nil {
-			return fmt.Errorf("full mode: %w", err)
+			return fmt.Errorf("peers route through the gateway: %w", err)
 		}
 		if len(changed) > 0 {
-			g.log.Info("enabled ip forwarding for full-tunnel peers", "sysctls", changed)
+			g.log.Info("enabled ip forwarding: peers route through the gateway", "sysctls", changed)
 		}
 	}
 	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
