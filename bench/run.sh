@@ -74,6 +74,10 @@ trap 'exit 130' INT TERM
 
 cd "$root"
 echo "bench: building (run id $run_id)" >&2
+if ! go build ./... 2>"$work/build-all.err"; then
+	echo "bench: warning: go build ./... fails (rows of pieces that do not build will say n/a):" >&2
+	grep -v '^#' "$work/build-all.err" | head -3 >&2
+fi
 go build -o "$bin/benchrun" ./bench/cmd/benchrun
 go build -o "$bin/dnslat" ./bench/cmd/dnslat
 # standalone wireguard-go from the very module version sluice embeds (go.mod)

@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"sort"
@@ -173,5 +172,3 @@ func BenchmarkMiss(b *testing.B) {
 	b.Run("direct", func(b *testing.B) { run(b, up) })
 	b.Run("proxy", func(b *testing.B) { run(b, p.Addrs()[0].String()) })
 }
-
-var _ = fmt.Sprint

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -300,5 +299,3 @@ func groupLabel(zone string) string {
 	}
 	return strings.TrimSuffix(zone, ".")
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -327,5 +326,3 @@ func (m *metrics) totals() (total uint64, byRcode map[string]uint64) {
 	}
 	return total, byRcode
 }
-
-var errNoMetrics = errors.New("no metrics")

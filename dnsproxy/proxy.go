@@ -550,12 +550,11 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 	if e := p.cache.get(key[:kn], now); e != nil && e.group == g.label {
 		e.gen.Store(st.gen) // revalidated against current policy and routing
 		p.met.cacheHits.inc(shard)
-		var buf [maxUDPAnswer]byte
 		qi := query{id: req.Id, flags: msgFlags(req), nameLen: nn}
 		if opt != nil {
 			qi.do = opt.Do()
 		}
-		wire := writeHit(buf[:0], e, name[:nn], &qi, now, st.cfg.EDNSBufferSize, maxUDPAnswer)
+		wire := writeHit(make([]byte, 0, len(e.wire)), e, name[:nn], &qi, now, st.cfg.EDNSBufferSize, maxUDPAnswer)
 		r := new(dns.Msg)
 		if err := r.Unpack(wire); err == nil {
 			info.cacheHit = true

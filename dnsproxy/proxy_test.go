@@ -303,3 +303,59 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Errorf("DefaultConfig %+v", d)
 	}
 }
+
+// TestReloadUnderLoad: queries keep being answered, without races, while
+// the configuration is swapped repeatedly; no query reaches a group that
+// does not own its zone in the configuration of the moment.
+func TestReloadUnderLoad(t *testing.T) {
+	a := startFake(t, answerA("10.30.0.1", 1))
+	b := startFake(t, answerA("10.30.0.2", 1))
+	cfg := testConfig(b.addr)
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{a.addr}}}
+	p, _ := startProxy(t, cfg, Options{})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var answered atomic.Int64
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+			addr := proxyAddr(t, p, "udp")
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := new(dns.Msg)
+				m.SetQuestion(fmtName("h%d.corp.example.", (i*1000+j)%50), dns.TypeA)
+				r, _, err := c.Exchange(m, addr)
+				if err != nil {
+					t.Errorf("query during reload: %v", err)
+					return
+				}
+				if r.Rcode == dns.RcodeSuccess {
+					answered.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		c := cfg
+		c.Policy.Allowlist = []string{fmtName("n%d.example", i)}
+		c.Limits.PeerQPS = 0
+		if err := p.Reload(c); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if answered.Load() == 0 {
+		t.Errorf("no query answered during reloads")
+	}
+	if b.total.Load() != 0 {
+		t.Errorf("default group received %d corp queries", b.total.Load())
+	}
+}

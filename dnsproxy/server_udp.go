@@ -19,6 +19,9 @@ import (
 const (
 	// udpReadBuf is the read buffer of one UDP read loop.
 	udpReadBuf = 65535
+	// udpSocketBuffer is the SO_RCVBUF/SO_SNDBUF asked for (the kernel caps
+	// it at net.core.rmem_max/wmem_max); bursts queue instead of dropping.
+	udpSocketBuffer = 4 << 20
 	// maxBindAttempts bounds retries when an ephemeral UDP port is taken for TCP.
 	maxBindAttempts = 8
 )
@@ -92,10 +95,16 @@ func (p *Proxy) bind(ctx context.Context, a netip.Addr, port uint16) (*listenerS
 
 func (p *Proxy) serveSet(ls *listenerSet) {
 	for i, c := range ls.udp {
+		if err := c.SetReadBuffer(udpSocketBuffer); err != nil {
+			p.log.Debug("set dns udp receive buffer", "error", err)
+		}
+		if err := c.SetWriteBuffer(udpSocketBuffer); err != nil {
+			p.log.Debug("set dns udp send buffer", "error", err)
+		}
 		ls.wg.Add(1)
 		go func() {
 			defer ls.wg.Done()
-			p.udpLoop(c, i)
+			p.runUDP(c, i)
 		}()
 	}
 	ls.tcp = p.newTCPServer(ls.tcpLn)
@@ -143,7 +152,8 @@ func newLoopState(shard int) *loopState {
 	return &loopState{shard: shard, out: make([]byte, 0, udpReadBuf+64)}
 }
 
-// udpLoop reads queries from c until it is closed. Cache hits are answered
+// udpLoop reads queries from c one at a time until it is closed (the
+// portable loop; Linux uses the batched runUDP). Cache hits are answered
 // inline without allocating; everything else is handed to a goroutine.
 func (p *Proxy) udpLoop(c *net.UDPConn, shard int) {
 	ls := newLoopState(shard)
@@ -161,23 +171,28 @@ func (p *Proxy) udpLoop(c *net.UDPConn, shard int) {
 			c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone; nothing to do
 			continue
 		}
-		if !slow {
-			continue
+		if slow {
+			p.dispatchSlow(c, buf[:n], src, shard)
 		}
-		if !p.slowAcquire() {
-			p.met.overload.Inc()
-			continue
-		}
-		pkt := append([]byte(nil), buf[:n]...)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			defer p.slow.Add(-1)
-			if resp := p.slowPacket(p.ctx, pkt, src, shard); resp != nil {
-				c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone
-			}
-		}()
 	}
+}
+
+// dispatchSlow hands a copy of pkt to a goroutine running the slow path,
+// which writes its answer on c itself. Beyond the cap the packet is dropped.
+func (p *Proxy) dispatchSlow(c *net.UDPConn, pkt []byte, src netip.AddrPort, shard int) {
+	if !p.slowAcquire() {
+		p.met.overload.Inc()
+		return
+	}
+	pkt = append([]byte(nil), pkt...)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer p.slow.Add(-1)
+		if resp := p.slowPacket(p.ctx, pkt, src, shard); resp != nil {
+			c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone
+		}
+	}()
 }
 
 func (p *Proxy) slowAcquire() bool {

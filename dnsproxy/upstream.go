@@ -228,8 +228,9 @@ var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); re
 // exchangeUDP uses a fresh socket (a new random source port) per try and
 // reads past answers whose ID or question do not match until the deadline.
 func (u *upstream) exchangeUDP(ctx context.Context, q *dns.Msg, wire []byte) (*dns.Msg, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", u.spec.Addr.String())
+	// A connected UDP socket never blocks in connect, so no context is needed;
+	// DialUDP skips the resolver and parallel-dial machinery of net.Dialer.
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.spec.Addr))
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}

@@ -32,6 +32,32 @@
 // Every verdict is counted in a named counter object whose name is the
 // Reason; Apply carries counter values over to the replacing table.
 //
+// # Per-peer counters
+//
+// The DNS verdicts (dns_redirected, dns_accepted, dns_rejected,
+// dot_rejected, doq_rejected, doh_rejected) are also counted per peer, for
+// `sluice doctor --peer`: each has a dynamic set per family,
+// peer_<reason>_v4/_v6 (size 65535, flags dynamic,timeout, timeout 1h),
+// keyed by the peer's source address, which the rules fill with
+// `update @peer_<reason>_v4 { ip saddr counter }` — a per-element counter.
+// PeerCounters reads them back (GetSetElements; google/nftables v0.3.0
+// decodes the element's counter from NFTA_SET_ELEM_EXPR, which is what the
+// kernel sends when an element has exactly one expression; it ignores
+// NFTA_SET_ELEM_EXPRESSIONS, used for two or more, so keep one).
+//
+// The update is a rule of its own placed right before the verdict rule with
+// the same match, never a statement inside it: when a dynset cannot add an
+// element (the set is full, no memory) the kernel ends the rule it is in,
+// so a reject or DNAT after it in the same rule would be skipped and the
+// packet would pass — fail open. Separate, a full set only loses counts.
+//
+// Elements expire an hour after the peer's last counted packet, and Apply
+// (and Run's re-apply) replaces the table, which starts the per-peer sets
+// empty: unlike the named counters they are not carried over, because
+// google/nftables cannot send an element's counter value. Per-peer counts
+// therefore cover the time since the last apply, at most an hour of
+// silence.
+//
 // # Atomic replace, fail closed
 //
 // Apply sends one batch: add table (creates it when missing), delete table,

@@ -272,7 +272,9 @@ func (f *Firewall) Counters() (map[Reason]Counter, error) {
 }
 
 // Render returns the applied table in nft syntax, as `nft list table inet
-// NAME` prints it, built from the desired state with live counter values.
+// NAME` prints it, built from the desired state with live counter values
+// and the live elements of the per-peer sets (their "expires" are read
+// separately from nft's, so they may differ by the time between the reads).
 func (f *Firewall) Render() (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -284,7 +286,11 @@ func (f *Firewall) Render() (string, error) {
 		return "", err
 	}
 	f.last = cs
-	return f.desired.render(cs), nil
+	peers, err := f.peerElements(f.desired)
+	if err != nil {
+		return "", err
+	}
+	return f.desired.render(cs, peers), nil
 }
 
 // Remove deletes the table (a missing table is not an error) and forgets the

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/nftables/expr"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -61,7 +63,7 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := build(s, egress{s.Egress, s.Egress}).render(nil)
+			got := build(s, egress{s.Egress, s.Egress}).render(nil, nil)
 			path := filepath.Join("testdata", name+".golden")
 			if *update {
 				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -105,6 +107,46 @@ func TestSpecValidation(t *testing.T) {
 		mut(&s)
 		if _, err := s.normalize(); err == nil {
 			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// TestAccountingRulesHaveNoVerdict checks that per-peer accounting never
+// shares a rule with a verdict: a dynset that cannot add an element (set
+// full, no memory) ends its rule, which would skip a reject or DNAT in it.
+func TestAccountingRulesHaveNoVerdict(t *testing.T) {
+	for name, spec := range goldenSpecs(t) {
+		s, err := spec.normalize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := build(s, egress{s.Egress, s.Egress})
+		accounted := map[Reason]bool{}
+		for _, c := range rs.chains {
+			for _, r := range c.rules {
+				var dyn, final bool
+				for _, e := range r.exprs() {
+					switch e := e.(type) {
+					case *expr.Dynset:
+						dyn = true
+						if st := rs.set(e.SetName); st == nil || st.peer == "" || e.SetID != st.id {
+							t.Errorf("%s: dynset into %q, not a per-peer set", name, e.SetName)
+						} else {
+							accounted[st.peer] = true
+						}
+					case *expr.Verdict, *expr.Reject, *expr.NAT, *expr.Masq:
+						final = true
+					}
+				}
+				if dyn && final {
+					t.Errorf("%s: chain %s: accounting inside a verdict rule: %s", name, c.name, r.text())
+				}
+			}
+		}
+		for _, st := range rs.sets {
+			if st.peer != "" && !accounted[st.peer] {
+				t.Errorf("%s: set %s is never filled", name, st.name)
+			}
 		}
 	}
 }

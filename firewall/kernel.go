@@ -89,6 +89,9 @@ func (f *Firewall) send(rs *ruleset, seed map[Reason]Counter) error {
 	}
 	for _, s := range rs.sets {
 		ns := &nftables.Set{Table: t, Name: s.name, ID: s.id, KeyType: nftables.TypeIPAddr, Interval: s.interval}
+		if s.peer != "" {
+			ns.Dynamic, ns.HasTimeout, ns.Timeout, ns.Size = true, true, peerSetTimeout, peerSetSize
+		}
 		if s.v6 {
 			ns.KeyType = nftables.TypeIP6Addr
 		}

@@ -3,6 +3,7 @@ package firewall
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Set elements per line, as nft lays them out.
@@ -12,9 +13,10 @@ const (
 )
 
 // render prints rs in nft syntax, the way `nft list table inet NAME` lays it
-// out, with the given counter values (missing ones print as zero). The text
-// is valid input for `nft -f`.
-func (rs *ruleset) render(counters map[Reason]Counter) string {
+// out, with the given counter values (missing ones print as zero) and the
+// live elements of the dynamic per-peer sets (by set name, already in nft's
+// element syntax and order). The text is valid input for `nft -f`.
+func (rs *ruleset) render(counters map[Reason]Counter, peers map[string][]string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", rs.table)
 	first := true
@@ -36,16 +38,26 @@ func (rs *ruleset) render(counters map[Reason]Counter) string {
 			typ = "ipv6_addr"
 		}
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, typ)
+		if s.peer != "" {
+			fmt.Fprintf(&b, "\t\tsize %d\n\t\tflags dynamic,timeout\n\t\ttimeout %s\n", peerSetSize, nftDuration(peerSetTimeout))
+		}
 		if s.interval {
 			b.WriteString("\t\tflags interval\n")
 		}
-		if len(s.ranges) > 0 {
+		elems := peers[s.name]
+		if s.peer == "" {
+			elems = make([]string, len(s.ranges))
+			for i, r := range s.ranges {
+				elems[i] = r.String()
+			}
+		}
+		if len(elems) > 0 {
 			perLine := elementsPerLineV4
 			if s.v6 {
 				perLine = elementsPerLineV6
 			}
 			b.WriteString("\t\telements = { ")
-			for i, r := range s.ranges {
+			for i, e := range elems {
 				if i > 0 {
 					if i%perLine == 0 {
 						b.WriteString(",\n\t\t\t     ")
@@ -53,7 +65,7 @@ func (rs *ruleset) render(counters map[Reason]Counter) string {
 						b.WriteString(", ")
 					}
 				}
-				b.WriteString(r.String())
+				b.WriteString(e)
 			}
 			b.WriteString(" }\n")
 		}
@@ -71,6 +83,25 @@ func (rs *ruleset) render(counters map[Reason]Counter) string {
 		b.WriteString("\t}\n")
 	}
 	b.WriteString("}\n")
+	return b.String()
+}
+
+// nftDuration prints d as nft prints timeouts: 1d2h3m4s5ms, zero units left out.
+func nftDuration(d time.Duration) string {
+	ms := d.Milliseconds()
+	if ms == 0 {
+		return "0s"
+	}
+	var b strings.Builder
+	for _, u := range []struct {
+		ms   int64
+		unit string
+	}{{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}, {1, "ms"}} {
+		if n := ms / u.ms; n > 0 {
+			fmt.Fprintf(&b, "%d%s", n, u.unit)
+			ms -= n * u.ms
+		}
+	}
 	return b.String()
 }
 

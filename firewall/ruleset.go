@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -91,6 +92,9 @@ type set struct {
 	v6       bool
 	interval bool
 	ranges   []addrRange // single addresses when !interval
+	// peer is set for the dynamic per-peer accounting sets: the reason
+	// whose packets they count per peer source address. They start empty.
+	peer Reason
 }
 
 // ruleset is the whole desired table, built in memory.
@@ -110,6 +114,41 @@ func (rs *ruleset) set(name string) *set {
 	return nil
 }
 
+// Per-peer accounting sets: one per counted Reason and family, keyed by
+// the peer's source address, filled by the rules (dynset update) with a
+// counter per element. An element lives peerSetTimeout after the peer's
+// last counted packet; at most peerSetSize peers per set are counted.
+const (
+	peerSetSize    = 65535
+	peerSetTimeout = time.Hour
+	peerSetPrefix  = "peer_"
+)
+
+// PeerReasons lists the reasons counted per peer as well (see
+// Firewall.PeerCounters), in rendering order.
+func PeerReasons() []Reason {
+	return []Reason{
+		ReasonDNSRedirected, ReasonDNSRejected, ReasonDNSAccepted,
+		ReasonDoTRejected, ReasonDoQRejected, ReasonDoHRejected,
+	}
+}
+
+func peerSetName(r Reason, v6 bool) string {
+	if v6 {
+		return peerSetPrefix + string(r) + "_v6"
+	}
+	return peerSetPrefix + string(r) + "_v4"
+}
+
+// Which address families a match can see.
+type family int
+
+const (
+	famV4 family = iota
+	famV6
+	famBoth // the match does not test the family
+)
+
 // egress names the interfaces masqueraded out of in full mode.
 type egress struct{ v4, v6 string }
 
@@ -120,6 +159,28 @@ func build(s Spec, eg egress) *ruleset {
 		st := &set{name: name, id: uint32(len(rs.sets) + 1), v6: v6, interval: interval, ranges: ranges}
 		rs.sets = append(rs.sets, st)
 		return st
+	}
+	// counted returns the per-peer accounting rules for match followed by
+	// the verdict rule (match, then tail). Accounting is a rule of its own,
+	// never a statement inside the verdict rule: a dynset that cannot add an
+	// element (set full, no memory) ends the rule it is in, and a reject in
+	// that rule would then be skipped — fail open.
+	counted := func(r Reason, fam family, match []stmt, tail ...stmt) []rule {
+		var out []rule
+		for _, v6 := range []bool{false, true} {
+			if (fam == famV4 && v6) || (fam == famV6 && !v6) {
+				continue
+			}
+			name := peerSetName(r, v6)
+			st := rs.set(name)
+			if st == nil {
+				st = addSet(name, v6, false, nil)
+				st.peer = r
+			}
+			acct := append(append([]stmt(nil), match...), peerUpdate(st, fam == famBoth))
+			out = append(out, rule{acct})
+		}
+		return append(out, rule{append(append([]stmt(nil), match...), tail...)})
 	}
 	var res4, res6 []addrRange
 	var first4, first6 netip.Addr
@@ -167,10 +228,9 @@ func build(s Spec, eg egress) *ruleset {
 				continue // no resolver of this family: the reject backstop in peer_dns applies
 			}
 			for _, proto := range []uint8{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-				pre.rules = append(pre.rules, rule{[]stmt{
-					iifname(wg), addrMatch(fam.set, true, true), dport(proto, portDNS),
-					counterRef(ReasonDNSRedirected), dnat(fam.target, portDNS),
-				}})
+				pre.rules = append(pre.rules, counted(ReasonDNSRedirected, familyOf(fam.set),
+					[]stmt{iifname(wg), addrMatch(fam.set, true, true), dport(proto, portDNS)},
+					counterRef(ReasonDNSRedirected), dnat(fam.target, portDNS))...)
 			}
 		}
 	}
@@ -179,29 +239,29 @@ func build(s Spec, eg egress) *ruleset {
 	dns := &chain{name: chainPeerDNS}
 	for _, st := range []*set{r4, r6} {
 		for _, proto := range []uint8{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-			dns.rules = append(dns.rules, rule{[]stmt{
-				addrMatch(st, true, false), dport(proto, portDNS), counterRef(ReasonDNSAccepted), verdict(expr.VerdictAccept, ""),
-			}})
+			dns.rules = append(dns.rules, counted(ReasonDNSAccepted, familyOf(st),
+				[]stmt{addrMatch(st, true, false), dport(proto, portDNS)},
+				counterRef(ReasonDNSAccepted), verdict(expr.VerdictAccept, ""))...)
 		}
 	}
 	// With redirect this is the backstop for what NAT did not catch (old
 	// flows, a family without a resolver); with reject it is the policy.
-	dns.rules = append(dns.rules,
-		rule{[]stmt{dport(unix.IPPROTO_UDP, portDNS), counterRef(ReasonDNSRejected), rejectICMPX()}},
-		rule{[]stmt{dport(unix.IPPROTO_TCP, portDNS), counterRef(ReasonDNSRejected), rejectTCPReset()}},
-	)
+	dns.rules = append(dns.rules, counted(ReasonDNSRejected, famBoth,
+		[]stmt{dport(unix.IPPROTO_UDP, portDNS)}, counterRef(ReasonDNSRejected), rejectICMPX())...)
+	dns.rules = append(dns.rules, counted(ReasonDNSRejected, famBoth,
+		[]stmt{dport(unix.IPPROTO_TCP, portDNS)}, counterRef(ReasonDNSRejected), rejectTCPReset())...)
 	if s.DoT == ActionReject {
-		dns.rules = append(dns.rules,
-			rule{[]stmt{dport(unix.IPPROTO_TCP, portDoT), counterRef(ReasonDoTRejected), rejectTCPReset()}},
-			rule{[]stmt{dport(unix.IPPROTO_UDP, portDoT), counterRef(ReasonDoQRejected), rejectICMPX()}},
-		)
+		dns.rules = append(dns.rules, counted(ReasonDoTRejected, famBoth,
+			[]stmt{dport(unix.IPPROTO_TCP, portDoT)}, counterRef(ReasonDoTRejected), rejectTCPReset())...)
+		dns.rules = append(dns.rules, counted(ReasonDoQRejected, famBoth,
+			[]stmt{dport(unix.IPPROTO_UDP, portDoT)}, counterRef(ReasonDoQRejected), rejectICMPX())...)
 	}
 	if s.DoH == ActionReject {
 		for _, st := range []*set{doh4, doh6} {
-			dns.rules = append(dns.rules,
-				rule{[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_TCP, portHTTPS), counterRef(ReasonDoHRejected), rejectTCPReset()}},
-				rule{[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_UDP, portHTTPS), counterRef(ReasonDoHRejected), rejectICMPX()}},
-			)
+			dns.rules = append(dns.rules, counted(ReasonDoHRejected, familyOf(st),
+				[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_TCP, portHTTPS)}, counterRef(ReasonDoHRejected), rejectTCPReset())...)
+			dns.rules = append(dns.rules, counted(ReasonDoHRejected, familyOf(st),
+				[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_UDP, portHTTPS)}, counterRef(ReasonDoHRejected), rejectICMPX())...)
 		}
 	}
 
@@ -302,6 +362,36 @@ func addrMatch(st *set, daddr, invert bool) stmt {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: l},
 		&expr.Lookup{SourceRegister: 1, SetName: st.name, SetID: st.id, Invert: invert},
 	}}
+}
+
+func familyOf(st *set) family {
+	if st.v6 {
+		return famV6
+	}
+	return famV4
+}
+
+// peerUpdate adds the packet's source address to the per-peer set st (or
+// refreshes its timeout) and counts the packet in the element's counter:
+// `update @set { ip saddr counter }`. withFamily tests the family first,
+// for rules whose match does not (nft leaves that test implicit in text).
+func peerUpdate(st *set, withFamily bool) stmt {
+	proto, nfproto := "ip", byte(unix.NFPROTO_IPV4)
+	var off, l uint32 = 12, 4
+	if st.v6 {
+		proto, nfproto, off, l = "ip6", unix.NFPROTO_IPV6, 8, 16
+	}
+	var exprs []expr.Any
+	if withFamily {
+		exprs = append(exprs,
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}})
+	}
+	exprs = append(exprs,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: l},
+		&expr.Dynset{SrcRegKey: 1, SetName: st.name, SetID: st.id, Operation: unix.NFT_DYNSET_OP_UPDATE,
+			Exprs: []expr.Any{&expr.Counter{}}})
+	return stmt{fmt.Sprintf("update @%s { %s saddr counter }", st.name, proto), exprs}
 }
 
 func dport(proto uint8, port uint16) stmt {

@@ -222,10 +222,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		for _, m := range []map[string]*series{hitQPS, hitCPU, hitEff, hitP50, hitP99, missAdd50, missAdd99} {
 			m[s.name].fail(s.na)
 		}
-		if s.name == "sluice" {
+		switch s.name {
+		case "sluice":
 			ratioDD.fail(s.na)
 			ratioUB.fail(s.na)
 			effDD.fail(s.na)
+		case "dnsdist":
+			ratioDD.fail(s.na)
+			effDD.fail(s.na)
+		case "unbound":
+			ratioUB.fail(s.na)
 		}
 	}
 
@@ -374,6 +380,9 @@ func (b *bench) waitDNS(ctx context.Context, port int, p *proc) error {
 		}
 		last = err
 		time.Sleep(50 * time.Millisecond)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	return fmt.Errorf("%s on port %d not answering after %s: %v", p.name, port, readyTimeout, last)
 }

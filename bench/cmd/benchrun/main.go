@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,8 +68,10 @@ type bench struct {
 	work  string // scratch directory
 	runID string // prefix of namespace and interface names
 	dnsns string // namespace of the running DNS section
-	cpus  struct{ server, client string }
-	notes []string // shown under the table
+
+	loadBefore string // /proc/loadavg at the start, to judge a shared machine
+	cpus       struct{ server, client string }
+	notes      []string // shown under the table
 }
 
 func main() {
@@ -133,6 +136,7 @@ func run() error {
 	}()
 
 	start := time.Now()
+	b.loadBefore = loadAvg()
 	var rows []row
 	want := map[string]bool{}
 	for _, s := range strings.Split(*sections, ",") {
@@ -169,7 +173,11 @@ func run() error {
 			return fmt.Errorf("create results dir: %w", err)
 		}
 		host, _ := os.Hostname()
-		name := filepath.Join(*out, fmt.Sprintf("%s-%s.md", time.Now().Format("2006-01-02"), sanitize(host)))
+		suffix := ""
+		if *quick {
+			suffix = "-quick" // a quick run never overwrites the full table
+		}
+		name := filepath.Join(*out, fmt.Sprintf("%s-%s%s.md", time.Now().Format("2006-01-02"), sanitize(host), suffix))
 		if err := os.WriteFile(name, []byte(report), 0o644); err != nil {
 			return fmt.Errorf("write results %q: %w", name, err)
 		}
@@ -198,6 +206,10 @@ func (b *bench) report(rows []row, took time.Duration) string {
 	fmt.Fprintf(&s, "- CPU: %s, %d cores; kernel %s; %s\n", cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
 	fmt.Fprintf(&s, "- pinning: servers on CPU %s, load generators on CPU %s; tunnel: gateway side on CPU %s, client side on CPU %s\n",
 		b.cpus.server, b.cpus.client, b.cpus.server, b.cpus.client)
+	fmt.Fprintf(&s, "- load average (1/5/15 min) at start %s, at end %s: anything else running on the machine shows up as spread\n", b.loadBefore, loadAvg())
+	if busy(b.loadBefore, runtime.NumCPU()) {
+		fmt.Fprintf(&s, "- **warning: the machine was busy before this run started (load %s on %d cores): other work competed for the pinned cores, so treat these figures, the tunnel ones above all, as unreliable and run again on a quiet machine**\n", b.loadBefore, runtime.NumCPU())
+	}
 	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (tunnel); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.tunRounds)
 	s.WriteString(table(rows))
 	if len(b.notes) > 0 {
@@ -220,6 +232,33 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// loadAvg returns the three load averages from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// busyLoadPerCore is the 1-minute load per core above which a machine is
+// too busy, before the run starts, for its figures to be trusted.
+const busyLoadPerCore = 0.5
+
+// busy reports whether a loadAvg string shows a machine already busy.
+func busy(load string, cores int) bool {
+	f := strings.Fields(load)
+	if len(f) == 0 || cores <= 0 {
+		return false
+	}
+	l1, err := strconv.ParseFloat(f[0], 64)
+	return err == nil && l1 > busyLoadPerCore*float64(cores)
 }
 
 func kernel() string {

@@ -85,13 +85,17 @@ func (b *bench) profileSection(ctx context.Context, outDir string) error {
 		if err != nil {
 			return err
 		}
-		top, err := b.r.run(ctx, "", "", nil, "go", "tool", "pprof", "-top", "-nodecount", strconv.Itoa(profileTop), filepath.Join(b.bin, "dnsproxy-bench"), prof)
-		if err != nil {
-			return fmt.Errorf("pprof %s: %w", kind, err)
+		var top strings.Builder
+		for _, sortBy := range []string{"-flat", "-cum"} {
+			t, err := b.r.run(ctx, "", "", nil, "go", "tool", "pprof", "-top", sortBy, "-nodecount", strconv.Itoa(profileTop), filepath.Join(b.bin, "dnsproxy-bench"), prof)
+			if err != nil {
+				return fmt.Errorf("pprof %s: %w", kind, err)
+			}
+			fmt.Fprintf(&top, "### sorted by %s\n\n%s\n", sortBy[1:], t)
 		}
 		host, _ := os.Hostname()
 		name := filepath.Join(outDir, fmt.Sprintf("%s-%s-dnsproxy-%s.txt", time.Now().Format("2006-01-02"), sanitize(host), kind))
-		text := fmt.Sprintf("sluice dnsproxy CPU profile, cache %s, dnsperf %.0f QPS over %.1fs, proxy pinned to CPU %s\n\n%s", kind, res.QPS, res.RunTime, b.cpus.server, top)
+		text := fmt.Sprintf("sluice dnsproxy CPU profile, cache %s, dnsperf %.0f QPS over %.1fs, proxy pinned to CPU %s\n\n%s", kind, res.QPS, res.RunTime, b.cpus.server, top.String())
 		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
 		}

@@ -199,3 +199,11 @@ func TestNum(t *testing.T) {
 		}
 	}
 }
+
+func TestBusy(t *testing.T) {
+	for load, want := range map[string]bool{"0.20 0.50 0.40": false, "0.99 3.00 3.00": false, "1.01 0.1 0.1": true, "5.41 4.69 3.99": true, "unknown": false, "": false} {
+		if got := busy(load, 2); got != want {
+			t.Errorf("busy(%q, 2) = %v, want %v", load, got, want)
+		}
+	}
+}

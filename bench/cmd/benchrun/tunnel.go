@@ -352,6 +352,9 @@ func (t *tunnel) upSluice(ctx context.Context) (*proc, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if ctx.Err() != nil {
+		return p, ctx.Err()
+	}
 	return p, fmt.Errorf("sluice up: interface %s without its addresses after %s: %s", t.gwIf, upTimeout, t.b.r.logTail(p.name, 2))
 }
 
@@ -399,6 +402,9 @@ func (t *tunnel) waitSock(ctx context.Context, p *proc, ifname string) error {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	return fmt.Errorf("%s: no socket %s after %s", p.name, sock, upTimeout)
 }

@@ -1,0 +1,163 @@
+package dnsproxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpBatch is how many datagrams one recvmmsg/sendmmsg moves.
+const udpBatch = 32
+
+// mmsgLoop is the state of one batched UDP read loop: every buffer, header
+// and socket address is allocated once, so a batch of cache hits costs two
+// system calls and no allocation.
+type mmsgLoop struct {
+	p     *Proxy
+	c     *net.UDPConn
+	rc    syscall.RawConn
+	ls    *loopState
+	shard int
+
+	rhdr  [udpBatch]unix.Mmsghdr
+	riov  [udpBatch]unix.Iovec
+	addr  [udpBatch]unix.RawSockaddrInet6
+	bufs  [udpBatch][]byte
+	shdr  [udpBatch]unix.Mmsghdr
+	siov  [udpBatch]unix.Iovec
+	outs  [udpBatch][]byte
+	nRecv int
+	nSend int
+	sent  int
+	errno syscall.Errno
+
+	recvFn func(fd uintptr) bool // built once: closures passed to RawConn escape
+	sendFn func(fd uintptr) bool
+}
+
+// runUDP serves c until it is closed, with recvmmsg/sendmmsg.
+func (p *Proxy) runUDP(c *net.UDPConn, shard int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		p.udpLoop(c, shard)
+		return
+	}
+	m := &mmsgLoop{p: p, c: c, rc: rc, ls: newLoopState(shard), shard: shard}
+	for i := range udpBatch {
+		m.bufs[i] = make([]byte, udpReadBuf)
+		m.outs[i] = make([]byte, 0, 4096)
+		m.riov[i].Base = &m.bufs[i][0]
+		m.riov[i].SetLen(len(m.bufs[i]))
+		m.rhdr[i].Hdr.Iov = &m.riov[i]
+		m.rhdr[i].Hdr.SetIovlen(1)
+		m.rhdr[i].Hdr.Name = (*byte)(unsafe.Pointer(&m.addr[i]))
+		m.shdr[i].Hdr.Iov = &m.siov[i]
+		m.shdr[i].Hdr.SetIovlen(1)
+	}
+	m.recvFn = m.recv
+	m.sendFn = m.send
+	for {
+		for i := range udpBatch {
+			m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			m.rhdr[i].Len = 0
+		}
+		m.nRecv, m.errno = 0, 0
+		if err := rc.Read(m.recvFn); err != nil {
+			return // closed
+		}
+		if m.errno != 0 {
+			if m.errno == unix.ENOSYS {
+				p.udpLoop(c, shard)
+				return
+			}
+			continue
+		}
+		m.handle()
+	}
+}
+
+func (m *mmsgLoop) recv(fd uintptr) bool {
+	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
+		unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	m.errno = e
+	if e == 0 {
+		m.nRecv = int(n)
+	}
+	return true
+}
+
+func (m *mmsgLoop) send(fd uintptr) bool {
+	for m.sent < m.nSend {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.shdr[m.sent])),
+			uintptr(m.nSend-m.sent), unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case e == unix.EAGAIN:
+			return false
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			m.sent++ // skip the datagram the kernel refused (e.g. unreachable)
+			continue
+		}
+		m.sent += int(n)
+	}
+	return true
+}
+
+// handle answers the received batch: hits are queued for one sendmmsg,
+// misses go to the slow path.
+func (m *mmsgLoop) handle() {
+	m.nSend, m.sent = 0, 0
+	for i := 0; i < m.nRecv; i++ {
+		src, ok := sockaddrToAddrPort(&m.addr[i], m.rhdr[i].Hdr.Namelen)
+		if !ok {
+			continue
+		}
+		pkt := m.bufs[i][:m.rhdr[i].Len]
+		m.ls.out = m.outs[m.nSend][:0]
+		resp, slow := m.p.handlePacket(m.ls, pkt, src)
+		if resp != nil {
+			m.outs[m.nSend] = resp[:0]
+			m.siov[m.nSend].Base = &resp[0]
+			m.siov[m.nSend].SetLen(len(resp))
+			m.shdr[m.nSend].Hdr.Name = (*byte)(unsafe.Pointer(&m.addr[i]))
+			m.shdr[m.nSend].Hdr.Namelen = m.rhdr[i].Hdr.Namelen
+			m.nSend++
+			continue
+		}
+		if slow {
+			m.p.dispatchSlow(m.c, pkt, src, m.shard)
+		}
+	}
+	if m.nSend > 0 {
+		if err := m.rc.Write(m.sendFn); err != nil && !errors.Is(err, net.ErrClosed) {
+			m.p.log.Debug("send dns answers", "error", err)
+		}
+	}
+}
+
+func sockaddrToAddrPort(sa *unix.RawSockaddrInet6, n uint32) (netip.AddrPort, bool) {
+	switch sa.Family {
+	case unix.AF_INET:
+		if n < unix.SizeofSockaddrInet4 {
+			return netip.AddrPort{}, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		port := uint16(sa4.Port>>8) | uint16(sa4.Port<<8)
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port), true
+	case unix.AF_INET6:
+		if n < unix.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, false
+		}
+		port := uint16(sa.Port>>8) | uint16(sa.Port<<8)
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), true
+	}
+	return netip.AddrPort{}, false
+}
