@@ -400,23 +400,23 @@ func (p *Proxy) Close() error {
 
 // Stats is a snapshot for `sluice status`.
 type Stats struct {
-	Queries      uint64
-	ByRcode      map[string]uint64
-	CacheHits    uint64
-	CacheMisses  uint64
-	CacheEntries int
-	Blocked      uint64
-	RateLimited  uint64
-	Upstreams    []UpstreamStats
+	Queries      uint64            `json:"queries"`
+	ByRcode      map[string]uint64 `json:"by_rcode"`
+	CacheHits    uint64            `json:"cache_hits"`
+	CacheMisses  uint64            `json:"cache_misses"`
+	CacheEntries int               `json:"cache_entries"`
+	Blocked      uint64            `json:"blocked"`
+	RateLimited  uint64            `json:"rate_limited"`
+	Upstreams    []UpstreamStats   `json:"upstreams"`
 }
 
 // UpstreamStats is the health of one upstream.
 type UpstreamStats struct {
-	Group    string
-	Addr     string
-	Healthy  bool
-	Latency  time.Duration // EWMA
-	Failures int           // consecutive
+	Group    string        `json:"group"`
+	Addr     string        `json:"addr"`
+	Healthy  bool          `json:"healthy"`
+	Latency  time.Duration `json:"latency_ns"` // EWMA
+	Failures int           `json:"failures"`   // consecutive
 }
 
 // Stats returns totals since New.

@@ -134,10 +134,23 @@ func TestClientTunnel(t *testing.T) {
 		if st.Interface.Name != g.ifname || st.Interface.Mode != "split" {
 			t.Errorf("status interface = %+v, want %s in split mode", st.Interface, g.ifname)
 		}
+		// The laptop has only pinged so far: a live session without DNS
+		// is what a device using another resolver looks like.
 		out, err := g.cli("doctor", "--peer", "alice/laptop")
+		t.Logf("sluice doctor --peer alice/laptop before any query (err %v):\n%s", err, out)
+		if err == nil || !strings.Contains(out, "its device uses another resolver") {
+			t.Errorf("doctor --peer did not flag a peer that handshakes but sends no DNS (err %v)", err)
+		}
+		if r := dig(laptopNS, "@"+resolver4, internalFQ, "A"); !r.has(corpAnswer4) {
+			t.Fatalf("laptop: dig @%s %s = %s %v\n%s", resolver4, internalFQ, r.status, r.answers, r.out)
+		}
+		out, err = g.cli("doctor", "--peer", "alice/laptop")
 		t.Logf("sluice doctor --peer alice/laptop (err %v):\n%s", err, out)
 		if err != nil {
 			t.Errorf("sluice doctor on a healthy gateway failed: %v", err)
+		}
+		if !strings.Contains(out, "packets to the proxy") {
+			t.Errorf("doctor --peer does not report the peer's DNS counters")
 		}
 	})
 }

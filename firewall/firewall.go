@@ -52,6 +52,7 @@ type Firewall struct {
 	spec    Spec       // last applied, normalized
 	desired *ruleset   // last applied, nil before the first Apply
 	last    map[Reason]Counter
+	applied time.Time // when the kernel's table was last (re)written
 	closed  bool
 }
 
@@ -107,7 +108,7 @@ func (f *Firewall) Apply(spec Spec) error {
 			f.log.Warn("remove previous firewall table", "table", f.desired.table, "err", err)
 		}
 	}
-	f.spec, f.desired = s, rs
+	f.spec, f.desired, f.applied = s, rs, time.Now()
 	f.log.Info("firewall applied", "table", s.Table, "interface", s.Interface, "rules", rs.ruleCount(),
 		"doh_ranges", rs.elementCount(setDoH4, setDoH6), "took", took)
 	if f.cleanFlows != nil {
@@ -245,10 +246,19 @@ func (f *Firewall) ensure() {
 		f.log.Error("re-apply firewall table", "table", f.desired.table, "drift", diff, "err", err)
 		return
 	}
+	f.applied = time.Now()
 	f.metrics.applySecs.Set(time.Since(start).Seconds())
 	f.metrics.reapplied.Inc()
 	f.reapplied.Add(1)
 	f.log.Warn("firewall table changed outside sluice, re-applied", "table", f.desired.table, "drift", diff)
+}
+
+// AppliedAt returns when the table was last written to the kernel, by Apply
+// or by a re-apply; the per-peer counters count from then. Zero before Apply.
+func (f *Firewall) AppliedAt() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
 }
 
 // Reapplied returns how many times Run re-applied the table.

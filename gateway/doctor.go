@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/firewall"
 	"github.com/sluice-vpn/sluice/peers"
 )
 
@@ -332,5 +333,46 @@ func loadRoots(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// doctorPeerTraffic reports what the firewall saw of a peer's DNS.
-func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {}
+// doctorPeerTraffic reports what the firewall saw of a peer's DNS since the
+// table was last applied: queries that reached the proxy, queries redirected
+// to it, and everything rejected. A peer with a live session and no DNS at
+// all is the classic leak: its device resolves somewhere else.
+func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {
+	name := "peer " + p.ID() + " dns"
+	var addrs []netip.Addr
+	for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+		if a.IsValid() {
+			addrs = append(addrs, a)
+		}
+	}
+	counters, err := g.fw.PeerCounters(addrs...)
+	if err != nil {
+		r.add(Check{Name: name, Detail: err.Error(), Action: "check the firewall table with `sluice firewall show`"})
+		return
+	}
+	accepted := counters[firewall.ReasonDNSAccepted].Packets
+	var rejected []string
+	var rejectedTotal uint64
+	for _, reason := range firewall.PeerReasons() {
+		n := counters[reason].Packets
+		if reason == firewall.ReasonDNSAccepted || reason == firewall.ReasonDNSRedirected || n == 0 {
+			continue
+		}
+		rejected = append(rejected, fmt.Sprintf("%s %d", reason, n))
+		rejectedTotal += n
+	}
+	detail := fmt.Sprintf("%d packets to the proxy, %d redirected flows", accepted, counters[firewall.ReasonDNSRedirected].Packets)
+	if len(rejected) > 0 {
+		detail += ", rejected: " + strings.Join(rejected, ", ")
+	}
+	detail += " (since the firewall was last applied, " + humanTime(g.fw.AppliedAt()) + ")"
+	c := Check{Name: name, Detail: detail, OK: true}
+	switch {
+	case accepted == 0:
+		c.OK = false
+		c.Action = "handshakes but no DNS from this peer: its device uses another resolver. Check that it imported the config from `sluice peer config " + p.ID() + "` (DNS = line), and that the OS or browser has no DoH setting of its own"
+	case rejectedTotal > 0:
+		c.Action = "the device also tries other resolvers (blocked): look for a hard-coded resolver or DoH in its apps"
+	}
+	r.add(c)
+}
