@@ -212,9 +212,13 @@ internet-facing interface fails); a real query to every upstream with its
 latency and rcode; the firewall table and its counters; the proxy answering
 on every in-tunnel address with the canary names blocked.
 
-With --peer USER[/DEVICE]: that peer's last handshake and whether its DNS
-reaches the proxy ("handshakes but no DNS from this peer" means its device
-uses another resolver). Exit status 1 when any check fails.`,
+With --peer USER[/DEVICE]: that peer's last handshake, how many of its DNS
+packets reached the proxy and how many were redirected or rejected (DNS to
+other resolvers, DoT, DoQ, DoH) since the firewall table was last applied.
+"handshakes but no DNS from this peer" means its device uses another resolver.
+
+Each line is PASS, WARN (passed, but look at the note under it) or FAIL with
+the action to take. Exit status 1 when any check fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
@@ -236,13 +240,20 @@ uses another resolver). Exit status 1 when any check fails.`,
 					return err
 				}
 			} else {
+				width := 0
+				for _, c := range rep.Checks {
+					width = max(width, len(c.Name))
+				}
 				for _, c := range rep.Checks {
 					mark := "PASS"
-					if !c.OK {
+					switch {
+					case !c.OK:
 						mark = "FAIL"
+					case c.Action != "":
+						mark = "WARN" // passed, with something worth a look
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s  %-40s %s\n", mark, c.Name, c.Detail)
-					if !c.OK && c.Action != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  %-*s  %s\n", mark, width, c.Name, c.Detail)
+					if c.Action != "" {
 						fmt.Fprintf(cmd.OutOrStdout(), "      -> %s\n", c.Action)
 					}
 				}
