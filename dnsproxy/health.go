@@ -49,10 +49,8 @@ func (p *Proxy) checkUpstream(ctx context.Context, u *upstream, hc HealthConfig)
 	q.SetQuestion(hc.Name, dns.TypeNS)
 	q.SetEdns0(uint16(p.st.Load().cfg.EDNSBufferSize), false)
 	q.Id = p.ids.next()
-	tctx, cancel := context.WithTimeout(ctx, hc.Timeout)
-	defer cancel()
 	start := time.Now()
-	r, err := u.exchange(tctx, q)
+	r, err := u.exchange(ctx, start.Add(hc.Timeout), q)
 	d := time.Since(start)
 	if ctx.Err() != nil {
 		return false

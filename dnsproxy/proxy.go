@@ -72,7 +72,11 @@ type Proxy struct {
 	lim      *limiter
 	inflight inflight
 	slow     atomic.Int64 // cache misses being handled
-	met      *metrics
+	// slowJobs hands misses to idle slow-path workers (see dispatchSlow);
+	// slowWorkers counts the workers alive.
+	slowJobs    chan slowJob
+	slowWorkers atomic.Int64
+	met         *metrics
 	// localCounters are queries_total for answers given without a group.
 	localCounters *groupCounters
 	qlog          *queryLog
@@ -102,6 +106,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		now:      opts.Now,
 		peerName: opts.PeerName,
 		flights:  map[string]*flight{},
+		slowJobs: make(chan slowJob),
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -728,8 +733,7 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 
 	// The upstream query belongs to the proxy, not to the first client: a
 	// client going away must not fail the others waiting on this flight.
-	qctx, cancel := context.WithTimeout(p.ctx, st.cfg.Deadline)
-	defer cancel()
+	deadline := time.Now().Add(st.cfg.Deadline)
 	uq := new(dns.Msg)
 	uq.RecursionDesired = true
 	uq.CheckingDisabled = req.CheckingDisabled
@@ -739,7 +743,7 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 		do = opt.Do()
 	}
 	uq.SetEdns0(uint16(st.cfg.EDNSBufferSize), do)
-	f.res = g.exchange(qctx, uq, &p.ids, st.cfg.UpstreamTimeout, st.cfg.Health.Failures)
+	f.res = g.exchange(p.ctx, deadline, uq, &p.ids, st.cfg.UpstreamTimeout, st.cfg.Health.Failures)
 
 	now := p.now().UnixNano()
 	msg := f.res.msg

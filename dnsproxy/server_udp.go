@@ -177,22 +177,75 @@ func (p *Proxy) udpLoop(c *net.UDPConn, shard int) {
 	}
 }
 
-// dispatchSlow hands a copy of pkt to a goroutine running the slow path,
-// which writes its answer on c itself. Beyond the cap the packet is dropped.
+// slowJob is one UDP query for the slow path.
+type slowJob struct {
+	c     *net.UDPConn
+	pkt   []byte
+	src   netip.AddrPort
+	shard int
+}
+
+const (
+	// maxSlowWorkers bounds the slow-path goroutines that stay alive between
+	// misses; beyond them a miss gets a goroutine of its own.
+	maxSlowWorkers = 64
+	// slowWorkerIdle is how long an idle worker waits before it exits.
+	slowWorkerIdle = 30 * time.Second
+)
+
+// dispatchSlow hands a copy of pkt to the slow path, which writes its answer
+// on c itself. Beyond the cap the packet is dropped. An idle worker takes it
+// when there is one: a worker keeps the stack the slow path grew, where a
+// goroutine per miss would start small and copy its stack while resolving.
 func (p *Proxy) dispatchSlow(c *net.UDPConn, pkt []byte, src netip.AddrPort, shard int) {
 	if !p.slowAcquire() {
 		p.met.overload.Inc()
 		return
 	}
-	pkt = append([]byte(nil), pkt...)
+	job := slowJob{c: c, pkt: append([]byte(nil), pkt...), src: src, shard: shard}
+	select {
+	case p.slowJobs <- job:
+		return
+	default:
+	}
 	p.wg.Add(1)
+	if p.slowWorkers.Add(1) <= maxSlowWorkers {
+		go p.slowWorker(job)
+		return
+	}
+	p.slowWorkers.Add(-1)
 	go func() {
 		defer p.wg.Done()
-		defer p.slow.Add(-1)
-		if resp := p.slowPacket(p.ctx, pkt, src, shard); resp != nil {
-			c.WriteToUDPAddrPort(resp, src) //nolint:errcheck // the client may be gone
-		}
+		p.runSlow(job)
 	}()
+}
+
+// slowWorker runs job, then further jobs until it has been idle for
+// slowWorkerIdle or the proxy closes.
+func (p *Proxy) slowWorker(job slowJob) {
+	defer p.wg.Done()
+	defer p.slowWorkers.Add(-1)
+	p.runSlow(job)
+	idle := time.NewTimer(slowWorkerIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case job := <-p.slowJobs:
+			p.runSlow(job)
+			idle.Reset(slowWorkerIdle)
+		case <-idle.C:
+			return
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+func (p *Proxy) runSlow(job slowJob) {
+	defer p.slow.Add(-1)
+	if resp := p.slowPacket(p.ctx, job.pkt, job.src, job.shard); resp != nil {
+		job.c.WriteToUDPAddrPort(resp, job.src) //nolint:errcheck // the client may be gone
+	}
 }
 
 func (p *Proxy) slowAcquire() bool {

@@ -123,7 +123,8 @@ type upstream struct {
 	healthyGauge prometheus.Gauge
 	errors       *prometheus.CounterVec
 
-	tlsConf *tls.Config // tls only
+	tlsConf *tls.Config   // tls only
+	spares  *spareSockets // udp only
 
 	poolMu sync.Mutex // protects idle, closed
 	idle   []idleConn
@@ -150,6 +151,9 @@ func newUpstream(spec Upstream, group string, m *metrics, tlsConf *tls.Config, l
 		c.ServerName = spec.ServerName
 		u.tlsConf = c
 	}
+	if spec.Proto == "udp" {
+		u.spares = newSpareSockets(spec.Addr)
+	}
 	u.healthy.Store(true)
 	u.healthyGauge.Set(1)
 	return u
@@ -157,6 +161,9 @@ func newUpstream(spec Upstream, group string, m *metrics, tlsConf *tls.Config, l
 
 // close drops idle connections; later exchanges dial fresh ones and do not pool.
 func (u *upstream) close() {
+	if u.spares != nil {
+		u.spares.close()
+	}
 	u.poolMu.Lock()
 	defer u.poolMu.Unlock()
 	u.closed = true
@@ -203,22 +210,24 @@ func (u *upstream) observeLatency(d time.Duration) {
 	}
 }
 
-// exchange sends q (whose ID the caller set) and returns the matching answer.
+// exchange sends q (whose ID the caller set) and returns the matching answer
+// received before deadline. ctx only cancels (the proxy shutting down): the
+// hot path sets socket deadlines instead of creating a timer context per try.
 // UDP answers with TC set are retried over TCP on the same address.
-func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+func (u *upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
 	wire, err := q.Pack()
 	if err != nil {
 		return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("pack query: %w", err)}
 	}
 	switch u.spec.Proto {
 	case "tcp":
-		return u.exchangeStream(ctx, q, wire, false)
+		return u.exchangeStream(ctx, deadline, q, wire, false)
 	case "tls":
-		return u.exchangeStream(ctx, q, wire, true)
+		return u.exchangeStream(ctx, deadline, q, wire, true)
 	}
-	r, err := u.exchangeUDP(ctx, q, wire)
+	r, err := u.exchangeUDP(ctx, deadline, q, wire)
 	if err == nil && r.Truncated {
-		return u.exchangeStream(ctx, q, wire, false)
+		return u.exchangeStream(ctx, deadline, q, wire, false)
 	}
 	return r, err
 }
@@ -227,17 +236,13 @@ var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); re
 
 // exchangeUDP uses a fresh socket (a new random source port) per try and
 // reads past answers whose ID or question do not match until the deadline.
-func (u *upstream) exchangeUDP(ctx context.Context, q *dns.Msg, wire []byte) (*dns.Msg, error) {
-	// A connected UDP socket never blocks in connect, so no context is needed;
-	// DialUDP skips the resolver and parallel-dial machinery of net.Dialer.
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.spec.Addr))
+func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (*dns.Msg, error) {
+	c, err := u.spares.get()
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
+	defer u.spares.release(c)
+	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if _, err := c.Write(wire); err != nil {
@@ -249,6 +254,10 @@ func (u *upstream) exchangeUDP(ctx context.Context, q *dns.Msg, wire []byte) (*d
 	var lastErr error
 	for range maxStrayReads {
 		n, err := c.Read(buf)
+		if errors.Is(err, io.EOF) { // an empty datagram (os.File reports it as EOF)
+			lastErr = errors.New("empty answer")
+			continue
+		}
 		if err != nil {
 			if lastErr != nil && classify(err).kind == errKindTimeout {
 				return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", u.label, err, lastErr)}
@@ -281,39 +290,39 @@ func answerMatches(q, r *dns.Msg) bool {
 // exchangeStream sends one query over TCP or TLS, reusing an idle pooled
 // connection when there is one (and retrying once on a fresh one if the
 // pooled connection turns out to be dead).
-func (u *upstream) exchangeStream(ctx context.Context, q *dns.Msg, wire []byte, useTLS bool) (*dns.Msg, error) {
+func (u *upstream) exchangeStream(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte, useTLS bool) (*dns.Msg, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		c, pooled := u.takeIdle()
 		if c == nil {
 			var err error
-			if c, err = u.dial(ctx, useTLS); err != nil {
+			if c, err = u.dial(ctx, deadline, useTLS); err != nil {
 				return nil, err
 			}
 		}
-		r, err := u.streamRoundTrip(ctx, c, q, wire)
+		r, err := u.streamRoundTrip(ctx, deadline, c, q, wire)
 		if err == nil {
 			u.putIdle(c)
 			return r, nil
 		}
 		c.Close()
-		if !pooled || ctx.Err() != nil {
+		if !pooled || ctx.Err() != nil || !time.Now().Before(deadline) {
 			return nil, err
 		}
 	}
 	return nil, errors.New("unreachable")
 }
 
-func (u *upstream) dial(ctx context.Context, useTLS bool) (net.Conn, error) {
+func (u *upstream) dial(ctx context.Context, deadline time.Time, useTLS bool) (net.Conn, error) {
 	addr := u.spec.Addr.String()
 	if useTLS {
-		d := &tls.Dialer{Config: u.tlsConf}
+		d := &tls.Dialer{NetDialer: &net.Dialer{Deadline: deadline}, Config: u.tlsConf}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, &upstreamError{kind: classify(err).kind, err: fmt.Errorf("dial tls %s: %w", u.label, err)}
 		}
 		return c, nil
 	}
-	var d net.Dialer
+	d := net.Dialer{Deadline: deadline}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial tcp %s: %w", u.label, err)
@@ -321,10 +330,8 @@ func (u *upstream) dial(ctx context.Context, useTLS bool) (net.Conn, error) {
 	return c, nil
 }
 
-func (u *upstream) streamRoundTrip(ctx context.Context, c net.Conn, q *dns.Msg, wire []byte) (*dns.Msg, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
+func (u *upstream) streamRoundTrip(ctx context.Context, deadline time.Time, c net.Conn, q *dns.Msg, wire []byte) (*dns.Msg, error) {
+	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	out := make([]byte, 2+len(wire))
@@ -413,10 +420,10 @@ type groupResult struct {
 	text     string
 }
 
-// exchangeGroup asks the group's upstreams in health order, each for at most
-// perTry, until one answers or ctx (the whole-query deadline) ends. It never
-// asks any other group.
-func (g *group) exchange(ctx context.Context, q *dns.Msg, ids *idSource, perTry time.Duration, threshold int) groupResult {
+// exchange asks the group's upstreams in health order, each for at most
+// perTry, until one answers, deadline (the whole query's) passes or ctx is
+// cancelled. It never asks any other group.
+func (g *group) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, ids *idSource, perTry time.Duration, threshold int) groupResult {
 	if len(g.ups) == 0 {
 		return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
 			text: fmt.Sprintf("group %q has no upstreams", g.label)}
@@ -424,16 +431,18 @@ func (g *group) exchange(ctx context.Context, q *dns.Msg, ids *idSource, perTry 
 	allNetwork := true
 	tried := 0
 	for _, u := range g.order() {
-		if ctx.Err() != nil {
+		start := time.Now()
+		if ctx.Err() != nil || !start.Before(deadline) {
 			break
 		}
 		tried++
-		tctx, cancel := context.WithTimeout(ctx, perTry)
-		start := time.Now()
 		q.Id = ids.next()
-		r, err := u.exchange(tctx, q)
+		tryDeadline := start.Add(perTry)
+		if deadline.Before(tryDeadline) {
+			tryDeadline = deadline
+		}
+		r, err := u.exchange(ctx, tryDeadline, q)
 		d := time.Since(start)
-		cancel()
 		if err == nil {
 			switch r.Rcode {
 			case dns.RcodeServerFailure:
