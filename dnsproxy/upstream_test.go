@@ -15,6 +15,12 @@ import (
 // query and writes whatever it wants back with send.
 func rawUDP(t *testing.T, respond func(q *dns.Msg, send func([]byte))) string {
 	t.Helper()
+	return rawUDPFrom(t, func(q *dns.Msg, _ *net.UDPAddr, send func([]byte)) { respond(q, send) })
+}
+
+// rawUDPFrom is rawUDP with the query's source address.
+func rawUDPFrom(t *testing.T, respond func(q *dns.Msg, from *net.UDPAddr, send func([]byte))) string {
+	t.Helper()
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +39,7 @@ func rawUDP(t *testing.T, respond func(q *dns.Msg, send func([]byte))) string {
 			if q.Unpack(buf[:n]) != nil {
 				continue
 			}
-			respond(q, func(b []byte) { pc.WriteTo(b, from) })
+			respond(q, from.(*net.UDPAddr), func(b []byte) { pc.WriteTo(b, from) })
 		}
 	}()
 	t.Cleanup(func() {
@@ -218,5 +224,36 @@ func TestQueryIDs(t *testing.T) {
 	}
 	if len(seen) < 7 {
 		t.Errorf("upstream IDs not random: %v", up.ids)
+	}
+}
+
+// TestUpstreamSourcePorts: ready sockets are still used for one query each,
+// so consecutive upstream queries leave from different random ports. (A
+// pool that reused sockets would show one port, or a handful.)
+func TestUpstreamSourcePorts(t *testing.T) {
+	var mu sync.Mutex
+	ports := map[int]int{}
+	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
+		mu.Lock()
+		ports[from.Port]++
+		mu.Unlock()
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = append(r.Answer, mustRR("%s 60 IN A 192.0.2.7", q.Question[0].Name))
+		b, _ := r.Pack()
+		send(b)
+	})
+	p, _ := startProxy(t, testConfig(addr), Options{})
+	const n = 60
+	for i := range n {
+		if r := ask(t, p, "udp", fmt.Sprintf("port%d.example.", i), dns.TypeA, 0); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("query %d: %s", i, dns.RcodeToString[r.Rcode])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Ephemeral ports are random, so a repeat now and then is chance.
+	if len(ports) < n*9/10 {
+		t.Errorf("%d upstream queries came from only %d source ports: %v", n, len(ports), ports)
 	}
 }
