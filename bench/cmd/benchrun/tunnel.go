@@ -39,6 +39,7 @@ type tunVariant struct {
 	name string
 	na   string
 	up   func(ctx context.Context) (*proc, error)
+	down func() // after the run, when set
 }
 
 type tunnel struct {
@@ -52,6 +53,7 @@ type tunnel struct {
 	cKeyFile   string
 	pskFile    string
 	sluiceConf string
+	tableFile  string // sluice's nftables table as `sluice firewall show` printed it
 }
 
 const sluiceConfTmpl = `interface: {name: {{IF}}, backend: userspace, listen_port: 51820, private_key_file: {{DIR}}/gw.key, addresses: [10.20.0.1/24, fd20::1/64], mtu: 1420, endpoint: 192.0.2.1:51820}
@@ -62,12 +64,13 @@ admin: {listen: 127.0.0.1:0, control_socket: {{DIR}}/ctl.sock}
 
 func (b *bench) tunnelSection(ctx context.Context) []row {
 	m := b.mode
-	names := []string{"sluice (embedded wireguard-go + firewall)", "wireguard-go same version", "wireguard-go Debian"}
+	names := []string{"sluice (embedded wireguard-go + firewall)", "wireguard-go same version", "wireguard-go Debian",
+		"wireguard-go same version + sluice's nftables table"}
 	gbps := map[string]*series{}
 	for _, n := range names {
 		gbps[n] = &series{}
 	}
-	ratioSluice, ratioDebian := &series{}, &series{}
+	ratioSluice, ratioDebian, ratioTable := &series{}, &series{}, &series{}
 	rows := func() []row {
 		R := m.tunRounds
 		var out []row
@@ -76,7 +79,8 @@ func (b *bench) tunnelSection(ctx context.Context) []row {
 		}
 		return append(out,
 			row{figure: "Tunnel ratio sluice / wireguard-go same version", unit: "×", s: ratioSluice, rounds: R, goal: atLeast(0.95, "×")},
-			row{figure: "Tunnel ratio Debian / wireguard-go same version", unit: "×", s: ratioDebian, rounds: R})
+			row{figure: "Tunnel ratio Debian / wireguard-go same version", unit: "×", s: ratioDebian, rounds: R},
+			row{figure: "Tunnel ratio with sluice's table / without (wireguard-go same version)", unit: "×", s: ratioTable, rounds: R})
 	}
 	failAll := func(reason string) []row {
 		out := rows()
@@ -102,6 +106,8 @@ func (b *bench) tunnelSection(ctx context.Context) []row {
 		sluiceNA = b.why("sluice")
 	} else if err := t.prepareSluice(ctx); err != nil {
 		sluiceNA = err.Error()
+	} else if err := t.captureTable(ctx); err != nil {
+		sluiceNA = err.Error()
 	}
 	if sluiceNA == "" {
 		if err := t.writeKeys(); err != nil {
@@ -118,6 +124,10 @@ func (b *bench) tunnelSection(ctx context.Context) []row {
 		{name: names[2], up: func(ctx context.Context) (*proc, error) {
 			return t.upWireguardGo(ctx, "wg-server-debian", "/usr/bin/wireguard-go")
 		}},
+		{name: names[3], na: sluiceNA, up: t.upWireguardGoTable, down: t.dropTable},
+	}
+	if sluiceNA != "" {
+		ratioTable.fail(sluiceNA)
 	}
 	if sluiceNA != "" {
 		gbps[names[0]].fail(sluiceNA)
@@ -161,6 +171,9 @@ func (b *bench) tunnelSection(ctx context.Context) []row {
 			}
 			if d := got[names[2]]; d > 0 {
 				ratioDebian.add(d / same)
+			}
+			if f := got[names[3]]; f > 0 {
+				ratioTable.add(f / same)
 			}
 		}
 	}
@@ -265,6 +278,9 @@ func (t *tunnel) writeKeys() error {
 func (t *tunnel) measure(ctx context.Context, v *tunVariant) (float64, error) {
 	srv, err := v.up(ctx)
 	defer t.b.r.stop(srv)
+	if v.down != nil {
+		defer v.down()
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -332,6 +348,44 @@ func (t *tunnel) upWireguardGo(ctx context.Context, name, binary string) (*proc,
 		}
 	}
 	return p, nil
+}
+
+// upWireguardGoTable is the same-version wireguard-go with sluice's table
+// loaded: the cost of the rules alone, on an identical data plane.
+func (t *tunnel) upWireguardGoTable(ctx context.Context) (*proc, error) {
+	p, err := t.upWireguardGo(ctx, "wg-server-same-table", filepath.Join(t.b.bin, "wireguard-go-same"))
+	if err != nil {
+		return p, err
+	}
+	if _, err := t.b.r.run(ctx, t.g, "", nil, "nft", "-f", t.tableFile); err != nil {
+		return p, fmt.Errorf("load sluice's table: %w", err)
+	}
+	return p, nil
+}
+
+func (t *tunnel) dropTable() {
+	if _, err := t.b.r.run(context.Background(), t.g, "", nil, "nft", "delete", "table", "inet", "sluice"); err != nil {
+		t.b.log.Warn("delete sluice's table", "err", err)
+	}
+}
+
+// captureTable runs sluice once and saves its table in nft syntax for
+// upWireguardGoTable.
+func (t *tunnel) captureTable(ctx context.Context) error {
+	p, err := t.upSluice(ctx)
+	defer t.b.r.stop(p)
+	if err != nil {
+		return err
+	}
+	out, err := t.b.r.run(ctx, t.g, "", nil, filepath.Join(t.b.bin, "sluice"), "firewall", "show", "-c", t.sluiceConf)
+	if err != nil {
+		return fmt.Errorf("sluice firewall show: %w", err)
+	}
+	if !strings.Contains(out, "table inet sluice") || !strings.Contains(out, t.gwIf) {
+		return fmt.Errorf("sluice firewall show: no table for %s in its output", t.gwIf)
+	}
+	t.tableFile = filepath.Join(t.dir, "sluice-table.nft")
+	return os.WriteFile(t.tableFile, []byte(out), 0o600)
 }
 
 // upSluice starts `sluice up` in the gateway namespace and waits until its
