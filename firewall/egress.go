@@ -25,7 +25,7 @@ func (f *Firewall) resolveEgress(configured string) (egress, error) {
 	if err != nil {
 		return egress{}, fmt.Errorf("open route netlink: %w", err)
 	}
-	defer h.Delete()
+	defer h.Close()
 	v4, err := defaultRouteIfname(h, unix.AF_INET)
 	if err != nil {
 		return egress{}, err
