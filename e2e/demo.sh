@@ -240,7 +240,7 @@ start_sluice
 section "Adding a peer and bringing the client up with wg-quick"
 sluice peer add alice --device laptop
 sluice peer config alice/laptop -o "$WORK/$CLIF.conf"
-sed -E 's/^(PrivateKey *= *).*/\1(hidden)/' "$WORK/$CLIF.conf"
+sed -E 's/^((PrivateKey|PresharedKey) *= *).*/\1(hidden)/' "$WORK/$CLIF.conf"
 # wg-quick hands DNS= to resolvconf: this shim writes the client
 # namespace's own resolv.conf (ip netns exec mounts /etc/netns/NS/resolv.conf).
 mkdir -p "/etc/netns/$CL" "$WORK/shim"

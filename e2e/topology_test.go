@@ -365,9 +365,9 @@ func removeStaleSocket(t testing.TB, ifname string) {
 	}
 }
 
-var privateKeyRE = regexp.MustCompile(`(?m)^(\s*PrivateKey\s*=\s*).*$`)
+var privateKeyRE = regexp.MustCompile(`(?m)^(\s*(?:PrivateKey|PresharedKey)\s*=\s*).*$`)
 
-// redactKey hides the private key of a wg-quick config for logs.
+// redactKey hides the private and preshared keys of a wg-quick config for logs.
 func redactKey(conf string) string {
 	return privateKeyRE.ReplaceAllString(conf, "${1}(redacted)")
 }
