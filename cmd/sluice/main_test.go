@@ -8,6 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/gateway"
 )
 
 // run executes the CLI in-process and returns stdout, stderr and the exit code.
@@ -183,5 +187,28 @@ func TestConcurrentPeerAdd(t *testing.T) {
 			t.Errorf("address given twice: %s", l)
 		}
 		seen[f[1]], seen[f[2]] = true, true
+	}
+}
+
+func TestPrintDNSStats(t *testing.T) {
+	st := &gateway.Status{DNS: dnsproxy.Stats{
+		Queries: 10, ByRcode: map[string]uint64{"NOERROR": 8, "SERVFAIL": 2},
+		CacheHits: 3, CacheMisses: 1, CacheEntries: 1, Blocked: 1,
+		Upstreams: []dnsproxy.UpstreamStats{
+			{Group: "corp.example", Addr: "10.30.0.53:53", Healthy: true, Latency: 1500 * time.Microsecond},
+			{Group: "corp.example", Addr: "10.30.0.54:53", Failures: 3},
+		},
+	}}
+	var b bytes.Buffer
+	printDNSStats(&b, st)
+	for _, want := range []string{
+		"queries: 10 (NOERROR 8, SERVFAIL 2)",
+		"cache: 1 entries, 3 hits, 1 misses (75.0 % hits)",
+		"10.30.0.53:53                healthy  latency 1.5ms",
+		"10.30.0.54:53                EJECTED  latency no answer yet, 3 failures in a row",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status dns section lacks %q:\n%s", want, b.String())
+		}
 	}
 }

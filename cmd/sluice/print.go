@@ -1,11 +1,11 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/sluice-vpn/sluice/gateway"
 )
@@ -19,48 +19,40 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// printDNSStats prints the proxy's statistics as indented "key: value"
-// lines, in the order of its JSON form.
+// printDNSStats prints the proxy's totals, cache and upstream health.
 func printDNSStats(w io.Writer, st *gateway.Status) {
-	data, err := json.Marshal(st.DNS)
-	if err != nil {
-		fmt.Fprintf(w, "  (unprintable: %v)\n", err)
+	d := st.DNS
+	fmt.Fprintf(w, "  queries: %d", d.Queries)
+	if len(d.ByRcode) > 0 {
+		parts := make([]string, 0, len(d.ByRcode))
+		for _, k := range sortedKeys(d.ByRcode) {
+			parts = append(parts, fmt.Sprintf("%s %d", k, d.ByRcode[k]))
+		}
+		fmt.Fprintf(w, " (%s)", strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(w, "\n  blocked: %d, rate-limited: %d\n", d.Blocked, d.RateLimited)
+	hitRate := ""
+	if n := d.CacheHits + d.CacheMisses; n > 0 {
+		hitRate = fmt.Sprintf(" (%.1f %% hits)", 100*float64(d.CacheHits)/float64(n))
+	}
+	fmt.Fprintf(w, "  cache: %d entries, %d hits, %d misses%s\n", d.CacheEntries, d.CacheHits, d.CacheMisses, hitRate)
+	if len(d.Upstreams) == 0 {
 		return
 	}
-	var v any
-	if err := json.Unmarshal(data, &v); err != nil {
-		fmt.Fprintf(w, "  (unprintable: %v)\n", err)
-		return
-	}
-	printTree(w, v, 1)
-}
-
-func printTree(w io.Writer, v any, depth int) {
-	indent := strings.Repeat("  ", depth)
-	switch t := v.(type) {
-	case map[string]any:
-		for _, k := range sortedKeys(t) {
-			switch c := t[k].(type) {
-			case map[string]any, []any:
-				fmt.Fprintf(w, "%s%s:\n", indent, k)
-				printTree(w, c, depth+1)
-			default:
-				fmt.Fprintf(w, "%s%s: %v\n", indent, k, c)
-			}
+	fmt.Fprintf(w, "  upstreams:\n")
+	for _, u := range d.Upstreams {
+		state := "healthy"
+		if !u.Healthy {
+			state = "EJECTED"
 		}
-	case []any:
-		for _, c := range t {
-			if m, ok := c.(map[string]any); ok {
-				parts := make([]string, 0, len(m))
-				for _, k := range sortedKeys(m) {
-					parts = append(parts, fmt.Sprintf("%s=%v", k, m[k]))
-				}
-				fmt.Fprintf(w, "%s- %s\n", indent, strings.Join(parts, " "))
-				continue
-			}
-			fmt.Fprintf(w, "%s- %v\n", indent, c)
+		lat := "no answer yet"
+		if u.Latency > 0 {
+			lat = u.Latency.Round(time.Microsecond).String()
 		}
-	default:
-		fmt.Fprintf(w, "%s%v\n", indent, t)
+		fmt.Fprintf(w, "    %-14s %-28s %-8s latency %s", u.Group, u.Addr, state, lat)
+		if u.Failures > 0 {
+			fmt.Fprintf(w, ", %d failures in a row", u.Failures)
+		}
+		fmt.Fprintln(w)
 	}
 }
