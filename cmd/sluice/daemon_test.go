@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +72,13 @@ func sluiceCmd(ns *netnstest.NS, args ...string) *exec.Cmd {
 // notify socket of the test's own.
 func startDaemon(t *testing.T, ns *netnstest.NS, cfg string) *upDaemon {
 	t.Helper()
+	return startUp(t, ns, cfg, sluiceCmd(ns, "up", "-c", cfg))
+}
+
+// startUp starts cmd (a `sluice up`) and waits for READY=1. With cfg "" the
+// daemon runs on embedded defaults and cli enters its namespaces.
+func startUp(t *testing.T, ns *netnstest.NS, cfg string, cmd *exec.Cmd) *upDaemon {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	nconn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -78,7 +86,7 @@ func startDaemon(t *testing.T, ns *netnstest.NS, cfg string) *upDaemon {
 	}
 	t.Cleanup(func() { nconn.Close() })
 	d := &upDaemon{t: t, ns: ns, cfg: cfg, stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	d.cmd = sluiceCmd(ns, "up", "-c", cfg)
+	d.cmd = cmd
 	d.cmd.Env = append(d.cmd.Env, "NOTIFY_SOCKET="+sock)
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
@@ -118,7 +126,14 @@ func startDaemon(t *testing.T, ns *netnstest.NS, cfg string) *upDaemon {
 
 // cli runs a sluice subcommand against the daemon's config.
 func (d *upDaemon) cli(args ...string) (string, int) {
-	cmd := sluiceCmd(d.ns, append(args, "-c", d.cfg)...)
+	var cmd *exec.Cmd
+	if d.cfg == "" {
+		// The daemon's mount namespace holds its state and sockets.
+		cmd = exec.Command("nsenter", append([]string{"-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "-n", os.Args[0]}, args...)...)
+		cmd.Env = append(os.Environ(), envRunMain+"=1")
+	} else {
+		cmd = sluiceCmd(d.ns, append(args, "-c", d.cfg)...)
+	}
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -393,6 +408,92 @@ func stripHandles(s string) string {
 		l := sc.Text()
 		if i := strings.Index(l, " # handle"); i >= 0 {
 			l = l[:i]
+		}
+		b.WriteString(l + "\n")
+	}
+	return b.String()
+}
+
+// TestUpWithoutConfig runs `sluice up` with no file at all, as a first-time
+// user would: interface sluice0 on the userspace backend, split mode, a new
+// key (0600) under /var/lib/sluice, and the host's resolv.conf nameservers as
+// the default group. The daemon gets private tmpfs mounts over /run and
+// /var/lib and its own resolv.conf, so nothing of the host is touched.
+func TestUpWithoutConfig(t *testing.T) {
+	netnstest.RequirePrivileged(t, "nft", "nsenter", "dig")
+	ns := netnstest.New(t, "nc")
+	ns.Run("ip", "addr", "add", "192.0.2.53/32", "dev", "lo")
+	if err := ns.Do(func() error {
+		pc, err := net.ListenPacket("udp", "192.0.2.53:53")
+		if err != nil {
+			return err
+		}
+		srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(r)
+			if q := r.Question[0]; q.Qtype == dns.TypeA {
+				rr, _ := dns.NewRR(q.Name + " 60 IN A 198.51.100.80")
+				m.Answer = append(m.Answer, rr)
+			}
+			w.WriteMsg(m)
+		})}
+		go srv.ActivateAndServe()
+		t.Cleanup(func() { srv.Shutdown() })
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// ip netns exec gives the command a mount namespace of its own (a slave
+	// of the host's), so these mounts never reach the host.
+	script := `mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"`
+	cmd := ns.Command(context.Background(), "sh", "-c", script, "sh", resolv, os.Args[0], "up")
+	cmd.Env = append(os.Environ(), envRunMain+"=1")
+	d := startUp(t, ns, "", cmd)
+
+	out, code := d.cli("status")
+	t.Logf("sluice status on embedded defaults:\n%s", out)
+	out, code = d.cli("status", "--json")
+	for _, want := range []string{`"name": "sluice0"`, `"backend": "userspace"`, `"mode": "split"`, `"192.0.2.53:53"`} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("status on embedded defaults lacks %s (exit %d):\n%s", want, code, out)
+		}
+	}
+	if out, _ := d.cli("version"); out == "" {
+		t.Error("no version output")
+	}
+	st, err := exec.Command("nsenter", "-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "stat", "-c", "%a", "/var/lib/sluice/sluice0.key").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(st)) != "600" {
+		t.Errorf("generated key /var/lib/sluice/sluice0.key: mode %q, %v; want 600", st, err)
+	}
+	// A query from a tunnel address reaches the host's resolver via the proxy.
+	r := ns.Run("dig", "+short", "+tries=1", "+time=3", "-b", "10.20.0.1", "@10.20.0.53", "www.example.net", "A")
+	if strings.TrimSpace(r) != "198.51.100.80" {
+		t.Errorf("dig @10.20.0.53 from the tunnel prefix = %q, want the host resolver's answer", r)
+	}
+	out, code = d.cli("peer", "add", "alice")
+	if code != 0 || !strings.Contains(out, "applied to the running gateway") {
+		t.Errorf("peer add on embedded defaults (exit %d):\n%s", code, out)
+	}
+	out, code = d.cli("peer", "config", "alice", "--endpoint", "192.0.2.1:51820")
+	if code != 0 || !strings.Contains(out, "DNS = 10.20.0.53, fd20::53") || !strings.Contains(out, "10.20.0.53/32") || !strings.Contains(out, "fd20::53/128") {
+		t.Errorf("peer config on embedded defaults (exit %d):\n%s", code, redactConf(out))
+	}
+	d.stop()
+	if _, err := ns.Exec("ip", "link", "show", "sluice0"); err == nil {
+		t.Error("sluice0 still exists after a clean stop")
+	}
+}
+
+// redactConf hides keys of a rendered client config in test output.
+func redactConf(conf string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(conf, "\n") {
+		if k, _, ok := strings.Cut(l, "="); ok && strings.Contains(strings.TrimSpace(k), "Key") && strings.TrimSpace(k) != "PublicKey" {
+			l = k + "= (redacted)"
 		}
 		b.WriteString(l + "\n")
 	}
