@@ -326,6 +326,13 @@ func (p *Proxy) Reload(cfg Config) error {
 		p.log.Warn("dns query log settings change on restart only")
 		st.cfg.QueryLog = prev.cfg.QueryLog
 	}
+	// A reload also reopens the query log: logrotate's postrotate runs
+	// `systemctl reload sluice` and the log continues in a new file.
+	if p.qlog != nil && p.started {
+		if err := p.qlog.reopen(); err != nil {
+			p.log.Warn("dns query log", "error", err)
+		}
+	}
 	var stale []*listenerSet
 	if p.started && (st.cfg.Port != prev.cfg.Port || !slices.Equal(st.cfg.Listen, prev.cfg.Listen)) {
 		keep := map[netip.Addr]*listenerSet{}

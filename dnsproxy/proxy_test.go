@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -357,5 +358,36 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if b.total.Load() != 0 {
 		t.Errorf("default group received %d corp queries", b.total.Load())
+	}
+}
+
+// TestQueryLogReopen: after logrotate renames the file, a reload makes the
+// proxy write to a new file at the same path; nothing is lost on the way.
+func TestQueryLogReopen(t *testing.T) {
+	up := startFake(t, answerA("10.30.0.53", 300))
+	path := filepath.Join(t.TempDir(), "query.log")
+	cfg := testConfig(up.addr)
+	cfg.QueryLog.Path = path
+	p, _ := startProxy(t, cfg, Options{})
+	ask(t, p, "udp", "before.example.", dns.TypeA, 0)
+	rotated := path + ".1"
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ask(t, p, "udp", "after.example.", dns.TypeA, 0)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{rotated: "before.example.", path: "after.example."} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lines := strings.Count(string(b), "\n"); lines != 1 || !strings.Contains(string(b), `"name":"`+want+`"`) {
+			t.Errorf("%s: %d records, want one for %s:\n%s", file, lines, want, b)
+		}
 	}
 }

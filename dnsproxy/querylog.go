@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,8 +32,10 @@ type logRecord struct {
 // never block: when the bounded queue is full the record is dropped and counted.
 type queryLog struct {
 	ch       chan logRecord
-	out      slog.Handler
-	closer   io.Closer // nil for stderr
+	reopenCh chan chan error // run reopens the file (after log rotation)
+	path     string
+	out      slog.Handler // owned by run once it started
+	closer   io.Closer    // nil for stderr; owned by run once it started
 	peerName func(netip.Addr) string
 	dropped  prometheus.Counter
 	done     chan struct{}
@@ -54,6 +57,8 @@ func openQueryLog(cfg QueryLogConfig, peerName func(netip.Addr) string, dropped 
 	}
 	return &queryLog{
 		ch:       make(chan logRecord, cfg.Buffer),
+		reopenCh: make(chan chan error),
+		path:     cfg.Path,
 		out:      slog.NewJSONHandler(w, nil),
 		closer:   closer,
 		peerName: peerName,
@@ -79,6 +84,8 @@ func (l *queryLog) run(ctx context.Context) {
 		select {
 		case r := <-l.ch:
 			l.write(r)
+		case req := <-l.reopenCh:
+			req <- l.reopenFile()
 		case <-ctx.Done():
 			for {
 				select {
@@ -93,6 +100,45 @@ func (l *queryLog) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// reopen makes the running writer open its file again, so that a rotated
+// log (renamed by logrotate) is followed by a new file at the same path.
+// Records queued before it go to the old file. It must only be called while
+// run is running.
+func (l *queryLog) reopen() error {
+	if l.path == "-" {
+		return nil
+	}
+	req := make(chan error, 1)
+	select {
+	case l.reopenCh <- req:
+		return <-req
+	case <-l.done:
+		return errors.New("reopen dns query log: closed")
+	}
+}
+
+// reopenFile runs on run's goroutine. On error the old file stays in use.
+func (l *queryLog) reopenFile() error {
+drain: // what was queued belongs to the old file
+	for {
+		select {
+		case r := <-l.ch:
+			l.write(r)
+		default:
+			break drain
+		}
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("reopen dns query log %q: %w", l.path, err)
+	}
+	if l.closer != nil {
+		l.closer.Close()
+	}
+	l.out, l.closer = slog.NewJSONHandler(f, nil), f
+	return nil
 }
 
 func (l *queryLog) write(r logRecord) {

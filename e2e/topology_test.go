@@ -365,11 +365,15 @@ func removeStaleSocket(t testing.TB, ifname string) {
 	}
 }
 
-var privateKeyRE = regexp.MustCompile(`(?m)^(\s*(?:PrivateKey|PresharedKey)\s*=\s*).*$`)
+// privateKeyRE matches the PrivateKey line of a wg-quick config.
+var privateKeyRE = regexp.MustCompile(`(?m)^(\s*PrivateKey\s*=\s*).*$`)
+
+// secretRE matches the lines redactKey hides.
+var secretRE = regexp.MustCompile(`(?m)^(\s*(?:PrivateKey|PresharedKey)\s*=\s*).*$`)
 
 // redactKey hides the private and preshared keys of a wg-quick config for logs.
 func redactKey(conf string) string {
-	return privateKeyRE.ReplaceAllString(conf, "${1}(redacted)")
+	return secretRE.ReplaceAllString(conf, "${1}(redacted)")
 }
 
 // runEnv runs a command with env and a timeout, returning combined output.

@@ -455,7 +455,9 @@ func TestUpWithoutConfig(t *testing.T) {
 	d := startUp(t, ns, "", cmd)
 
 	out, code := d.cli("status")
-	t.Logf("sluice status on embedded defaults:\n%s", out)
+	if code != 0 || !strings.Contains(out, "interface: sluice0 (userspace backend, split mode)") {
+		t.Errorf("sluice status on embedded defaults (exit %d):\n%s", code, out)
+	}
 	out, code = d.cli("status", "--json")
 	for _, want := range []string{`"name": "sluice0"`, `"backend": "userspace"`, `"mode": "split"`, `"192.0.2.53:53"`} {
 		if code != 0 || !strings.Contains(out, want) {
