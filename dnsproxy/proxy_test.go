@@ -391,3 +391,44 @@ func TestQueryLogReopen(t *testing.T) {
 		}
 	}
 }
+
+// TestTap: a tap sees the queries of its addresses only — misses, hits and
+// blocked names — and nothing after stop.
+func TestTap(t *testing.T) {
+	up := startFake(t, answerA("10.30.0.53", 300))
+	p, _ := startProxy(t, testConfig(up.addr), Options{})
+	other, stopOther := p.Tap([]netip.Addr{netip.MustParseAddr("127.0.0.9")}, 16)
+	defer stopOther()
+	recs, stop := p.Tap([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, 16)
+	ask(t, p, "udp", "tap.example.", dns.TypeA, 0)
+	ask(t, p, "udp", "tap.example.", dns.TypeA, 0)
+	ask(t, p, "tcp", "dns.google.", dns.TypeAAAA, 0)
+	want := []QueryRecord{
+		{Name: "tap.example.", Type: "A", Rcode: "NOERROR", Group: "default", Upstream: up.addr},
+		{Name: "tap.example.", Type: "A", Rcode: "NOERROR", Group: "default", CacheHit: true},
+		{Name: "dns.google.", Type: "AAAA", Rcode: "NXDOMAIN", Group: localGroup, Blocked: reasonDoH},
+	}
+	for i, w := range want {
+		select {
+		case r := <-recs:
+			if r.Name != w.Name || r.Type != w.Type || r.Rcode != w.Rcode || r.Group != w.Group ||
+				r.Upstream != w.Upstream || r.CacheHit != w.CacheHit || r.Blocked != w.Blocked {
+				t.Errorf("record %d = %+v, want %+v", i, r, w)
+			}
+			if r.Client.Addr() != netip.MustParseAddr("127.0.0.1") || r.Time.IsZero() || r.Latency <= 0 {
+				t.Errorf("record %d: client %v, time %v, latency %v", i, r.Client, r.Time, r.Latency)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("record %d (%s) never came", i, w.Name)
+		}
+	}
+	stop()
+	ask(t, p, "udp", "after-stop.example.", dns.TypeA, 0)
+	select {
+	case r := <-recs:
+		t.Errorf("record after stop: %+v", r)
+	case r := <-other:
+		t.Errorf("a tap of another address got %+v", r)
+	case <-time.After(100 * time.Millisecond):
+	}
+}

@@ -142,32 +142,25 @@ drain: // what was queued belongs to the old file
 }
 
 func (l *queryLog) write(r logRecord) {
+	q := r.export()
 	peer := r.src.Addr().String()
 	if l.peerName != nil {
 		if n := l.peerName(r.src.Addr()); n != "" {
 			peer = n
 		}
 	}
-	qtype, ok := dns.TypeToString[r.qtype]
-	if !ok {
-		qtype = fmt.Sprintf("TYPE%d", r.qtype)
-	}
-	rcode, ok := dns.RcodeToString[r.rcode]
-	if !ok {
-		rcode = fmt.Sprintf("RCODE%d", r.rcode)
-	}
 	rec := slog.NewRecord(r.time, slog.LevelInfo, "dns query", 0)
 	rec.AddAttrs(
 		slog.String("peer", peer),
 		slog.String("client", r.src.String()),
-		slog.String("name", r.name),
-		slog.String("type", qtype),
-		slog.String("rcode", rcode),
-		slog.String("group", r.group),
-		slog.String("upstream", r.upstream),
-		slog.Bool("cache_hit", r.cacheHit),
+		slog.String("name", q.Name),
+		slog.String("type", q.Type),
+		slog.String("rcode", q.Rcode),
+		slog.String("group", q.Group),
+		slog.String("upstream", q.Upstream),
+		slog.Bool("cache_hit", q.CacheHit),
 		slog.Float64("latency_ms", float64(r.latency.Microseconds())/1000),
-		slog.String("blocked", r.blocked),
+		slog.String("blocked", q.Blocked),
 	)
 	l.out.Handle(context.Background(), rec) //nolint:errcheck // nowhere to report a failed log write
 }

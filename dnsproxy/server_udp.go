@@ -278,6 +278,10 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 		binary.BigEndian.PutUint16(out[10:], 0)
 		ls.out = out
 		p.localCounters.inc(ls.shard, q.qtype, rc)
+		if p.tapped(a) { // a peer's address passes the ACL: it was rate-limited
+			p.offer(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
+				rcode: rc, group: localGroup, blocked: "rate_limit", latency: p.now().Sub(start)})
+		}
 		return out, false
 	}
 	if !ok {
@@ -294,9 +298,13 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	e.counters.inc(ls.shard, q.qtype, e.rcode)
 	lat := p.now().Sub(start)
 	p.met.duration.observe(ls.shard, lat)
-	if p.qlog != nil {
-		p.qlog.add(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
-			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat})
+	if p.qlog != nil || p.tapped(a) {
+		r := logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
+			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat}
+		if p.qlog != nil {
+			p.qlog.add(r)
+		}
+		p.offer(r)
 	}
 	return out, false
 }

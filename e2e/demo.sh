@@ -257,12 +257,25 @@ on "$CL" client wg show "$CLIF"
 sluice status
 
 section "DNS through the tunnel"
+note "meanwhile the operator watches alice's queries live (output below):"
+printf '%s[gateway]$ sluice peer trace alice/laptop%s\n' "$cyan" "$off"
+ip netns exec "$GW" "$SLUICE" peer trace alice/laptop --for 20s -c "$CONF" >"$WORK/trace.txt" 2>&1 &
+TRACE_PID=$!
+sleep 0.5
 on "$CL" client cat /etc/resolv.conf
 on "$CL" client dig +short git.corp.example
 on "$CL" client dig +short AAAA git.corp.example
 on "$CL" client dig +short www.example.net
 note "a hard-coded resolver inside the routed corp prefix is redirected to the proxy:"
 on "$CL" client dig +short @10.30.0.99 git.corp.example
+note "Firefox's canary and a DoH provider's name are answered NXDOMAIN:"
+on "$CL" client dig +short use-application-dns.net
+on "$CL" client dig +short dns.google
+sleep 0.2
+kill -INT "$TRACE_PID" 2>/dev/null || true
+wait "$TRACE_PID" 2>/dev/null || true
+note "what sluice peer trace printed:"
+cat "$WORK/trace.txt"
 
 section "Full-tunnel mode: every name internal, every resolver bypass blocked"
 stop_sluice

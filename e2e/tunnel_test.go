@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -141,8 +143,33 @@ func TestClientTunnel(t *testing.T) {
 		if err == nil || !strings.Contains(out, "its device uses another resolver") {
 			t.Errorf("doctor --peer did not flag a peer that handshakes but sends no DNS (err %v)", err)
 		}
-		if r := dig(laptopNS, "@"+resolver4, internalFQ, "A"); !r.has(corpAnswer4) {
-			t.Fatalf("laptop: dig @%s %s = %s %v\n%s", resolver4, internalFQ, r.status, r.answers, r.out)
+		// `sluice peer trace` shows the laptop's queries as they happen.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		trace := exec.CommandContext(ctx, "ip", "netns", "exec", tp.gw.Name, sluiceBin, "peer", "trace", "alice/laptop", "--json", "-c", g.cfgPath)
+		var traced syncBuffer
+		trace.Stdout = &traced
+		if err := trace.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cancel(); _ = trace.Wait() }()
+		// The trace starts asynchronously: ask until it shows a query.
+		ok, _ := waitFor(5*time.Second, 100*time.Millisecond, func() (bool, string) {
+			if r := dig(laptopNS, "@"+resolver4, internalFQ, "A"); !r.has(corpAnswer4) {
+				t.Fatalf("laptop: dig @%s %s = %s %v\n%s", resolver4, internalFQ, r.status, r.answers, r.out)
+			}
+			return strings.Contains(traced.String(), `"name":"`+internalFQ+`."`), ""
+		})
+		if !ok {
+			t.Errorf("sluice peer trace alice/laptop showed no query for %s:\n%s", internalFQ, traced.String())
+		} else {
+			line := strings.SplitN(traced.String(), "\n", 2)[0]
+			t.Logf("sluice peer trace: %s", line)
+			for _, want := range []string{`"peer":"alice/laptop"`, `"rcode":"NOERROR"`, `"group":"corp.example"`} {
+				if !strings.Contains(line, want) {
+					t.Errorf("trace line lacks %s: %s", want, line)
+				}
+			}
 		}
 		out, err = g.cli("doctor", "--peer", "alice/laptop")
 		t.Logf("sluice doctor --peer alice/laptop (err %v):\n%s", err, out)

@@ -9,10 +9,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/peers"
 )
 
 // controlTimeout bounds one CLI request to the daemon.
@@ -53,7 +58,9 @@ type reloadResult struct {
 	Notes   []string `json:"notes,omitempty"`
 }
 
-func (g *Gateway) controlHandler() http.Handler {
+// controlHandler serves the CLI. Streams (trace) end when ctx, the daemon's
+// run, ends.
+func (g *Gateway) controlHandler(ctx context.Context) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, g.Status())
@@ -79,11 +86,80 @@ func (g *Gateway) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/doctor", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, g.Doctor(r.Context(), r.URL.Query().Get("peer")))
 	})
+	mux.HandleFunc("GET /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		g.serveTrace(ctx, w, r)
+	})
 	return mux
 }
 
+// traceBuffer is how many records a slow trace reader may lag behind.
+const traceBuffer = 1024
+
+// serveTrace streams the DNS queries of one peer (all its devices when only
+// the user is named) as JSON lines until the client goes away.
+func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("peer")
+	user, device := id, "" // a user alone: every device of that user
+	var err error
+	if strings.Contains(id, "/") {
+		user, device, err = peers.ParseID(id)
+	} else {
+		err = peers.ValidateName("user", id)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	list, err := g.store.List()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	var addrs []netip.Addr
+	for _, p := range list {
+		if p.User == user && (device == "" || p.Device == device) {
+			addrs = append(addrs, p.IPv4, p.IPv6)
+		}
+	}
+	if len(addrs) == 0 {
+		http.Error(w, fmt.Sprintf("no peer %q (see sluice peer list)", id), http.StatusNotFound)
+		return
+	}
+	records, stop := g.proxy.Tap(addrs, traceBuffer)
+	defer stop()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush() // the client knows the trace started
+	}
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case rec := <-records:
+			line := traceLine{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}
+			if err := enc.Encode(line); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		case <-r.Context().Done():
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// traceLine is one record of `sluice peer trace`.
+type traceLine struct {
+	Peer string `json:"peer"`
+	dnsproxy.QueryRecord
+}
+
 func (g *Gateway) serveControl(ctx context.Context, ln net.Listener) error {
-	return serveHTTP(ctx, ln, g.controlHandler())
+	return serveHTTP(ctx, ln, g.controlHandler(ctx))
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -173,6 +249,48 @@ func (c *Client) Reload(ctx context.Context) (applied bool, notes []string, err 
 func (c *Client) Firewall(ctx context.Context) (string, error) {
 	var s string
 	return s, c.do(ctx, http.MethodGet, "/v1/firewall", &s)
+}
+
+// TraceRecord is one query of a traced peer.
+type TraceRecord = traceLine
+
+// Trace streams the DNS queries of peer ("user" or "user/device") to fn
+// until ctx ends or fn returns an error.
+func (c *Client) Trace(ctx context.Context, peer string, fn func(TraceRecord) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sluice/v1/trace?peer="+urlQueryEscape(peer), nil)
+	if err != nil {
+		return err
+	}
+	stream := &http.Client{Transport: c.http.Transport} // no overall timeout: ctx bounds it
+	resp, err := stream.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("ask daemon /v1/trace: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("daemon /v1/trace: %s", bytes.TrimSpace(body))
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var rec TraceRecord
+		if err := dec.Decode(&rec); err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read trace: %w", err)
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
 }
 
 // Doctor runs the gateway-side checks in the daemon.

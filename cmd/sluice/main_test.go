@@ -212,3 +212,31 @@ func TestPrintDNSStats(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintTraceLine(t *testing.T) {
+	base := gateway.TraceRecord{Peer: "alice/laptop"}
+	base.Time = time.Date(2026, 11, 26, 9, 30, 0, 0, time.Local)
+	base.Name, base.Type, base.Rcode, base.Group, base.Latency = "git.corp.example.", "A", "NOERROR", "corp.example", 250*time.Microsecond
+	miss, hit, blocked := base, base, base
+	miss.Upstream = "10.30.0.53:53"
+	hit.CacheHit = true
+	blocked.Rcode, blocked.Group, blocked.Blocked = "NXDOMAIN", "", "doh"
+	for _, c := range []struct {
+		r    gateway.TraceRecord
+		want []string
+	}{
+		{miss, []string{"09:30:00.000", "alice/laptop", "git.corp.example.", "NOERROR", "corp.example <- 10.30.0.53:53", "250µs"}},
+		{hit, []string{"corp.example (cache)"}},
+		{blocked, []string{"NXDOMAIN", "blocked: doh"}},
+	} {
+		var b bytes.Buffer
+		if err := printTraceLine(&b, c.r); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("trace line %q lacks %q", b.String(), w)
+			}
+		}
+	}
+}

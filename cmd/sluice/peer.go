@@ -24,7 +24,7 @@ func newPeerCmd(g *globals) *cobra.Command {
 one IPv4 /32 and one IPv6 /128 from the interface prefixes. Changes apply to
 the running daemon within a second, and at the next 'sluice up' otherwise.`,
 	}
-	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd())
+	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd(), newPeerTraceCmd(g))
 	return cmd
 }
 

@@ -1,0 +1,118 @@
+package dnsproxy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// QueryRecord is one answered query as a tap sees it: the query log's
+// fields, for `sluice peer trace`.
+type QueryRecord struct {
+	Time     time.Time      `json:"time"`
+	Client   netip.AddrPort `json:"client"`
+	Name     string         `json:"name"`
+	Type     string         `json:"type"`
+	Rcode    string         `json:"rcode"`
+	Group    string         `json:"group"`
+	Upstream string         `json:"upstream,omitempty"` // "" for cache hits and local answers
+	CacheHit bool           `json:"cache_hit"`
+	Blocked  string         `json:"blocked,omitempty"` // policy reason when the name was blocked
+	Latency  time.Duration  `json:"latency_ns"`
+}
+
+// tap is one subscriber to the queries of some source addresses.
+type tap struct {
+	addrs []netip.Addr
+	ch    chan QueryRecord
+}
+
+// taps is the copy-on-write set of active taps. Queries check it with one
+// atomic load; only queries from a tapped address pay for a record.
+type taps struct {
+	mu  sync.Mutex // serializes writers of the proxy's taps pointer
+	all []*tap
+}
+
+// Tap returns every query answered to one of addrs from now on — cache hits,
+// misses, blocked and refused ones, over UDP and TCP — until stop is called.
+// The channel is never closed: the reader stops reading when it calls stop.
+// Records are dropped rather than slow the proxy when the reader lags more
+// than buf records behind.
+func (p *Proxy) Tap(addrs []netip.Addr, buf int) (records <-chan QueryRecord, stop func()) {
+	t := &tap{ch: make(chan QueryRecord, max(buf, 1))}
+	for _, a := range addrs {
+		t.addrs = append(t.addrs, a.Unmap().WithZone(""))
+	}
+	p.taps.mu.Lock()
+	p.taps.all = append(slices.Clone(p.taps.all), t)
+	all := p.taps.all
+	p.tapList.Store(&all)
+	p.taps.mu.Unlock()
+	var once sync.Once
+	return t.ch, func() {
+		once.Do(func() {
+			p.taps.mu.Lock()
+			defer p.taps.mu.Unlock()
+			next := slices.DeleteFunc(slices.Clone(p.taps.all), func(x *tap) bool { return x == t })
+			p.taps.all = next
+			if len(next) == 0 {
+				p.tapList.Store(nil)
+			} else {
+				p.tapList.Store(&next)
+			}
+		})
+	}
+}
+
+// tapped reports whether any tap wants queries from a. It is on the hot path.
+func (p *Proxy) tapped(a netip.Addr) bool {
+	list := p.tapList.Load()
+	if list == nil {
+		return false
+	}
+	for _, t := range *list {
+		if slices.Contains(t.addrs, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// offer hands r to every tap of its client address.
+func (p *Proxy) offer(r logRecord) {
+	list := p.tapList.Load()
+	if list == nil {
+		return
+	}
+	a := r.src.Addr().Unmap()
+	for _, t := range *list {
+		if slices.Contains(t.addrs, a) {
+			t.send(r.export())
+		}
+	}
+}
+
+func (t *tap) send(q QueryRecord) {
+	select {
+	case t.ch <- q:
+	default: // the reader lags: drop
+	}
+}
+
+func (r logRecord) export() QueryRecord {
+	qtype, ok := dns.TypeToString[r.qtype]
+	if !ok {
+		qtype = fmt.Sprintf("TYPE%d", r.qtype)
+	}
+	rcode, ok := dns.RcodeToString[r.rcode]
+	if !ok {
+		rcode = fmt.Sprintf("RCODE%d", r.rcode)
+	}
+	return QueryRecord{Time: r.time, Client: r.src, Name: r.name, Type: qtype, Rcode: rcode, Group: r.group,
+		Upstream: r.upstream, CacheHit: r.cacheHit, Blocked: r.blocked, Latency: r.latency}
+}
