@@ -1,7 +1,9 @@
-// Package gateway owns sluice's lifecycle: configuration file → WireGuard
-// device (kernel or embedded wireguard-go, package wgdev) → addresses →
-// DNS proxy → firewall, then live peer changes, reload, the admin HTTP
-// listener, the CLI's control socket, and a clean stop in reverse order.
+// Package gateway owns sluice's lifecycle: configuration file → control
+// socket → firewall table → WireGuard device (kernel or embedded
+// wireguard-go, package wgdev) with its addresses and peers → DNS proxy →
+// forwarding, then live peer changes, reload, the admin HTTP listener, the
+// CLI's control socket, and a clean stop in reverse order. The table comes
+// before the device and goes after it, so no peer packet passes without it.
 package gateway
 
 import (
@@ -102,6 +104,23 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	undo = append(undo, func() { ctl.Close() })
 
+	// The table goes in before the interface exists and comes out after it
+	// is gone, so no peer packet ever passes without it (it matches the
+	// interface by name). Forwarding is only turned on once it is in place.
+	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
+	if err != nil {
+		return fmt.Errorf("open firewall: %w", err)
+	}
+	if err := g.fw.Apply(g.firewallSpec(cfg)); err != nil {
+		g.fw.Close()
+		return fmt.Errorf("apply firewall: %w", err)
+	}
+	undo = append(undo, func() {
+		if err := g.fw.Close(); err != nil {
+			g.log.Error("close firewall", "err", err)
+		}
+	})
+
 	g.dev, err = wgdev.Open(ctx, wgdev.Config{
 		Name:       cfg.Interface.Name,
 		Backend:    cfg.Interface.Backend,
@@ -146,19 +165,6 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			g.log.Info("enabled ip forwarding: peers route through the gateway", "sysctls", changed)
 		}
 	}
-	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
-	if err != nil {
-		return fmt.Errorf("open firewall: %w", err)
-	}
-	if err := g.fw.Apply(g.firewallSpec(cfg)); err != nil {
-		g.fw.Close()
-		return fmt.Errorf("apply firewall: %w", err)
-	}
-	undo = append(undo, func() {
-		if err := g.fw.Close(); err != nil {
-			g.log.Error("close firewall", "err", err)
-		}
-	})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
