@@ -26,6 +26,8 @@ const monitorSocketBuffer = 4 << 20
 // Sentinel errors.
 var (
 	ErrNotApplied = errors.New("firewall table not applied")
+	// ErrTableInUse means the table enforces another WireGuard interface.
+	ErrTableInUse = errors.New("firewall table in use for another interface")
 	ErrClosed     = errors.New("firewall closed")
 )
 
@@ -94,6 +96,9 @@ func (f *Firewall) Apply(spec Spec) error {
 	defer f.mu.Unlock()
 	if f.closed {
 		return ErrClosed
+	}
+	if err := f.checkOwner(s); err != nil {
+		return fmt.Errorf("apply firewall table %q: %w", s.Table, err)
 	}
 	seed := f.seedLocked(s.Table)
 	start := time.Now()

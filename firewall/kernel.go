@@ -1,10 +1,12 @@
 package firewall
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -141,6 +143,69 @@ func (s *set) elements() []nftables.SetElement {
 	return out
 }
 
+// tableOwner returns the WireGuard interface the table's rules match (the
+// first meta iifname comparison of a base chain), "" when the table is
+// missing or matches no interface.
+func tableOwner(c *nftables.Conn, table string) (string, error) {
+	ok, err := tableExists(c, table)
+	if err != nil || !ok {
+		return "", err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return "", fmt.Errorf("list chains of table %q: %w", table, err)
+	}
+	t := nfTable(table)
+	for _, ch := range chains {
+		if ch.Table.Name != table || ch.Hooknum == nil {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return "", fmt.Errorf("list rules of chain %q: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			if name, ok := matchedIfname(r.Exprs); ok {
+				return name, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// matchedIfname finds `meta iifname == NAME` in a rule's expressions.
+func matchedIfname(exprs []expr.Any) (string, bool) {
+	for i := 0; i+1 < len(exprs); i++ {
+		m, ok := exprs[i].(*expr.Meta)
+		if !ok || m.Key != expr.MetaKeyIIFNAME || m.SourceRegister {
+			continue
+		}
+		if cmp, ok := exprs[i+1].(*expr.Cmp); ok && cmp.Op == expr.CmpOpEq && cmp.Register == m.Register {
+			return string(bytes.TrimRight(cmp.Data, "\x00")), true
+		}
+	}
+	return "", false
+}
+
+// checkOwner refuses to replace a table whose rules match another
+// interface: it belongs to another sluice (or one that was killed and left
+// it in place, failing closed), whose peers would lose their enforcement.
+func (f *Firewall) checkOwner(s Spec) error {
+	c, err := f.conn(0)
+	if err != nil {
+		return err
+	}
+	owner, err := tableOwner(c, s.Table)
+	if err != nil {
+		return err
+	}
+	if owner != "" && owner != s.Interface {
+		return fmt.Errorf("%w: table inet %s enforces interface %s, not %s (another sluice uses it, or a stopped one left it in place); give this instance its own enforce.table, or remove the old table with: nft delete table inet %s",
+			ErrTableInUse, s.Table, owner, s.Interface, s.Table)
+	}
+	return nil
+}
+
 // errNoTable reports that the table is not in the kernel.
 var errNoTable = errors.New("table not present")
 
@@ -197,6 +262,14 @@ func (f *Firewall) drift(rs *ruleset) (string, error) {
 	}
 	if !ok {
 		return "table missing", nil
+	}
+	if owner, err := tableOwner(c, rs.table); err != nil {
+		return "", err
+	} else if owner != rs.iface {
+		if owner == "" {
+			return "no rule matches interface " + rs.iface, nil
+		}
+		return fmt.Sprintf("table enforces interface %s, not %s", owner, rs.iface), nil
 	}
 	t := nfTable(rs.table)
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)

@@ -861,3 +861,24 @@ func TestKernelPeerCounters(t *testing.T) {
 		t.Error("PeerCounters(invalid address): no error")
 	}
 }
+
+// TestKernelTableOfAnotherInterface: a table that enforces another
+// interface (another sluice, or a killed one) is never taken over silently;
+// the same interface's leftover is replaced as usual.
+func TestKernelTableOfAnotherInterface(t *testing.T) {
+	ns, first := nsFirewall(t)
+	if err := first.Apply(testSpec("wg0")); err != nil {
+		t.Fatal(err)
+	}
+	second := nsFirewallIn(t, ns)
+	err := second.Apply(testSpec("wg1"))
+	if !errors.Is(err, ErrTableInUse) || !strings.Contains(err.Error(), "enforces interface wg0, not wg1") {
+		t.Fatalf("apply over another interface's table: %v, want ErrTableInUse naming wg0", err)
+	}
+	if out := ns.Run("nft", "list", "table", "inet", "sluicetest"); !strings.Contains(out, `iifname "wg0"`) || strings.Contains(out, "wg1") {
+		t.Errorf("the first table was touched:\n%s", out)
+	}
+	if err := second.Apply(testSpec("wg0")); err != nil {
+		t.Errorf("replacing a table of the same interface: %v", err)
+	}
+}

@@ -100,6 +100,7 @@ type set struct {
 // ruleset is the whole desired table, built in memory.
 type ruleset struct {
 	table    string
+	iface    string // the WireGuard interface every rule matches
 	counters []Reason
 	sets     []*set
 	chains   []*chain
@@ -154,7 +155,7 @@ type egress struct{ v4, v6 string }
 
 // build turns a normalized spec into the desired table.
 func build(s Spec, eg egress) *ruleset {
-	rs := &ruleset{table: s.Table, counters: Reasons()}
+	rs := &ruleset{table: s.Table, iface: s.Interface, counters: Reasons()}
 	addSet := func(name string, v6, interval bool, ranges []addrRange) *set {
 		st := &set{name: name, id: uint32(len(rs.sets) + 1), v6: v6, interval: interval, ranges: ranges}
 		rs.sets = append(rs.sets, st)
