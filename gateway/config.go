@@ -331,12 +331,13 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 			listen = append(listen, a.String())
 		}
 	}
-	var res4, res6 bool
+	var res4, res6, listenBad bool
 	for i, s := range listen {
 		key := fmt.Sprintf("dns.listen[%d]", i)
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			bad(key, fmt.Sprintf("%q is not an IP address", s), "write a plain address like 10.20.0.53 or fd20::53")
+			listenBad = true
 			continue
 		}
 		inside := false
@@ -348,6 +349,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		if !inside {
 			bad(key, fmt.Sprintf("resolver address %s is outside the interface prefixes %s", a, prefixList(c.TunnelPrefixes())),
 				"pick an address inside interface.addresses so clients reach it through the tunnel")
+			listenBad = true
 			continue
 		}
 		for _, p := range c.Interface.Addresses {
@@ -359,7 +361,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		res6 = res6 || a.Is6()
 		c.DNS.Listen = append(c.DNS.Listen, a)
 	}
-	if have4 && !res4 || have6 && !res6 {
+	if (have4 && !res4 || have6 && !res6) && !listenBad { // else the entry's own error says it
 		bad("dns.listen", "needs an IPv4 and an IPv6 resolver address", "add one inside each interface prefix, e.g. 10.20.0.53 and fd20::53")
 	}
 	c.DNS.AllowedSources = c.TunnelPrefixes()
