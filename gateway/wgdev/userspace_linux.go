@@ -303,7 +303,20 @@ func (s *uapiServer) handle(dev *device.Device, c net.Conn) {
 // exits, except the process's main thread, which Go keeps "wedged" instead:
 // the whole process would then look like it lives in ns.) Only if switching
 // back fails is the thread left locked, to be discarded.
+//
+// When the device lives in the process's own namespace — always, outside
+// tests — fn runs directly: every thread of the scheduler's pool is there
+// already, and no setns(2) is made, which systemd's RestrictNamespaces=
+// would refuse.
 func inNamespace(ns netns.NsHandle, fn func()) error {
+	if cur, err := netns.Get(); err == nil {
+		same := cur.Equal(ns)
+		cur.Close()
+		if same {
+			fn()
+			return nil
+		}
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
