@@ -370,9 +370,9 @@ func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {
 	switch {
 	case accepted == 0:
 		c.OK = false
-		c.Action = "handshakes but no DNS from this peer: its device uses another resolver. Check that it imported the config from `sluice peer config " + p.ID() + "` (DNS = line), and that the OS or browser has no DoH setting of its own"
+		c.Action = "handshakes but no DNS from this peer: its device uses another resolver. Check that it imported the config from `sluice peer config " + p.ID() + "` (DNS = line), and that the OS or browser has no DoH setting of its own; watch it live with `sluice peer trace " + p.ID() + "`"
 	case rejectedTotal > 0:
-		c.Action = "the device also tries other resolvers (blocked): look for a hard-coded resolver or DoH in its apps"
+		c.Action = "the device also tries other resolvers (blocked): look for a hard-coded resolver or DoH in its apps; `sluice peer trace " + p.ID() + "` shows what it does resolve"
 	}
 	r.add(c)
 }
