@@ -74,6 +74,14 @@ func TestEnforcement(t *testing.T) {
 			if u.echoed || !u.refused() || u.elapsed > failFast {
 				t.Errorf("udp %s:443 (DoH list, HTTP/3): want a fast refusal, got echoed=%v err=%v in %v", ip, u.echoed, u.err, u.elapsed)
 			}
+			// Full mode: every port of a known resolver, not only 443.
+			if c := curl(cl, "http://"+net.JoinHostPort(ip, altPortTCP)+"/"); c.err == nil || c.elapsed > failFast {
+				t.Errorf("tcp %s:%s (DoH list, other port): want a fast failure, got %v %q in %v", ip, altPortTCP, c.err, c.body, c.elapsed)
+			}
+			u = udpProbe(t, cl, net.JoinHostPort(ip, altPortUDP), 2*time.Second)
+			if u.echoed || !u.refused() || u.elapsed > failFast {
+				t.Errorf("udp %s:%s (DoH list, other port): want a fast refusal, got echoed=%v err=%v in %v", ip, altPortUDP, u.echoed, u.err, u.elapsed)
+			}
 		}
 		for _, ip := range []string{httpIP4, httpIP6} {
 			if c := curl(cl, "http://"+net.JoinHostPort(ip, "80")+"/"); c.err != nil || c.body != httpBody {

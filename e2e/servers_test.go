@@ -36,6 +36,12 @@ const (
 // stand-in) and dohIP:443 (HTTP/3 stand-in), an HTTPS server on dohIP:443
 // and a plain HTTP server on httpIP:80, each on IPv4 and IPv6. Listeners
 // are opened in the namespace; the goroutines serving them stop in cleanup.
+// Ports other than 443 served on the DoH addresses.
+const (
+	altPortTCP = "8443"
+	altPortUDP = "8853"
+)
+
 func startInternetServers(t *testing.T, ns *netnstest.NS) {
 	t.Helper()
 	cert, err := selfSigned()
@@ -74,6 +80,18 @@ func startInternetServers(t *testing.T, ns *netnstest.NS) {
 				return err
 			}
 			udp[addr] = pc
+			// Other ports of a known resolver (DoH on 8443, DoQ's draft port
+			// 8853): full mode blocks every port of these addresses.
+			alt := net.JoinHostPort(a, altPortTCP)
+			if ln, err = net.Listen("tcp", alt); err != nil {
+				return err
+			}
+			tcp["http "+alt] = ln
+			altU := net.JoinHostPort(a, altPortUDP)
+			if pc, err = net.ListenPacket("udp", altU); err != nil {
+				return err
+			}
+			udp[altU] = pc
 		}
 		for _, a := range []string{httpIP4, httpIP6} {
 			addr := net.JoinHostPort(a, "80")

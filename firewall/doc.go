@@ -21,8 +21,9 @@
 //     reject, the backstop with redirect (old flows NAT did not see, a family
 //     without a resolver); TCP 853 reset (dot_rejected), UDP 853 rejected
 //     (doq_rejected); TCP/UDP 443 to the interval sets @doh_v4/@doh_v6
-//     rejected (doh_rejected). Sets hold thousands of prefixes in a few
-//     rules.
+//     rejected (doh_rejected) — in full mode every TCP and UDP port of those
+//     addresses (DNSCrypt, DoH on 8443, DoQ's draft ports), ICMP excepted.
+//     Sets hold thousands of prefixes in a few rules.
 //   - forward also drops peer-to-peer traffic (iif and oif the WireGuard
 //     interface) unless PeerToPeer; in full mode it accepts peers' traffic
 //     to the egress and established/related return traffic, and chain

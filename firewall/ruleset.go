@@ -258,11 +258,19 @@ func build(s Spec, eg egress) *ruleset {
 			[]stmt{dport(unix.IPPROTO_UDP, portDoT)}, counterRef(ReasonDoQRejected), rejectICMPX())...)
 	}
 	if s.DoH == ActionReject {
+		// Port 443 (HTTPS and HTTP/3). In full mode every TCP and UDP port of
+		// a known resolver address: DNSCrypt, DoH on 8443, DoQ on the draft
+		// ports 784 and 8853 — a public resolver has nothing else to offer a
+		// peer whose every route goes through the gateway. ICMP stays open.
+		tcp, udp := dport(unix.IPPROTO_TCP, portHTTPS), dport(unix.IPPROTO_UDP, portHTTPS)
+		if s.FullTunnel {
+			tcp, udp = l4proto(unix.IPPROTO_TCP), l4proto(unix.IPPROTO_UDP)
+		}
 		for _, st := range []*set{doh4, doh6} {
 			dns.rules = append(dns.rules, counted(ReasonDoHRejected, familyOf(st),
-				[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_TCP, portHTTPS)}, counterRef(ReasonDoHRejected), rejectTCPReset())...)
+				[]stmt{addrMatch(st, true, false), tcp}, counterRef(ReasonDoHRejected), rejectTCPReset())...)
 			dns.rules = append(dns.rules, counted(ReasonDoHRejected, familyOf(st),
-				[]stmt{addrMatch(st, true, false), dport(unix.IPPROTO_UDP, portHTTPS)}, counterRef(ReasonDoHRejected), rejectICMPX())...)
+				[]stmt{addrMatch(st, true, false), udp}, counterRef(ReasonDoHRejected), rejectICMPX())...)
 		}
 	}
 
@@ -395,12 +403,23 @@ func peerUpdate(st *set, withFamily bool) stmt {
 	return stmt{fmt.Sprintf("update @%s { %s saddr counter }", st.name, proto), exprs}
 }
 
-func dport(proto uint8, port uint16) stmt {
-	name := "udp"
+func protoName(proto uint8) string {
 	if proto == unix.IPPROTO_TCP {
-		name = "tcp"
+		return "tcp"
 	}
-	return stmt{fmt.Sprintf("%s dport %d", name, port), []expr.Any{
+	return "udp"
+}
+
+// l4proto matches the transport protocol alone (any port).
+func l4proto(proto uint8) stmt {
+	return stmt{"meta l4proto " + protoName(proto), []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}}
+}
+
+func dport(proto uint8, port uint16) stmt {
+	return stmt{fmt.Sprintf("%s dport %d", protoName(proto), port), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
