@@ -164,27 +164,28 @@ func tableOwner(c *nftables.Conn, table string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("list rules of chain %q: %w", ch.Name, err)
 		}
-		for _, r := range rules {
-			if name, ok := matchedIfname(r.Exprs); ok {
-				return name, nil
-			}
+		if name := rulesIfname(rules); name != "" {
+			return name, nil
 		}
 	}
 	return "", nil
 }
 
-// matchedIfname finds `meta iifname == NAME` in a rule's expressions.
-func matchedIfname(exprs []expr.Any) (string, bool) {
-	for i := 0; i+1 < len(exprs); i++ {
-		m, ok := exprs[i].(*expr.Meta)
-		if !ok || m.Key != expr.MetaKeyIIFNAME || m.SourceRegister {
-			continue
-		}
-		if cmp, ok := exprs[i+1].(*expr.Cmp); ok && cmp.Op == expr.CmpOpEq && cmp.Register == m.Register {
-			return string(bytes.TrimRight(cmp.Data, "\x00")), true
+// rulesIfname returns the interface of the first `meta iifname == NAME`
+// match in rules, "" when none has one.
+func rulesIfname(rules []*nftables.Rule) string {
+	for _, r := range rules {
+		for i := 0; i+1 < len(r.Exprs); i++ {
+			m, ok := r.Exprs[i].(*expr.Meta)
+			if !ok || m.Key != expr.MetaKeyIIFNAME || m.SourceRegister {
+				continue
+			}
+			if cmp, ok := r.Exprs[i+1].(*expr.Cmp); ok && cmp.Op == expr.CmpOpEq && cmp.Register == m.Register {
+				return string(bytes.TrimRight(cmp.Data, "\x00"))
+			}
 		}
 	}
-	return "", false
+	return ""
 }
 
 // checkOwner refuses to replace a table whose rules match another
@@ -263,14 +264,6 @@ func (f *Firewall) drift(rs *ruleset) (string, error) {
 	if !ok {
 		return "table missing", nil
 	}
-	if owner, err := tableOwner(c, rs.table); err != nil {
-		return "", err
-	} else if owner != rs.iface {
-		if owner == "" {
-			return "no rule matches interface " + rs.iface, nil
-		}
-		return fmt.Sprintf("table enforces interface %s, not %s", owner, rs.iface), nil
-	}
 	t := nfTable(rs.table)
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -285,6 +278,7 @@ func (f *Firewall) drift(rs *ruleset) (string, error) {
 	if len(have) != len(rs.chains) {
 		return fmt.Sprintf("%d chains, want %d", len(have), len(rs.chains)), nil
 	}
+	owner := ""
 	for _, ch := range rs.chains {
 		kc, ok := have[ch.name]
 		if !ok {
@@ -297,6 +291,12 @@ func (f *Firewall) drift(rs *ruleset) (string, error) {
 		if len(rules) != len(ch.rules) {
 			return fmt.Sprintf("chain %s has %d rules, want %d", ch.name, len(rules), len(ch.rules)), nil
 		}
+		if owner == "" && kc.Hooknum != nil {
+			owner = rulesIfname(rules)
+		}
+	}
+	if owner != rs.iface {
+		return fmt.Sprintf("table enforces interface %q, not %q", owner, rs.iface), nil
 	}
 	sets, err := c.GetSets(t)
 	if err != nil {

@@ -881,4 +881,12 @@ func TestKernelTableOfAnotherInterface(t *testing.T) {
 	if err := second.Apply(testSpec("wg0")); err != nil {
 		t.Errorf("replacing a table of the same interface: %v", err)
 	}
+	// Seen from a gateway of wg1, a table for wg0 is drift to repair.
+	spec, err := testSpec("wg1").normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff, err := first.drift(build(spec, egress{})); err != nil || !strings.Contains(diff, `"wg0"`) {
+		t.Errorf("drift of a wg1 table against wg0's = %q, %v; want the interface named", diff, err)
+	}
 }
