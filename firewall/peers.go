@@ -49,22 +49,18 @@ func (f *Firewall) PeerCounters(addrs ...netip.Addr) (map[Reason]Counter, error)
 		if s.peer == "" {
 			continue
 		}
-		sum := out[s.peer]
-		out[s.peer] = sum
-		if (s.v6 && !has6) || (!s.v6 && !has4) {
-			continue
-		}
-		els, err := c.GetSetElements(&nftables.Set{Table: t, Name: s.name})
-		if err != nil {
-			return nil, fmt.Errorf("read peer counters of set %q: %w", s.name, err)
-		}
-		for _, e := range els {
-			a, ok := netip.AddrFromSlice(e.Key)
-			if !ok || !want[a] || e.Counter == nil {
-				continue
+		sum := out[s.peer] // every counted reason gets a key, zero included
+		if (s.v6 && has6) || (!s.v6 && has4) {
+			els, err := c.GetSetElements(&nftables.Set{Table: t, Name: s.name})
+			if err != nil {
+				return nil, fmt.Errorf("read peer counters of set %q: %w", s.name, err)
 			}
-			sum.Packets += e.Counter.Packets
-			sum.Bytes += e.Counter.Bytes
+			for _, e := range els {
+				if a, ok := netip.AddrFromSlice(e.Key); ok && want[a] && e.Counter != nil {
+					sum.Packets += e.Counter.Packets
+					sum.Bytes += e.Counter.Bytes
+				}
+			}
 		}
 		out[s.peer] = sum
 	}

@@ -352,14 +352,12 @@ func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {
 	}
 	accepted := counters[firewall.ReasonDNSAccepted].Packets
 	var rejected []string
-	var rejectedTotal uint64
 	for _, reason := range firewall.PeerReasons() {
 		n := counters[reason].Packets
 		if reason == firewall.ReasonDNSAccepted || reason == firewall.ReasonDNSRedirected || n == 0 {
 			continue
 		}
 		rejected = append(rejected, fmt.Sprintf("%s %d", reason, n))
-		rejectedTotal += n
 	}
 	detail := fmt.Sprintf("%d packets to the proxy, %d redirected flows", accepted, counters[firewall.ReasonDNSRedirected].Packets)
 	if len(rejected) > 0 {
@@ -371,7 +369,7 @@ func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {
 	case accepted == 0:
 		c.OK = false
 		c.Action = "handshakes but no DNS from this peer: its device uses another resolver. Check that it imported the config from `sluice peer config " + p.ID() + "` (DNS = line), and that the OS or browser has no DoH setting of its own; watch it live with `sluice peer trace " + p.ID() + "`"
-	case rejectedTotal > 0:
+	case len(rejected) > 0:
 		c.Action = "the device also tries other resolvers (blocked): look for a hard-coded resolver or DoH in its apps; `sluice peer trace " + p.ID() + "` shows what it does resolve"
 	}
 	r.add(c)
