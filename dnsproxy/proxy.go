@@ -80,7 +80,7 @@ type Proxy struct {
 	// localCounters are queries_total for answers given without a group.
 	localCounters *groupCounters
 	qlog          *queryLog
-	taps          taps
+	tapsMu        sync.Mutex             // serializes writers of tapList
 	tapList       atomic.Pointer[[]*tap] // nil when nobody taps: one load per query
 	ids           idSource
 
@@ -511,13 +511,9 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 	lat := p.now().Sub(start)
 	p.met.group(info.group).inc(shard, qtype, resp.Rcode)
 	p.met.duration.observe(shard, lat)
-	if p.qlog != nil || p.tapped(src.Addr().Unmap()) {
-		r := logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
-			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked}
-		if p.qlog != nil {
-			p.qlog.add(r)
-		}
-		p.offer(r)
+	if p.wantRecord(src.Addr().Unmap()) {
+		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
+			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked})
 	}
 }
 

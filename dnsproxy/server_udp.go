@@ -298,13 +298,9 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	e.counters.inc(ls.shard, q.qtype, e.rcode)
 	lat := p.now().Sub(start)
 	p.met.duration.observe(ls.shard, lat)
-	if p.qlog != nil || p.tapped(a) {
-		r := logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
-			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat}
-		if p.qlog != nil {
-			p.qlog.add(r)
-		}
-		p.offer(r)
+	if p.wantRecord(a) {
+		p.record(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
+			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat})
 	}
 	return out, false
 }

@@ -31,13 +31,6 @@ type tap struct {
 	ch    chan QueryRecord
 }
 
-// taps is the copy-on-write set of active taps. Queries check it with one
-// atomic load; only queries from a tapped address pay for a record.
-type taps struct {
-	mu  sync.Mutex // serializes writers of the proxy's taps pointer
-	all []*tap
-}
-
 // Tap returns every query answered to one of addrs from now on — cache hits,
 // misses, blocked and refused ones, over UDP and TCP — until stop is called.
 // The channel is never closed: the reader stops reading when it calls stop.
@@ -48,25 +41,32 @@ func (p *Proxy) Tap(addrs []netip.Addr, buf int) (records <-chan QueryRecord, st
 	for _, a := range addrs {
 		t.addrs = append(t.addrs, a.Unmap().WithZone(""))
 	}
-	p.taps.mu.Lock()
-	p.taps.all = append(slices.Clone(p.taps.all), t)
-	all := p.taps.all
-	p.tapList.Store(&all)
-	p.taps.mu.Unlock()
+	p.updateTaps(func(all []*tap) []*tap { return append(all, t) })
 	var once sync.Once
 	return t.ch, func() {
 		once.Do(func() {
-			p.taps.mu.Lock()
-			defer p.taps.mu.Unlock()
-			next := slices.DeleteFunc(slices.Clone(p.taps.all), func(x *tap) bool { return x == t })
-			p.taps.all = next
-			if len(next) == 0 {
-				p.tapList.Store(nil)
-			} else {
-				p.tapList.Store(&next)
-			}
+			p.updateTaps(func(all []*tap) []*tap {
+				return slices.DeleteFunc(all, func(x *tap) bool { return x == t })
+			})
 		})
 	}
+}
+
+// updateTaps replaces the tap list (copy on write: queries read it without
+// a lock) with change applied to a copy; an empty list is stored as nil.
+func (p *Proxy) updateTaps(change func([]*tap) []*tap) {
+	p.tapsMu.Lock()
+	defer p.tapsMu.Unlock()
+	var cur []*tap
+	if l := p.tapList.Load(); l != nil {
+		cur = *l
+	}
+	next := change(slices.Clone(cur))
+	if len(next) == 0 {
+		p.tapList.Store(nil)
+		return
+	}
+	p.tapList.Store(&next)
 }
 
 // tapped reports whether any tap wants queries from a. It is on the hot path.
@@ -90,11 +90,30 @@ func (p *Proxy) offer(r logRecord) {
 		return
 	}
 	a := r.src.Addr().Unmap()
+	var q *QueryRecord
 	for _, t := range *list {
 		if slices.Contains(t.addrs, a) {
-			t.send(r.export())
+			if q == nil {
+				e := r.export()
+				q = &e
+			}
+			t.send(*q)
 		}
 	}
+}
+
+// wantRecord reports whether a query from a is logged or tapped, so that its
+// record is worth building.
+func (p *Proxy) wantRecord(a netip.Addr) bool {
+	return p.qlog != nil || p.tapped(a)
+}
+
+// record hands r to the query log and the taps.
+func (p *Proxy) record(r logRecord) {
+	if p.qlog != nil {
+		p.qlog.add(r)
+	}
+	p.offer(r)
 }
 
 func (t *tap) send(q QueryRecord) {
