@@ -3,7 +3,6 @@ package dnsproxy
 import (
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -45,13 +44,20 @@ type spareSockets struct {
 	used  chan udpConn  // used once, to be closed by the worker
 	wake  chan struct{} // cap 1: the worker has work
 
-	running atomic.Bool
-	mu      sync.Mutex // protects started, closed; orders release against close
-	started bool
-	closed  bool
-	stop    chan struct{}
-	done    chan struct{}
+	mu    sync.Mutex // protects state; orders release against close
+	state spareState
+	stop  chan struct{}
+	done  chan struct{}
 }
+
+// spareState is the worker's life: not started, running, closed.
+type spareState int
+
+const (
+	sparesIdle spareState = iota
+	sparesRunning
+	sparesClosed
+)
 
 func newSpareSockets(addr netip.AddrPort) *spareSockets {
 	return &spareSockets{
@@ -93,7 +99,7 @@ func (s *spareSockets) get() (udpConn, error) {
 func (s *spareSockets) release(c udpConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.state == sparesClosed {
 		c.Close()
 		return
 	}
@@ -114,20 +120,13 @@ func (s *spareSockets) poke() {
 
 // start runs the worker on first use; false once closed.
 func (s *spareSockets) start() bool {
-	if s.running.Load() {
-		return true
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if !s.started {
-		s.started = true
-		s.running.Store(true)
+	if s.state == sparesIdle {
+		s.state = sparesRunning
 		go s.work()
 	}
-	return true
+	return s.state == sparesRunning
 }
 
 // work closes used sockets and keeps the ready ones topped up and fresh.
@@ -198,15 +197,13 @@ func (s *spareSockets) expire() {
 // still in flight are closed by their release.
 func (s *spareSockets) close() {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.closed = true
-	started := s.started
-	s.running.Store(false)
+	prev := s.state
+	s.state = sparesClosed
 	s.mu.Unlock()
-	if started {
+	switch prev {
+	case sparesClosed:
+		return
+	case sparesRunning:
 		close(s.stop)
 		<-s.done
 	}
