@@ -189,26 +189,38 @@ func NewClient(path string) *Client {
 // ErrNotRunning is returned when no daemon answers on the control socket.
 var ErrNotRunning = errNoDaemon
 
-func (c *Client) do(ctx context.Context, method, path string, out any) error {
+// open sends a request over hc and returns the response of a 200 answer;
+// any other status becomes an error carrying the daemon's message.
+func (c *Client) open(ctx context.Context, hc *http.Client, method, path string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://sluice"+path, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
+			return nil, fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
 		}
-		return fmt.Errorf("ask daemon %s: %w", path, err)
+		return nil, fmt.Errorf("ask daemon %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return nil, fmt.Errorf("daemon %s: %s", path, bytes.TrimSpace(body))
+	}
+	return resp, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	resp, err := c.open(ctx, c.http, method, path)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return fmt.Errorf("read daemon answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("daemon %s: %s", path, bytes.TrimSpace(body))
 	}
 	if s, ok := out.(*string); ok {
 		*s = string(body)
@@ -257,27 +269,15 @@ type TraceRecord = traceLine
 // Trace streams the DNS queries of peer ("user" or "user/device") to fn
 // until ctx ends or fn returns an error.
 func (c *Client) Trace(ctx context.Context, peer string, fn func(TraceRecord) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sluice/v1/trace?peer="+urlQueryEscape(peer), nil)
-	if err != nil {
-		return err
-	}
 	stream := &http.Client{Transport: c.http.Transport} // no overall timeout: ctx bounds it
-	resp, err := stream.Do(req)
+	resp, err := c.open(ctx, stream, http.MethodGet, "/v1/trace?peer="+urlQueryEscape(peer))
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
-		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("ask daemon /v1/trace: %w", err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("daemon /v1/trace: %s", bytes.TrimSpace(body))
-	}
 	dec := json.NewDecoder(resp.Body)
 	for {
 		var rec TraceRecord
