@@ -94,7 +94,11 @@ func (g *Gateway) doctorInterface(r *Report, cfg *Config) {
 			recent = append(recent, g.peerLabel(p.AllowedIPs))
 		}
 	}
-	r.add(Check{Name: "handshakes", OK: true, Detail: fmt.Sprintf("%d of %d peers handshaken in the last %s: %s", len(recent), len(stats), recentHandshake, strings.Join(recent, ", "))})
+	detail := fmt.Sprintf("%d of %d peers handshaken in the last %s", len(recent), len(stats), recentHandshake)
+	if len(recent) > 0 {
+		detail += ": " + strings.Join(recent, ", ")
+	}
+	r.add(Check{Name: "handshakes", OK: true, Detail: detail})
 }
 
 func (g *Gateway) peerLabel(ips []net.IPNet) string {
