@@ -33,9 +33,9 @@ const (
 // Options are the proxy's injected dependencies.
 type Options struct {
 	Logger     *slog.Logger
-	Registerer prometheus.Registerer   // may be nil: metrics are then kept but not exported
-	PeerName   func(netip.Addr) string // "user/device" for the query log; may be nil
-	Now        func() time.Time        // nil = time.Now
+	Registerer prometheus.Registerer // may be nil: metrics are then kept but not exported
+	Identities Identities            // who a tunnel address belongs to; may be nil
+	Now        func() time.Time      // nil = time.Now
 }
 
 // state is everything Reload swaps at once. It is immutable once published.
@@ -61,9 +61,9 @@ func (st *state) allowed(a netip.Addr) bool {
 // Proxy is the in-tunnel resolver. Create it with New, bind with Start, stop
 // with Close; Reload may be called at any time in between.
 type Proxy struct {
-	log      *slog.Logger
-	now      func() time.Time
-	peerName func(netip.Addr) string
+	log    *slog.Logger
+	now    func() time.Time
+	idents Identities // may be nil
 
 	st       atomic.Pointer[state]
 	reloadMu sync.Mutex // serializes Reload and Start/Close around listeners
@@ -106,7 +106,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p := &Proxy{
 		log:      opts.Logger,
 		now:      opts.Now,
-		peerName: opts.PeerName,
+		idents:   opts.Identities,
 		flights:  map[string]*flight{},
 		slowJobs: make(chan slowJob),
 	}

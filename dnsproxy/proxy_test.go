@@ -121,11 +121,8 @@ func TestQueryLog(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "query.log")
 	cfg := testConfig(up.addr)
 	cfg.QueryLog.Path = path
-	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry(), PeerName: func(a netip.Addr) string {
-		if a == netip.MustParseAddr("127.0.0.1") {
-			return "alice/laptop"
-		}
-		return ""
+	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry(), Identities: IdentityMap{
+		netip.MustParseAddr("127.0.0.1"): {Name: "alice/laptop", V4: netip.MustParseAddr("127.0.0.1")},
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -54,10 +54,11 @@ type Gateway struct {
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
 
-	mu      sync.RWMutex // protects cfg, peerMap, ready
-	cfg     *Config
-	peerMap map[netip.Addr]string // tunnel address → "user/device"
-	ready   bool
+	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
+
+	mu    sync.RWMutex // protects cfg, ready
+	cfg   *Config
+	ready bool
 }
 
 // New prepares a gateway for cfg; Run brings it up.
@@ -67,7 +68,7 @@ func New(cfg *Config, opts Options) *Gateway {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, peerMap: map[netip.Addr]string{}, metrics: newGatewayMetrics(reg)}
+	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg)}
 }
 
 // Config returns the configuration in force.
@@ -146,7 +147,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.proxy, err = dnsproxy.New(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
-		PeerName:   g.peerName,
+		Identities: &g.peerIdx,
 	})
 	if err != nil {
 		return fmt.Errorf("configure dns proxy: %w", err)
@@ -255,11 +256,12 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 	}
 }
 
-// peerName maps a tunnel address to "user/device" for the query log.
+// peerName maps a tunnel address to "user/device", or "".
 func (g *Gateway) peerName(a netip.Addr) string {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.peerMap[a.Unmap()]
+	if p, ok := g.peerIdx.Lookup(a); ok {
+		return p.Name
+	}
+	return ""
 }
 
 // watchPeers applies store changes made by other processes.
@@ -294,24 +296,23 @@ func (g *Gateway) syncPeers() error {
 		return fmt.Errorf("read peer store: %w", err)
 	}
 	want := make([]wgdev.PeerConfig, 0, len(list))
-	names := make(map[netip.Addr]string, 2*len(list))
+	idx := make(map[netip.Addr]*dnsproxy.Peer, 2*len(list))
 	for _, p := range list {
 		want = append(want, wgdev.PeerConfig{
 			PublicKey:    p.PublicKey,
 			PresharedKey: p.PresharedKey,
 			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(p.IPv4, 32), netip.PrefixFrom(p.IPv6, 128)},
 		})
-		names[p.IPv4] = p.ID()
-		names[p.IPv6] = p.ID()
+		who := &dnsproxy.Peer{Name: p.ID(), V4: p.IPv4, V6: p.IPv6}
+		idx[p.IPv4] = who
+		idx[p.IPv6] = who
 	}
 	start := time.Now()
 	added, removed, updated, err := g.dev.SyncPeers(want)
 	if err != nil {
 		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
 	}
-	g.mu.Lock()
-	g.peerMap = names
-	g.mu.Unlock()
+	g.peerIdx.set(idx)
 	g.lastSync = ver
 	g.metrics.peers.Set(float64(len(list)))
 	if added+removed+updated > 0 {
