@@ -90,7 +90,7 @@ func TestDoTUpstream(t *testing.T) {
 	})
 	cfg := testConfig("tls://" + addr + "#dns.test")
 	cfg.TLSCAFile = caFile
-	cfg.Zones = []Zone{{Name: "wrong.example", Upstreams: []string{"tls://" + addr + "#wrong.test"}}}
+	cfg.Zones = []Zone{{Name: "wrong.example", Upstreams: MustParseUpstreams("tls://" + addr + "#wrong.test")}}
 	p, _ := startProxy(t, cfg, Options{})
 	for i := range 3 {
 		r := ask(t, p, "udp", fmtName("dot%d.example.", i), dns.TypeA, 1232)

@@ -20,7 +20,7 @@ func FuzzRequest(f *testing.F) {
 	cfg := testConfig(up)
 	cfg.UpstreamTimeout = 200 * time.Millisecond
 	cfg.Deadline = 300 * time.Millisecond
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{up}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(up)}}
 	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		f.Fatal(err)

@@ -126,7 +126,7 @@ func testConfig(defaultUps ...string) Config {
 	cfg.Listen = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	cfg.Port = 0
 	cfg.AllowedSources = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
-	cfg.Default = Zone{Upstreams: defaultUps}
+	cfg.Default = Zone{Upstreams: MustParseUpstreams(defaultUps...)}
 	cfg.Health.Disabled = true
 	cfg.Limits.PeerQPS = 0
 	return cfg

@@ -174,15 +174,11 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 		}
 	}
 	st.router = &router{zones: map[string]*group{}}
-	mk := func(zone string, ups []string) (*group, error) {
+	mk := func(zone string, ups []Upstream) (*group, error) {
 		g := &group{zone: zone, label: groupLabel(zone)}
 		g.counters = p.met.group(g.label)
 		seen := map[string]bool{}
-		for _, s := range ups {
-			spec, err := ParseUpstream(s)
-			if err != nil {
-				return nil, err
-			}
+		for _, spec := range ups {
 			if seen[spec.String()] {
 				continue
 			}
@@ -215,8 +211,8 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 
 func hasTLSUpstream(cfg Config) bool {
 	for _, z := range append(slices.Clone(cfg.Zones), cfg.Default) {
-		for _, s := range z.Upstreams {
-			if u, err := ParseUpstream(s); err == nil && u.Proto == "tls" {
+		for _, u := range z.Upstreams {
+			if u.Proto == ProtoTLS {
 				return true
 			}
 		}

@@ -96,7 +96,7 @@ func TestListenersV4V6AndRebind(t *testing.T) {
 			t.Errorf("%s %s: %v %v", a.Network(), a, r, err)
 		}
 	}
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{up.addr}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(up.addr)}}
 	if err := p.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestQueryLog(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	up := startFake(t, answerA("10.30.0.53", 300))
 	cfg := testConfig(up.addr)
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{closedPort(t)}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(closedPort(t))}}
 	p, reg := startProxy(t, cfg, Options{})
 	ask(t, p, "udp", "m.example.", dns.TypeA, 0)
 	ask(t, p, "udp", "m.example.", dns.TypeA, 0)
@@ -280,11 +280,13 @@ func TestMaxInflight(t *testing.T) {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	for name, mut := range map[string]func(*Config){
-		"bad upstream": func(c *Config) { c.Default.Upstreams = []string{"tls://1.1.1.1"} },
-		"empty zone":   func(c *Config) { c.Zones = []Zone{{Name: "", Upstreams: []string{"10.30.0.53"}}} },
+		"bad upstream": func(c *Config) {
+			c.Default.Upstreams = []Upstream{{Proto: ProtoTLS, Addr: netip.MustParseAddrPort("1.1.1.1:853")}}
+		},
+		"empty zone":   func(c *Config) { c.Zones = []Zone{{Name: "", Upstreams: MustParseUpstreams("10.30.0.53")}} },
 		"no upstreams": func(c *Config) { c.Zones = []Zone{{Name: "corp.example"}} },
 		"dup zone": func(c *Config) {
-			c.Zones = []Zone{{Name: "a.example", Upstreams: []string{"10.30.0.53"}}, {Name: "A.example.", Upstreams: []string{"10.30.0.54"}}}
+			c.Zones = []Zone{{Name: "a.example", Upstreams: MustParseUpstreams("10.30.0.53")}, {Name: "A.example.", Upstreams: MustParseUpstreams("10.30.0.54")}}
 		},
 		"missing ca":    func(c *Config) { c.TLSCAFile = "/nonexistent/ca.pem" },
 		"negative size": func(c *Config) { c.Cache.Size = -1 },
@@ -309,7 +311,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	a := startFake(t, answerA("10.30.0.1", 1))
 	b := startFake(t, answerA("10.30.0.2", 1))
 	cfg := testConfig(b.addr)
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{a.addr}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(a.addr)}}
 	p, _ := startProxy(t, cfg, Options{})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

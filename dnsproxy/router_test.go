@@ -84,9 +84,9 @@ func TestRouting(t *testing.T) {
 	pub := startFake(t, answerA("198.51.100.1", 60))
 	cfg := testConfig(pub.addr)
 	cfg.Zones = []Zone{
-		{Name: "Corp.Example", Upstreams: []string{corp.addr}},
-		{Name: "eng.corp.example.", Upstreams: []string{eng.addr}},
-		{Name: "30.10.in-addr.arpa", Upstreams: []string{rev.addr}},
+		{Name: "Corp.Example", Upstreams: MustParseUpstreams(corp.addr)},
+		{Name: "eng.corp.example.", Upstreams: MustParseUpstreams(eng.addr)},
+		{Name: "30.10.in-addr.arpa", Upstreams: MustParseUpstreams(rev.addr)},
 	}
 	p, _ := startProxy(t, cfg, Options{})
 	for _, tc := range []struct{ name, want string }{

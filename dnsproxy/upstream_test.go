@@ -91,7 +91,7 @@ func TestFailover(t *testing.T) {
 			other := startFake(t, answerA("198.51.100.1", 60))
 			cfg := testConfig(other.addr)
 			cfg.UpstreamTimeout = 250 * time.Millisecond
-			cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{bad, g.addr}}}
+			cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(bad, g.addr)}}
 			p, _ := startProxy(t, cfg, Options{})
 			start := time.Now()
 			r := ask(t, p, "udp", "app.corp.example.", dns.TypeA, 1232)
@@ -165,7 +165,7 @@ func TestAllDown(t *testing.T) {
 	})
 	other := startFake(t, answerA("198.51.100.1", 60))
 	cfg := testConfig(other.addr)
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{closedPort(t), slow.addr, "tcp://" + closedPort(t)}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(closedPort(t), slow.addr, "tcp://"+closedPort(t))}}
 	p, _ := startProxy(t, cfg, Options{})
 	for _, network := range []string{"udp", "tcp"} {
 		start := time.Now()
@@ -188,7 +188,7 @@ func TestAllDown(t *testing.T) {
 		t.Errorf("default group's server received %d queries", n)
 	}
 	// All down by network errors only: EDE 23, and fast.
-	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{closedPort(t)}}}
+	cfg.Zones = []Zone{{Name: "corp.example", Upstreams: MustParseUpstreams(closedPort(t))}}
 	if err := p.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}

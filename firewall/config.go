@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -97,10 +99,7 @@ func (s Spec) normalize() (Spec, error) {
 		return s, fmt.Errorf("invalid interface name %q", s.Interface)
 	}
 	if s.OffPolicyDNS == "" {
-		s.OffPolicyDNS = ActionRedirect
-		if s.FullTunnel {
-			s.OffPolicyDNS = ActionReject
-		}
+		s.OffPolicyDNS = DefaultOffPolicy(s.FullTunnel)
 	}
 	if s.DoT == "" {
 		s.DoT = ActionReject
@@ -140,4 +139,115 @@ func (s Spec) normalize() (Spec, error) {
 	s.TunnelPrefixes = NormalizePrefixes(tp, nil)
 	s.DoHSet = NormalizePrefixes(s.DoHSet, s.DoHAllow)
 	return s, nil
+}
+
+// DefaultOffPolicy is the off-policy DNS action when the operator sets none:
+// redirect in split mode, reject in full mode.
+func DefaultOffPolicy(fullTunnel bool) Action {
+	if fullTunnel {
+		return ActionReject
+	}
+	return ActionRedirect
+}
+
+// FileConfig is the `enforce:` section as the operator writes it. The yaml
+// tags are the keys; doc, default and allowed feed `sluice config reference`.
+// To add a key: a field here, its rule in Build.
+type FileConfig struct {
+	OffPolicyDNS    string   `yaml:"off_policy_dns" doc:"what happens to a peer's DNS (port 53) sent anywhere but the in-tunnel resolver" default:"redirect in split mode, reject in full mode" allowed:"redirect, reject"`
+	DoT             string   `yaml:"dot" doc:"DNS over TLS (TCP 853) and DNS over QUIC (UDP 853) from peers" default:"reject" allowed:"reject, allow (split mode only)"`
+	DoH             string   `yaml:"doh" doc:"HTTPS (TCP/UDP 443) from peers to known DoH resolver addresses" default:"reject" allowed:"reject, allow (split mode only)"`
+	DoHIPsFile      string   `yaml:"doh_ips_file" doc:"extra DoH resolver addresses, one IP or CIDR per line, # comments; the built-in list is always loaded" kind:"file" default:"none"`
+	DoHAllow        []string `yaml:"doh_allow" doc:"IPs or CIDRs removed from the DoH set (e.g. your own DoH server)" kind:"IP or CIDR"`
+	EgressInterface string   `yaml:"egress_interface" doc:"full mode: the interface peers' traffic is masqueraded out of" default:"the interface of the default route"`
+	PeerToPeer      bool     `yaml:"peer_to_peer" doc:"let peers reach each other through the gateway" default:"false"`
+	KeepOnStop      bool     `yaml:"keep_on_stop" doc:"leave the table in place when sluice stops (fail closed)" default:"false"`
+	Table           string   `yaml:"table" doc:"name of the nftables table (family inet)" default:"sluice"`
+}
+
+// Build validates f into a Config and the table name. Each problem is
+// reported with its key inside the section (e.g. "dot") and the fix.
+func (f FileConfig) Build(fullTunnel bool, report func(key, msg, fix string)) (Config, string) {
+	var c Config
+	actions := []struct {
+		key, val string
+		def      Action
+		allowed  []Action
+		dst      *Action
+	}{
+		{"off_policy_dns", f.OffPolicyDNS, DefaultOffPolicy(fullTunnel), []Action{ActionRedirect, ActionReject}, &c.OffPolicyDNS},
+		{"dot", f.DoT, ActionReject, []Action{ActionReject, ActionAllow}, &c.DoT},
+		{"doh", f.DoH, ActionReject, []Action{ActionReject, ActionAllow}, &c.DoH},
+	}
+	for _, a := range actions {
+		*a.dst = a.def
+		if a.val == "" {
+			continue
+		}
+		if !slices.Contains(a.allowed, Action(a.val)) {
+			names := make([]string, len(a.allowed))
+			for i, v := range a.allowed {
+				names[i] = string(v)
+			}
+			report(a.key, fmt.Sprintf("unknown action %q", a.val), "use "+strings.Join(names, " or "))
+			continue
+		}
+		*a.dst = Action(a.val)
+	}
+	if fullTunnel && (c.DoT == ActionAllow || c.DoH == ActionAllow) {
+		key := "dot"
+		if c.DoH == ActionAllow {
+			key = "doh"
+		}
+		report(key, "full mode must reject DoT, DoQ and DoH", "remove the key or set it to reject")
+	}
+	c.DoHIPsFile = f.DoHIPsFile
+	for i, s := range f.DoHAllow {
+		p, err := parsePrefixOrAddr(s)
+		if err != nil {
+			report(fmt.Sprintf("doh_allow[%d]", i), fmt.Sprintf("%q is not an IP or CIDR", s), "write it like 192.0.2.10 or 2001:db8::/48")
+			continue
+		}
+		c.DoHAllow = append(c.DoHAllow, p)
+	}
+	c.Egress = f.EgressInterface
+	if f.EgressInterface != "" && !validName(f.EgressInterface, maxIfname) {
+		report("egress_interface", fmt.Sprintf("%q is not a valid interface name", f.EgressInterface), "name the host's internet-facing interface, e.g. eth0")
+	}
+	c.PeerToPeer = f.PeerToPeer
+	c.KeepOnStop = f.KeepOnStop
+	table := f.Table
+	if table == "" {
+		table = DefaultTable
+	}
+	if !validName(table, maxIfname) {
+		report("table", fmt.Sprintf("%q is not a valid table name", f.Table), "use 1-15 letters, digits, '_', '.' or '-'")
+	}
+	return c, table
+}
+
+// Preflight opens the files c names, as Apply will, so that a bad file is
+// found before anything is changed. Problems are reported with their key
+// inside the enforce section; the message names file:line.
+func (c Config) Preflight(report func(key, msg, fix string)) {
+	if c.DoHIPsFile == "" {
+		return
+	}
+	if _, err := LoadDoHFile(c.DoHIPsFile); err != nil {
+		report("doh_ips_file", err.Error(), "one IP or CIDR per line, # starts a comment")
+	}
+}
+
+// validName accepts 1..max letters, digits, '_', '.' and '-'.
+func validName(s string, max int) bool {
+	if s == "" || len(s) > max {
+		return false
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }

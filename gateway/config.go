@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 	"go.yaml.in/yaml/v3"
@@ -26,7 +25,7 @@ import (
 const (
 	DefaultInterface     = "sluice0"
 	DefaultListenPort    = 51820
-	DefaultStateDir      = "/var/lib/sluice"
+	DefaultStateRoot     = "/var/lib/sluice" // one subdirectory per interface
 	DefaultAdminListen   = "127.0.0.1:9153"
 	DefaultControlDir    = "/run/sluice"
 	DefaultMode          = ModeSplit
@@ -45,6 +44,31 @@ var (
 		netip.MustParsePrefix("fc00::/7"),
 	}
 )
+
+// stateRoot is DefaultStateRoot; tests point it at a temporary directory.
+var stateRoot = DefaultStateRoot
+
+// DefaultStateDir is the state directory of an interface when peers.state_dir
+// is not set: <DefaultStateRoot>/<name>, so that two instances on one host
+// never share a peer store.
+func DefaultStateDir(ifname string) string { return filepath.Join(stateRoot, ifname) }
+
+// legacyStateDir reports whether the interface still keeps its state in the
+// shared root, as before per-interface directories: its key file
+// <root>/<name>.key exists and <root>/<name>/ holds neither key nor store.
+// Such an installation keeps working where it is (moving a live store under
+// a running daemon is not safe); `sluice check` warns and says how to move.
+func legacyStateDir(ifname string) bool {
+	if _, err := os.Stat(filepath.Join(stateRoot, ifname+".key")); err != nil {
+		return false
+	}
+	for _, f := range []string{ifname + ".key", peers.StoreFile} {
+		if _, err := os.Stat(filepath.Join(stateRoot, ifname, f)); err == nil {
+			return false
+		}
+	}
+	return true
+}
 
 // Mode is how clients route: split (only peers.routes and the resolvers) or
 // full (everything; only internal resolvers allowed).
@@ -76,7 +100,8 @@ type AdminConfig struct {
 // Config is the whole gateway configuration, composed of each package's own
 // configuration type.
 type Config struct {
-	Source           string // file name, or "(embedded defaults)"
+	Source           string       // file name, or "(embedded defaults)"
+	Warnings         ConfigErrors // what `sluice check` warns about; never fatal
 	Interface        InterfaceConfig
 	Mode             Mode
 	SearchDomains    []string
@@ -243,21 +268,54 @@ func Parse(name string, data []byte) (*Config, error) {
 
 var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
-// build checks every value of fc and composes the package configurations.
+// builder collects the problems found while building a Config.
+type builder struct {
+	c    *Config
+	errs ConfigErrors
+	pos  positions
+}
+
+func (b *builder) bad(key, msg, fix string) { b.errs = append(b.errs, b.c.ErrorAt(key, msg, fix)) }
+
+func (b *builder) warn(key, msg, fix string) {
+	b.c.Warnings = append(b.c.Warnings, b.c.ErrorAt(key, msg, fix))
+}
+
+// in and warnIn give a package's section builder its reporters: the keys it
+// reports are relative to the section.
+func (b *builder) in(section string) func(key, msg, fix string) {
+	return func(key, msg, fix string) { b.bad(joinKey(section, key), msg, fix) }
+}
+
+func (b *builder) warnIn(section string) func(key, msg, fix string) {
+	return func(key, msg, fix string) { b.warn(joinKey(section, key), msg, fix) }
+}
+
+// build checks every value of fc and composes the package configurations:
+// each section by its own function, the packages' sections by the packages.
 func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	c := &Config{Source: name, pos: pos}
-	var errs ConfigErrors
-	bad := func(key, msg, fix string) { errs = append(errs, c.ErrorAt(key, msg, fix)) }
+	b := &builder{c: c, pos: pos}
+	b.buildInterface(&fc.Interface, fc.Peers.StateDir)
+	b.buildDNS(&fc.DNS)
+	c.Enforce, c.FirewallTable = fc.Enforce.Build(c.FullTunnel(), b.in("enforce"))
+	b.buildPeers(&fc.Peers)
+	b.buildAdmin(&fc.Admin)
+	if len(b.errs) > 0 {
+		return nil, b.errs
+	}
+	return c, nil
+}
 
-	// interface
-	in := fc.Interface
+func (b *builder) buildInterface(in *interfaceFile, stateDir string) {
+	c, bad := b.c, b.bad
 	c.Interface.Name = orString(in.Name, DefaultInterface)
 	if !ifnameRE.MatchString(c.Interface.Name) {
 		bad("interface.name", fmt.Sprintf("%q is not a valid interface name", c.Interface.Name), "use 1-15 letters, digits, '_', '.' or '-'")
 	}
-	c.Interface.Backend = wgdev.Backend(orString(in.Backend, "auto"))
+	c.Interface.Backend = wgdev.Backend(orString(in.Backend, string(wgdev.BackendAuto)))
 	switch c.Interface.Backend {
-	case "auto", "kernel", "userspace":
+	case wgdev.BackendAuto, wgdev.BackendKernel, wgdev.BackendUserspace:
 	default:
 		bad("interface.backend", fmt.Sprintf("unknown backend %q", in.Backend), "use auto, kernel or userspace")
 	}
@@ -272,19 +330,32 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	if c.Interface.MTU == 0 {
 		c.Interface.MTU = wgdev.DefaultMTU
 	}
-	if c.Interface.MTU < 1280 || c.Interface.MTU > 9000 {
-		bad("interface.mtu", fmt.Sprintf("mtu %d out of range", in.MTU), "use 1280-9000 (1280 is the IPv6 minimum; 1420 suits most underlays)")
+	if c.Interface.MTU < wgdev.MinMTU || c.Interface.MTU > wgdev.MaxMTU {
+		bad("interface.mtu", fmt.Sprintf("mtu %d out of range", in.MTU),
+			fmt.Sprintf("use %d-%d (%d is the IPv6 minimum; %d suits most underlays)", wgdev.MinMTU, wgdev.MaxMTU, wgdev.MinMTU, wgdev.DefaultMTU))
 	}
 	c.Interface.Endpoint = in.Endpoint
 	if in.Endpoint != "" {
 		if _, port, err := net.SplitHostPort(in.Endpoint); err != nil || port == "" {
 			bad("interface.endpoint", fmt.Sprintf("%q is not host:port", in.Endpoint), "write it like vpn.example.com:51820 or [2001:db8::1]:51820")
 		}
+	} else if c.Source != embeddedConfigSource {
+		b.warn("interface.endpoint", "no endpoint: `sluice peer config` cannot write where clients dial without --endpoint",
+			"set interface.endpoint to host:port, e.g. vpn.example.com:51820, or pass --endpoint to sluice peer config")
 	}
-	stateDir := orString(fc.Peers.StateDir, DefaultStateDir)
+	if stateDir == "" {
+		stateDir = DefaultStateDir(c.Interface.Name)
+		if legacyStateDir(c.Interface.Name) {
+			stateDir = stateRoot
+			b.warn("peers.state_dir", fmt.Sprintf("state of %s is in the shared directory %s (the old default)", c.Interface.Name, stateRoot),
+				fmt.Sprintf("with sluice stopped, move %s and %s into %s, or set peers.state_dir: %s to keep them",
+					filepath.Join(stateRoot, c.Interface.Name+".key"), filepath.Join(stateRoot, peers.StoreFile), DefaultStateDir(c.Interface.Name), stateRoot))
+		}
+	}
+	c.Peers.StateDir = stateDir
 	c.Interface.PrivateKeyFile = orString(in.PrivateKeyFile, filepath.Join(stateDir, c.Interface.Name+".key"))
 	addrs := in.Addresses
-	if len(addrs) == 0 && !pos.has("interface.addresses") {
+	if len(addrs) == 0 && !b.pos.has("interface.addresses") {
 		for _, p := range DefaultAddresses {
 			addrs = append(addrs, p.String())
 		}
@@ -317,16 +388,17 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	if !have4 || !have6 {
 		bad("interface.addresses", "needs one IPv4 and one IPv6 prefix", "add the missing family, e.g. 10.20.0.1/24 and fd20::1/64: a tunnel without IPv6 leaks AAAA queries and IPv6 traffic")
 	}
+}
 
-	// dns
-	d := fc.DNS
+func (b *builder) buildDNS(d *dnsFile) {
+	c, bad := b.c, b.bad
 	c.Mode = Mode(orString(d.Mode, string(DefaultMode)))
 	if c.Mode != ModeSplit && c.Mode != ModeFull {
 		bad("dns.mode", fmt.Sprintf("unknown mode %q", d.Mode), "use split or full")
 	}
 	c.DNS = dnsproxy.DefaultConfig()
 	listen := d.Listen
-	if len(listen) == 0 && !pos.has("dns.listen") {
+	if len(listen) == 0 && !b.pos.has("dns.listen") {
 		for _, a := range DefaultResolvers {
 			listen = append(listen, a.String())
 		}
@@ -361,6 +433,10 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		res6 = res6 || a.Is6()
 		c.DNS.Listen = append(c.DNS.Listen, a)
 	}
+	have4, have6 := false, false
+	for _, p := range c.Interface.Addresses {
+		have4, have6 = have4 || p.Addr().Is4(), have6 || p.Addr().Is6()
+	}
 	if (have4 && !res4 || have6 && !res6) && !listenBad { // else the entry's own error says it
 		bad("dns.listen", "needs an IPv4 and an IPv6 resolver address", "add one inside each interface prefix, e.g. 10.20.0.53 and fd20::53")
 	}
@@ -374,31 +450,37 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		c.SearchDomains = append(c.SearchDomains, strings.TrimSuffix(strings.ToLower(s), "."))
 	}
 	c.InternalPrefixes = DefaultInternalPrefixes
-	if pos.has("dns.internal_prefixes") {
+	if b.pos.has("dns.internal_prefixes") {
 		c.InternalPrefixes = nil
 		for i, s := range d.InternalPrefixes {
+			key := fmt.Sprintf("dns.internal_prefixes[%d]", i)
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
-				bad(fmt.Sprintf("dns.internal_prefixes[%d]", i), fmt.Sprintf("%q is not a CIDR", s), "write it like 10.0.0.0/8")
+				bad(key, fmt.Sprintf("%q is not a CIDR", s), "write it like 10.0.0.0/8")
+				continue
+			}
+			if p.Bits() == 0 {
+				bad(key, fmt.Sprintf("%s is a default route: every resolver on the internet would count as internal", s),
+					"list only your own networks, e.g. 10.0.0.0/8 and fc00::/7")
 				continue
 			}
 			c.InternalPrefixes = append(c.InternalPrefixes, p.Masked())
 		}
 	}
-	checkUpstreams := func(key string, ups []string) []string {
-		var out []string
-		for i, s := range ups {
+	upstreams := func(key string, ss []string) []dnsproxy.Upstream {
+		var out []dnsproxy.Upstream
+		for i, s := range ss {
 			k := fmt.Sprintf("%s[%d]", key, i)
 			u, err := dnsproxy.ParseUpstream(s)
 			if err != nil {
-				bad(k, err.Error(), `write IP, IP:port, tcp://IP or tls://IP#server.name`)
+				bad(k, err.Error(), `write IP, IP:port, [IPv6]:port, tcp://IP or tls://IP#server.name`)
 				continue
 			}
 			if c.Mode == ModeFull && !containsAddr(c.InternalPrefixes, u.Addr.Addr()) {
 				bad(k, fmt.Sprintf("upstream %s is not internal, and full mode allows internal resolvers only", s),
 					"use an internal resolver, or add its prefix to dns.internal_prefixes if it really is yours")
 			}
-			out = append(out, s)
+			out = append(out, u)
 		}
 		return out
 	}
@@ -417,186 +499,62 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		if len(z.Upstreams) == 0 {
 			bad(key+".upstreams", fmt.Sprintf("zone %s has no upstreams", name), "list its resolvers, e.g. [10.30.0.53]")
 		}
-		c.DNS.Zones = append(c.DNS.Zones, dnsproxy.Zone{Name: name, Upstreams: checkUpstreams(key+".upstreams", z.Upstreams)})
+		c.DNS.Zones = append(c.DNS.Zones, dnsproxy.Zone{Name: name, Upstreams: upstreams(key+".upstreams", z.Upstreams)})
 	}
-	c.DNS.Default.Upstreams = checkUpstreams("dns.default.upstreams", d.Default.Upstreams)
+	c.DNS.Default.Upstreams = upstreams("dns.default.upstreams", d.Default.Upstreams)
 	if len(d.Default.Upstreams) == 0 {
 		bad("dns.default.upstreams", "no default upstreams: names outside the zones would fail",
 			"list resolvers for every other name (internal ones in full mode)")
 	}
-	if d.EDNSBufferSize != 0 {
-		if d.EDNSBufferSize < 512 || d.EDNSBufferSize > 4096 {
-			bad("dns.edns_buffer_size", fmt.Sprintf("%d out of range", d.EDNSBufferSize), "use 512-4096; 1232 avoids fragmentation on every path")
-		}
-		c.DNS.EDNSBufferSize = d.EDNSBufferSize
-	}
-	durations := []struct {
-		key string
-		val string
-		dst *time.Duration
-	}{
-		{"dns.upstream_timeout", d.UpstreamTimeout, &c.DNS.UpstreamTimeout},
-		{"dns.cache.max_ttl", d.Cache.MaxTTL, &c.DNS.Cache.MaxTTL},
-		{"dns.cache.servfail_ttl", d.Cache.ServfailTTL, &c.DNS.Cache.ServfailTTL},
-		{"dns.health.interval", d.Health.Interval, &c.DNS.Health.Interval},
-		{"dns.health.timeout", d.Health.Timeout, &c.DNS.Health.Timeout},
-		{"peers.persistent_keepalive", fc.Peers.PersistentKeepalive, &c.Peers.PersistentKeepalive},
-	}
-	for _, du := range durations {
-		if du.val == "" {
-			continue
-		}
-		v, err := time.ParseDuration(du.val)
-		if err != nil || v < 0 {
-			bad(du.key, fmt.Sprintf("%q is not a duration", du.val), "write it like 2s, 500ms or 1h")
-			continue
-		}
-		*du.dst = v
-	}
-	if c.DNS.UpstreamTimeout >= 2*time.Second {
-		bad("dns.upstream_timeout", "must stay under 2s", "clients move on to another resolver (a leak) after their own timeout; keep it at 1s or less")
-	}
-	c.DNS.TLSCAFile = d.TLSCAFile
-	c.DNS.QueryLog.Path = d.QueryLog
-	if d.Cache.Size != nil {
-		c.DNS.Cache.Size = *d.Cache.Size
-	}
-	if d.Health.Name != "" {
-		c.DNS.Health.Name = d.Health.Name
-	}
-	if d.Health.Failures != 0 {
-		c.DNS.Health.Failures = d.Health.Failures
-	}
-	c.DNS.Health.Disabled = d.Health.Disabled
-	if d.Policy.Canaries != nil {
-		c.DNS.Policy.Canaries = *d.Policy.Canaries
-	}
-	if d.Policy.BlockDoHNames != nil {
-		c.DNS.Policy.BlockDoHNames = *d.Policy.BlockDoHNames
-	}
-	c.DNS.Policy.BlocklistFile = d.Policy.BlocklistFile
-	c.DNS.Policy.Allowlist = d.Policy.Allowlist
-	if d.Limits.PeerQPS != nil {
-		c.DNS.Limits.PeerQPS = *d.Limits.PeerQPS
-	}
-	if d.Limits.PeerBurst != nil {
-		c.DNS.Limits.PeerBurst = *d.Limits.PeerBurst
-	}
-	if d.Limits.MaxInflight != nil {
-		c.DNS.Limits.MaxInflight = *d.Limits.MaxInflight
-	}
+	d.FileConfig.Apply(&c.DNS, b.in("dns"))
+}
 
-	// enforce
-	e := fc.Enforce
-	defOff := firewall.Action("redirect")
-	if c.Mode == ModeFull {
-		defOff = "reject"
-	}
-	actions := []struct {
-		key, val string
-		def      firewall.Action
-		allowed  []string
-		dst      *firewall.Action
-	}{
-		{"enforce.off_policy_dns", e.OffPolicyDNS, defOff, []string{"redirect", "reject"}, &c.Enforce.OffPolicyDNS},
-		{"enforce.dot", e.DoT, "reject", []string{"reject", "allow"}, &c.Enforce.DoT},
-		{"enforce.doh", e.DoH, "reject", []string{"reject", "allow"}, &c.Enforce.DoH},
-	}
-	for _, a := range actions {
-		*a.dst = a.def
-		if a.val == "" {
-			continue
-		}
-		ok := false
-		for _, v := range a.allowed {
-			ok = ok || v == a.val
-		}
-		if !ok {
-			bad(a.key, fmt.Sprintf("unknown action %q", a.val), "use "+strings.Join(a.allowed, " or "))
-			continue
-		}
-		*a.dst = firewall.Action(a.val)
-	}
-	if c.Mode == ModeFull && (c.Enforce.DoT == "allow" || c.Enforce.DoH == "allow") {
-		key := "enforce.dot"
-		if c.Enforce.DoH == "allow" {
-			key = "enforce.doh"
-		}
-		bad(key, "full mode must reject DoT, DoQ and DoH", "remove the key or set it to reject")
-	}
-	c.Enforce.DoHIPsFile = e.DoHIPsFile
-	if e.DoHIPsFile != "" {
-		if _, err := firewall.LoadDoHFile(e.DoHIPsFile); err != nil {
-			bad("enforce.doh_ips_file", err.Error(), "one IP or CIDR per line, # starts a comment")
-		}
-	}
-	for i, s := range e.DoHAllow {
-		p, err := parsePrefixOrAddr(s)
-		if err != nil {
-			bad(fmt.Sprintf("enforce.doh_allow[%d]", i), fmt.Sprintf("%q is not an IP or CIDR", s), "write it like 192.0.2.10 or 2001:db8::/48")
-			continue
-		}
-		c.Enforce.DoHAllow = append(c.Enforce.DoHAllow, p)
-	}
-	c.Enforce.Egress = e.EgressInterface
-	if e.EgressInterface != "" && !ifnameRE.MatchString(e.EgressInterface) {
-		bad("enforce.egress_interface", fmt.Sprintf("%q is not a valid interface name", e.EgressInterface), "name the host's internet-facing interface, e.g. eth0")
-	}
-	c.Enforce.PeerToPeer = e.PeerToPeer
-	c.Enforce.KeepOnStop = e.KeepOnStop
-	c.FirewallTable = orString(e.Table, firewall.DefaultTable)
-	if !ifnameRE.MatchString(c.FirewallTable) {
-		bad("enforce.table", fmt.Sprintf("%q is not a valid table name", e.Table), "use letters, digits, '_', '.' or '-'")
-	}
-
-	// peers
+func (b *builder) buildPeers(f *peers.FileConfig) {
+	c := b.c
+	stateDir := c.Peers.StateDir // chosen with the key file in buildInterface
+	c.Peers = f.Build(b.in("peers"), b.warnIn("peers"))
 	c.Peers.StateDir = stateDir
-	if c.Peers.PersistentKeepalive == 0 {
-		c.Peers.PersistentKeepalive = peers.DefaultKeepalive
-	}
-	for i, s := range fc.Peers.Routes {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			bad(fmt.Sprintf("peers.routes[%d]", i), fmt.Sprintf("%q is not a CIDR", s), "write it like 10.30.0.0/16 or fd30::/48")
-			continue
-		}
-		if p != p.Masked() {
-			bad(fmt.Sprintf("peers.routes[%d]", i), fmt.Sprintf("%s has host bits set", s), "write the network: "+p.Masked().String())
-			continue
-		}
-		c.Peers.Routes = append(c.Peers.Routes, p)
-	}
-	var def4, def6 bool
-	for _, r := range c.Peers.Routes {
-		def4 = def4 || r.Bits() == 0 && r.Addr().Is4()
-		def6 = def6 || r.Bits() == 0 && r.Addr().Is6()
-	}
-	if def4 != def6 {
-		bad("peers.routes", "routes one family's default route but not the other's: the other family leaks around the tunnel",
-			"add both 0.0.0.0/0 and ::/0, or use dns.mode: full")
-	}
-	if len(errs) == 0 {
+	if len(b.errs) == 0 {
 		if err := c.Pool().Validate(); err != nil {
-			bad("interface.addresses", err.Error(), "use larger prefixes, e.g. /24 for IPv4 and /64 for IPv6")
+			b.bad("interface.addresses", err.Error(), "use larger prefixes, e.g. /24 for IPv4 and /64 for IPv6")
 		}
 	}
+}
 
-	// admin
-	c.Admin.Listen = fc.Admin.Listen
-	if !pos.has("admin.listen") {
+func (b *builder) buildAdmin(a *adminFile) {
+	c := b.c
+	c.Admin.Listen = a.Listen
+	if !b.pos.has("admin.listen") {
 		c.Admin.Listen = DefaultAdminListen
 	}
 	if c.Admin.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
-			bad("admin.listen", fmt.Sprintf("%q is not host:port", c.Admin.Listen), "write it like 127.0.0.1:9153, or \"\" to disable")
+			b.bad("admin.listen", fmt.Sprintf("%q is not host:port", c.Admin.Listen), "write it like 127.0.0.1:9153, or \"\" to disable")
 		}
 	}
-	c.Admin.ControlSocket = fc.Admin.ControlSocket
+	c.Admin.ControlSocket = a.ControlSocket
+}
 
-	if len(errs) > 0 {
-		return nil, errs
+// Preflight opens or creates everything `sluice up` needs from the file
+// system (key file and its directory, state directory, blocklist, CA bundle,
+// query log and its directory, DoH list), before anything on the host is
+// changed: gateway.Run calls it first, `sluice check` calls it too.
+func Preflight(c *Config) error {
+	b := &builder{c: c, pos: c.pos}
+	if err := os.MkdirAll(filepath.Dir(c.Interface.PrivateKeyFile), 0o700); err != nil {
+		b.bad("interface.private_key_file", fmt.Sprintf("create key directory: %v", err), "create the directory, or point private_key_file somewhere sluice may write")
+	} else if _, err := ReadKey(c.Interface.PrivateKeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		b.bad("interface.private_key_file", err.Error(), "")
 	}
-	return c, nil
+	if err := os.MkdirAll(c.Peers.StateDir, 0o700); err != nil {
+		b.bad("peers.state_dir", fmt.Sprintf("create state directory: %v", err), "create the directory, or set peers.state_dir somewhere sluice may write")
+	}
+	c.DNS.Preflight(b.in("dns"))
+	c.Enforce.Preflight(b.in("enforce"))
+	if len(b.errs) > 0 {
+		return b.errs
+	}
+	return nil
 }
 
 func (p positions) has(key string) bool { _, ok := p[key]; return ok }
@@ -623,18 +581,6 @@ func prefixList(ps []netip.Prefix) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ", ")
-}
-
-func parsePrefixOrAddr(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		return p.Masked(), err
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // errNoDaemon is returned by control-socket calls when no daemon listens.

@@ -5,8 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
 )
 
 const goodConfig = `interface:
@@ -90,8 +93,8 @@ func TestParseBad(t *testing.T) {
 		key, inMsg string
 		old2, new2 string
 	}{
-		{"unknown key", "  mtu: 1420\n", "  mtu: 1420\n  mtux: 3\n", 8, "", `unknown key "mtux"`, "", ""},
-		{"unknown section", "admin:\n", "bogus: 1\nadmin:\n", 25, "", `unknown key "bogus"`, "", ""},
+		{"unknown key", "  mtu: 1420\n", "  mtu: 1420\n  mtux: 3\n", 8, "interface.mtux", `unknown key "mtux"`, "", ""},
+		{"unknown section", "admin:\n", "bogus: 1\nadmin:\n", 25, "bogus", `unknown key "bogus"`, "", ""},
 		{"bad cidr", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/33, fd20::1/64]", 6, "interface.addresses[0]", "not an address with prefix length", "", ""},
 		{"network address", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.0/24, fd20::1/64]", 6, "interface.addresses[0]", "network address", "", ""},
 		{"no ipv6", "addresses: [10.20.0.1/24, fd20::1/64]", "addresses: [10.20.0.1/24]", 6, "interface.addresses", "one IPv4 and one IPv6", "", ""},
@@ -106,7 +109,7 @@ func TestParseBad(t *testing.T) {
 		{"route host bits", "routes: [10.30.0.0/16]", "routes: [10.30.0.1/16]", 24, "peers.routes[0]", "host bits", "", ""},
 		{"bad endpoint", "endpoint: vpn.example.com:51820", "endpoint: vpn.example.com", 8, "interface.endpoint", "not host:port", "", ""},
 		{"bad action", "off_policy_dns: redirect", "off_policy_dns: drop", 20, "enforce.off_policy_dns", "unknown action", "", ""},
-		{"wrong type", "mtu: 1420", "mtu: big", 7, "", "cannot unmarshal", "", ""},
+		{"wrong type", "mtu: 1420", "mtu: big", 7, "interface.mtu", `"big" is not a whole number`, "", ""},
 		{"bad duration", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: soon", 19, "dns.upstream_timeout", "not a duration", "", ""},
 		{"timeout too long", "edns_buffer_size: 1232", "edns_buffer_size: 1232\n  upstream_timeout: 5s", 19, "dns.upstream_timeout", "under 2s", "", ""},
 		{"duplicate zone", "  default:\n", "    - name: Corp.Example.\n      upstreams: [10.30.0.53]\n  default:\n", 16, "dns.zones[1].name", "listed twice", "", ""},
@@ -219,5 +222,156 @@ func TestLoadOrCreateKey(t *testing.T) {
 	}
 	if _, err := LoadOrCreateKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("world-readable key: err = %v, want refusal", err)
+	}
+}
+
+// The weak cases an operator hits first: each error names the key path and
+// says what to write instead.
+func TestParseWeakCases(t *testing.T) {
+	tests := []struct {
+		name         string
+		old, new     string
+		line         int
+		key          string
+		inMsg, inFix string
+	}{
+		{"tab indentation", "  mtu: 1420\n", "\tmtu: 1420\n", 7, "interface.mtu", "tab in indentation", "spaces"},
+		{"quoted number", "mtu: 1420", `mtu: "big"`, 7, "interface.mtu", `"big" is not a whole number`, "without quotes"},
+		{"typo with suggestion", "  mtu: 1420\n", "  mtux: 1420\n", 7, "interface.mtux", `unknown key "mtux"`, "did you mean interface.mtu?"},
+		{"key in the wrong section", "  mode: split\n", "  mode: split\n  mtu: 1420\n", 11, "dns.mtu", `unknown key "mtu"`, "interface.mtu"},
+		{"nested typo", "  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  cache:\n    max_tl: 1h\n", 20, "dns.cache.max_tl", `unknown key "max_tl"`, "did you mean dns.cache.max_ttl?"},
+		{"negative duration", "  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  upstream_timeout: -1s\n", 19, "dns.upstream_timeout", "negative", "1s"},
+		{"bare number duration", "  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  health:\n    interval: 5\n", 20, "dns.health.interval", "bare number", "5s"},
+		{"value where a list goes", "routes: [10.30.0.0/16]", "routes: 10.30.0.0/16", 24, "peers.routes", "is a list", "[a, b]"},
+		{"list where a value goes", "mode: split", "mode: [split]", 10, "dns.mode", "single value", ""},
+		{"word for a boolean", "  dot: reject\n", "  dot: reject\n  keep_on_stop: yes please\n", 22, "enforce.keep_on_stop", "not true or false", "true or false"},
+		{"default route internal", "  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  internal_prefixes: [10.0.0.0/8, '::/0']\n", 19, "dns.internal_prefixes[1]", "default route", "your own networks"},
+		{"ambiguous upstream", "upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'fd30::53:5353']", 15, "dns.zones[0].upstreams[1]", "ambiguous", ""},
+		{"mtu above jumbo", "mtu: 1420", "mtu: 65000", 7, "interface.mtu", "out of range", "1280-9000"},
+		{"bad allowlist name", "  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  policy:\n    allowlist: ['bad name']\n", 20, "dns.policy.allowlist[0]", "not a domain name", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(goodConfig, tt.old) {
+				t.Fatalf("test setup: %q not in config", tt.old)
+			}
+			_, err := Parse("bad.yaml", []byte(strings.Replace(goodConfig, tt.old, tt.new, 1)))
+			var ces ConfigErrors
+			if !errors.As(err, &ces) || len(ces) == 0 {
+				t.Fatalf("error %v (%T) is not ConfigErrors", err, err)
+			}
+			var found *ConfigError
+			for _, ce := range ces {
+				if ce.Key == tt.key && strings.Contains(ce.Msg, tt.inMsg) {
+					found = ce
+				}
+			}
+			if found == nil {
+				t.Fatalf("no error with key %q and message containing %q in:\n%v", tt.key, tt.inMsg, err)
+			}
+			if found.Line != tt.line {
+				t.Errorf("line %d, want %d (%v)", found.Line, tt.line, found)
+			}
+			if !strings.Contains(found.Fix, tt.inFix) {
+				t.Errorf("fix %q does not contain %q", found.Fix, tt.inFix)
+			}
+		})
+	}
+}
+
+// Every key of the file types is documented: `sluice config reference` is
+// generated from them, so a key added without a doc tag fails here.
+func TestKeyReferenceDocumentsEveryKey(t *testing.T) {
+	ref := KeyReference()
+	paths := map[string]KeyDoc{}
+	for _, k := range ref {
+		if k.Doc == "" || k.Type == "" {
+			t.Errorf("key %s has no doc or type: %+v", k.Path, k)
+		}
+		paths[k.Path] = k
+	}
+	for _, want := range []string{"interface.mtu", "dns.zones[].upstreams", "dns.cache.max_ttl", "enforce.off_policy_dns", "peers.state_dir", "admin.control_socket"} {
+		if _, ok := paths[want]; !ok {
+			t.Errorf("reference lacks %s", want)
+		}
+	}
+	if k := paths["dns.health.interval"]; k.Type != "duration" || k.Default != "5s" {
+		t.Errorf("dns.health.interval = %+v", k)
+	}
+	// Documented defaults agree with the defaults the code applies.
+	c, err := Parse("min.yaml", []byte("dns:\n  default:\n    upstreams: [10.30.0.53]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, got := range map[string]string{
+		"interface.mtu":              strconv.Itoa(c.Interface.MTU),
+		"interface.listen_port":      strconv.Itoa(c.Interface.ListenPort),
+		"interface.name":             c.Interface.Name,
+		"dns.mode":                   string(c.Mode),
+		"dns.edns_buffer_size":       strconv.Itoa(c.DNS.EDNSBufferSize),
+		"dns.upstream_timeout":       c.DNS.UpstreamTimeout.String(),
+		"dns.cache.size":             strconv.Itoa(c.DNS.Cache.Size),
+		"dns.cache.max_ttl":          strings.TrimSuffix(c.DNS.Cache.MaxTTL.String(), "0m0s"),
+		"dns.health.interval":        c.DNS.Health.Interval.String(),
+		"dns.health.timeout":         c.DNS.Health.Timeout.String(),
+		"dns.health.failures":        strconv.Itoa(c.DNS.Health.Failures),
+		"dns.limits.peer_qps":        strconv.Itoa(c.DNS.Limits.PeerQPS),
+		"dns.limits.peer_burst":      strconv.Itoa(c.DNS.Limits.PeerBurst),
+		"dns.limits.max_inflight":    strconv.Itoa(c.DNS.Limits.MaxInflight),
+		"enforce.dot":                string(c.Enforce.DoT),
+		"enforce.table":              c.FirewallTable,
+		"peers.persistent_keepalive": c.Peers.PersistentKeepalive.String(),
+		"admin.listen":               c.Admin.Listen,
+	} {
+		if d := paths[key].Default; d != got {
+			t.Errorf("%s: documented default %q, applied %q", key, d, got)
+		}
+	}
+}
+
+func TestParseUpstreamsTyped(t *testing.T) {
+	c, err := Parse("good.yaml", []byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.DNS.Default.Upstreams[0]
+	if u.Proto != dnsproxy.ProtoTLS || u.Addr != netip.MustParseAddrPort("9.9.9.9:853") || u.ServerName != "dns.quad9.net" {
+		t.Errorf("default upstream = %+v", u)
+	}
+	for in, want := range map[string]string{
+		"[fd30::53]:5353": "[fd30::53]:5353",
+		"[fd30::53:5353]": "[fd30::53:5353]:53",
+		"fd30::53":        "[fd30::53]:53",
+		"2001:db8::1":     "[2001:db8::1]:53",
+	} {
+		u, err := dnsproxy.ParseUpstream(in)
+		if err != nil || u.String() != want {
+			t.Errorf("ParseUpstream(%q) = %v, %v; want %s", in, u, err, want)
+		}
+	}
+	if _, err := dnsproxy.ParseUpstream("fd30::53:5353"); !errors.Is(err, dnsproxy.ErrAmbiguousUpstream) || !strings.Contains(err.Error(), "[fd30::53]:5353") {
+		t.Errorf("fd30::53:5353: %v, want ambiguous with the bracketed forms", err)
+	}
+}
+
+func TestParseWarnings(t *testing.T) {
+	data := strings.Replace(goodConfig, "  endpoint: vpn.example.com:51820\n", "", 1)
+	data = strings.Replace(data, "routes: [10.30.0.0/16]", "routes: [10.30.0.0/16, 10.30.5.0/24, 10.30.0.0/16]", 1)
+	c, err := Parse("warn.yaml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"interface.endpoint": "--endpoint",
+		"peers.routes[1]":    "redundant",
+		"peers.routes[2]":    "twice",
+	}
+	for _, w := range c.Warnings {
+		if s, ok := want[w.Key]; ok && strings.Contains(w.Error(), s) {
+			delete(want, w.Key)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("missing warnings %v in %v", want, c.Warnings)
 	}
 }

@@ -147,12 +147,7 @@ func (g *Gateway) doctorUpstreams(ctx context.Context, r *Report, cfg *Config) {
 		if group == "" {
 			group = "default"
 		}
-		for _, s := range z.Upstreams {
-			u, err := dnsproxy.ParseUpstream(s)
-			if err != nil {
-				r.add(Check{Name: "upstream " + s, Detail: err.Error(), Action: "fix the configuration"})
-				continue
-			}
+		for _, u := range z.Upstreams {
 			g.doctorRoute(r, group, z.Name != "", u, egress)
 			doctorQuery(ctx, r, group, z.Name, u, roots)
 		}

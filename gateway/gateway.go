@@ -82,6 +82,9 @@ func (g *Gateway) Config() *Config {
 // down in reverse order. A failure part-way undoes what was done.
 func (g *Gateway) Run(ctx context.Context) (err error) {
 	cfg := g.Config()
+	if err := Preflight(cfg); err != nil {
+		return err
+	}
 	g.started = time.Now()
 	var undo []func()
 	defer func() {

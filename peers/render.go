@@ -189,7 +189,7 @@ func (p *ClientParams) normalize() error {
 	switch {
 	case p.Keepalive == 0:
 		p.Keepalive = DefaultKeepalive
-	case p.Keepalive > 0 && (p.Keepalive < time.Second || p.Keepalive > 65535*time.Second):
+	case p.Keepalive > 0 && (p.Keepalive < time.Second || p.Keepalive > MaxKeepalive):
 		return fmt.Errorf("keepalive %s out of range 1s-65535s", p.Keepalive)
 	}
 	if p.TunnelName == "" {

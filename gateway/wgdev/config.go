@@ -32,8 +32,10 @@ const (
 	DefaultMTU = 1420
 	// MinMTU is the smallest MTU that still carries IPv6.
 	MinMTU = 1280
-	// MaxMTU is the largest MTU a link accepts.
-	MaxMTU = 65535
+	// MaxMTU is the largest MTU sluice accepts: jumbo frames. An underlay
+	// that carries more does not exist in practice, and a larger value is
+	// a typo. The configuration checks against these same constants.
+	MaxMTU = 9000
 	// maxNameLen is IFNAMSIZ minus the terminating NUL.
 	maxNameLen = 15
 )

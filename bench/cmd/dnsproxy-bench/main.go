@@ -57,7 +57,7 @@ func run() error {
 		netip.MustParsePrefix("127.0.0.0/8"),
 		netip.MustParsePrefix("::1/128"),
 	}
-	cfg.Default = dnsproxy.Zone{Upstreams: []string{*upstream}}
+	cfg.Default = dnsproxy.Zone{Upstreams: dnsproxy.MustParseUpstreams(*upstream)}
 	// Every load generator query comes from 127.0.0.1, one "peer": the
 	// per-peer rate limit would measure the limit, not the proxy, and the
 	// anchors (dnsdist, unbound) have none configured either. The in-flight
