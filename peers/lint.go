@@ -2,7 +2,10 @@ package peers
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -28,6 +31,31 @@ type Finding struct {
 
 func (f Finding) String() string {
 	return fmt.Sprintf("line %d: %s: %s (fix: %s)", f.Line, f.Severity, f.Message, f.Fix)
+}
+
+// MaxLintSize bounds what ReadLintFile reads: a wg-quick file is a few
+// hundred bytes, a server's with thousands of peers a few hundred KiB.
+const MaxLintSize = 4 << 20
+
+// ErrTooLarge is returned by ReadLintFile for a file over MaxLintSize.
+var ErrTooLarge = errors.New("too large for a wg-quick config")
+
+// ReadLintFile reads a config to lint, at most MaxLintSize bytes, so that a
+// device or a huge file (/dev/zero) fails fast instead of filling memory.
+func ReadLintFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxLintSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > MaxLintSize {
+		return nil, fmt.Errorf("read %s: %w (over %d MiB)", path, ErrTooLarge, MaxLintSize>>20)
+	}
+	return data, nil
 }
 
 // LintOptions tunes Lint.

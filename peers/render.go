@@ -277,3 +277,11 @@ func renderConf(p ClientParams, o confOptions) string {
 	}
 	return b.String()
 }
+
+// HoldsPrivateKey reports whether Render(format) for p carries the device's
+// private key (and so must be written 0600 and kept off shared screens).
+// A device that brought its own key gets a placeholder instead; NRPT
+// scripts carry no key at all.
+func HoldsPrivateKey(format string, p Peer) bool {
+	return p.PrivateKey != nil && format != "nrpt"
+}

@@ -92,40 +92,6 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 	}
 }
 
-func newCheckCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "check",
-		Short: "Validate the configuration file",
-		Long: `Validate the configuration strictly: unknown keys, bad addresses or CIDRs,
-resolver addresses outside the interface prefixes, pools too small, public
-upstreams in full mode... Every problem is printed as FILE:LINE: KEY: what
-is wrong (what to do). Exit status 1 when there is any.
-
-Keys (see examples/split.yaml for a commented file):
-  interface: name backend listen_port private_key_file addresses mtu endpoint
-  dns: mode listen search_domains zones[name upstreams] default[upstreams]
-       edns_buffer_size internal_prefixes upstream_timeout tls_ca_file query_log
-       cache[size max_ttl servfail_ttl] health[name interval timeout failures disabled]
-       policy[canaries block_doh_names blocklist_file allowlist]
-       limits[peer_qps peer_burst max_inflight]
-  enforce: off_policy_dns dot doh doh_ips_file doh_allow egress_interface
-           peer_to_peer keep_on_stop table
-  peers: state_dir routes persistent_keepalive
-  admin: listen control_socket`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
-			if err != nil {
-				fmt.Fprintln(cmd.ErrOrStderr(), err)
-				return exitError{1}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%s mode, interface %s, %d zones, resolvers %v)\n",
-				cfg.Source, cfg.Mode, cfg.Interface.Name, len(cfg.DNS.Zones), cfg.Resolvers())
-			return nil
-		},
-	}
-}
-
 // client connects to the daemon run with the configured file. It does not
 // validate the file: a reload is usually asked for right after editing it.
 func (g *globals) client() (*gateway.Client, error) {

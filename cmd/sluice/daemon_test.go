@@ -416,7 +416,7 @@ func stripHandles(s string) string {
 
 // TestUpWithoutConfig runs `sluice up` with no file at all, as a first-time
 // user would: interface sluice0 on the userspace backend, split mode, a new
-// key (0600) under /var/lib/sluice, and the host's resolv.conf nameservers as
+// key (0600) under /var/lib/sluice/sluice0, and the host's resolv.conf nameservers as
 // the default group. The daemon gets private tmpfs mounts over /run and
 // /var/lib and its own resolv.conf, so nothing of the host is touched.
 func TestUpWithoutConfig(t *testing.T) {
@@ -467,9 +467,9 @@ func TestUpWithoutConfig(t *testing.T) {
 	if out, _ := d.cli("version"); out == "" {
 		t.Error("no version output")
 	}
-	st, err := exec.Command("nsenter", "-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "stat", "-c", "%a", "/var/lib/sluice/sluice0.key").CombinedOutput()
+	st, err := exec.Command("nsenter", "-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "stat", "-c", "%a", "/var/lib/sluice/sluice0/sluice0.key").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(st)) != "600" {
-		t.Errorf("generated key /var/lib/sluice/sluice0.key: mode %q, %v; want 600", st, err)
+		t.Errorf("generated key /var/lib/sluice/sluice0/sluice0.key: mode %q, %v; want 600", st, err)
 	}
 	// A query from a tunnel address reaches the host's resolver via the proxy.
 	r := ns.Run("dig", "+short", "+tries=1", "+time=3", "-b", "10.20.0.1", "@10.20.0.53", "www.example.net", "A")

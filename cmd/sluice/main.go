@@ -32,11 +32,47 @@ func main() {
 	}
 }
 
+// installedConfig is the configuration file of an installed gateway, used
+// when neither -c nor SLUICE_CONFIG names one. Tests point it elsewhere.
+var installedConfig = "/etc/sluice/sluice.yaml"
+
+// noConfig marks commands that read no configuration (no "config:" line).
+const noConfig = "sluice/no-config"
+
 // globals are the flags every command shares.
 type globals struct {
 	config    string
 	logLevel  string
 	logFormat string
+}
+
+// resolveConfig picks the configuration file: -c, else SLUICE_CONFIG, else
+// the installed file when it exists, else the embedded defaults (""). When
+// the choice was not made with -c it says on stderr, in one line, which
+// file is used; standard output (and so --json) stays clean.
+func (g *globals) resolveConfig(cmd *cobra.Command) {
+	if cmd.Flags().Changed("config") {
+		return
+	}
+	from := "SLUICE_CONFIG"
+	g.config = os.Getenv("SLUICE_CONFIG")
+	if g.config == "" {
+		from = "installed"
+		if _, err := os.Stat(installedConfig); err == nil {
+			g.config = installedConfig
+		}
+	}
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[noConfig] != "" {
+			return
+		}
+	}
+	switch {
+	case g.config == "":
+		fmt.Fprintf(cmd.ErrOrStderr(), "config: embedded defaults (%s does not exist; -c FILE to use another)\n", installedConfig)
+	default:
+		fmt.Fprintf(cmd.ErrOrStderr(), "config: %s (%s)\n", g.config, from)
+	}
 }
 
 func newRoot() *cobra.Command {
@@ -49,15 +85,21 @@ forwarding, and an nftables table that stops peers from resolving around it
 (plain DNS, DoT, DoQ and known DoH). Every client config it writes routes the
 in-tunnel resolver addresses, IPv4 and IPv6.
 
-Without -c, sluice runs on embedded defaults: interface sluice0 (userspace
-WireGuard), tunnel 10.20.0.1/24 + fd20::1/64, resolvers 10.20.0.53 + fd20::53,
-split mode, the host's current resolvers as the default DNS group, state in
-/var/lib/sluice. See examples/ for complete configuration files.`,
+The configuration file is -c FILE, else $SLUICE_CONFIG, else
+/etc/sluice/sluice.yaml when it exists; a command that reads it says which
+on stderr (unless -c named it). Without any file, sluice runs on embedded
+defaults: interface sluice0 (userspace WireGuard), tunnel 10.20.0.1/24 +
+fd20::1/64, resolvers 10.20.0.53 + fd20::53, split mode, the host's current
+resolvers as the default DNS group, state in /var/lib/sluice/sluice0.
+'sluice config reference' documents every key; examples/ has complete files.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			g.resolveConfig(cmd)
+		},
 	}
-	root.PersistentFlags().StringVarP(&g.config, "config", "c", os.Getenv("SLUICE_CONFIG"), "configuration file (default: embedded defaults; env SLUICE_CONFIG)")
+	root.PersistentFlags().StringVarP(&g.config, "config", "c", "", "configuration file (default: $SLUICE_CONFIG, else "+installedConfig+" if it exists, else embedded defaults)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.AddCommand(
@@ -68,11 +110,13 @@ split mode, the host's current resolvers as the default DNS group, state in
 		newDoctorCmd(g),
 		newReloadCmd(g),
 		newFirewallCmd(g),
+		newConfigCmd(),
 		&cobra.Command{
-			Use:   "version",
-			Short: "Print the version",
-			Args:  cobra.NoArgs,
-			Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "sluice", version) },
+			Use:         "version",
+			Short:       "Print the version",
+			Args:        cobra.NoArgs,
+			Annotations: map[string]string{noConfig: "1"},
+			Run:         func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "sluice", version) },
 		},
 	)
 	return root

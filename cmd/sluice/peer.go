@@ -81,10 +81,17 @@ rendered config then carries a placeholder for it).`,
 				}
 			}
 			req := peers.AddRequest{User: user, Device: dev}
+			gwPub := gatewayPublicKey(cfg)
+			if err := checkDaemon(cmd, cfg, gwPub); err != nil {
+				return err
+			}
 			if pub != "" {
 				k, err := wgtypes.ParseKey(pub)
 				if err != nil {
 					return fmt.Errorf("--public-key: not a base64 WireGuard key (a device shows it with `wg pubkey`)")
+				}
+				if gwPub != nil && k == *gwPub {
+					return fmt.Errorf("--public-key %s is the gateway's own public key (%s): give the device's key, shown on the device by `wg pubkey`", k, cfg.Interface.PrivateKeyFile)
 				}
 				req.PublicKey = &k
 			}
@@ -246,9 +253,13 @@ Formats:
 			if err != nil {
 				return err
 			}
+			serverPub := key.PublicKey()
+			if err := checkDaemon(cmd, cfg, &serverPub); err != nil {
+				return err
+			}
 			data, err := peers.Render(format, peers.ClientParams{
 				Peer:            p,
-				ServerPublicKey: key.PublicKey(),
+				ServerPublicKey: serverPub,
 				Endpoint:        endpoint,
 				MTU:             cfg.Interface.MTU,
 				FullTunnel:      cfg.FullTunnel(),
@@ -262,14 +273,21 @@ Formats:
 			if err != nil {
 				return err
 			}
-			var w io.Writer = cmd.OutOrStdout()
+			secret := peers.HoldsPrivateKey(format, p)
 			if out != "" && out != "-" {
-				// Client configs hold the device's private key.
-				if err := os.WriteFile(out, data, 0o600); err != nil {
-					return fmt.Errorf("write %s: %w", out, err)
+				if err := writePrivate(out, data); err != nil {
+					return err
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (mode 0600: it holds the device's private key)\n", out)
+				if secret {
+					fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (mode 0600: it holds the device's private key)\n", out)
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (mode 0600; no private key in it: the device keeps its own)\n", out)
+				}
 				return nil
+			}
+			w := cmd.OutOrStdout()
+			if secret && isTerminalOrPipe(w) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: this config holds %s's private key: keep it off shared screens, logs and scrollback (-o FILE writes it 0600)\n", p.ID())
 			}
 			_, err = w.Write(data)
 			return err
@@ -284,8 +302,9 @@ Formats:
 func newPeerLintCmd() *cobra.Command {
 	var mtu int
 	cmd := &cobra.Command{
-		Use:   "lint FILE",
-		Short: "Find DNS leak paths in any wg-quick client config",
+		Use:         "lint FILE",
+		Annotations: map[string]string{noConfig: "1"},
+		Short:       "Find DNS leak paths in any wg-quick client config",
 		Long: `Read a wg-quick client config (any, not only sluice's) and report DNS leak
 paths: a DNS server not routed by AllowedIPs (IPv4 or IPv6), no DNS line,
 IPv6 addresses without an IPv6 route or resolver, a full tunnel without ::/0,
@@ -294,7 +313,7 @@ there is a finding, 2 when the file cannot be read.`,
 		Example: "  sluice peer lint /etc/wireguard/wg0.conf\n  sluice peer lint --mtu 1420 alice.conf",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := os.ReadFile(args[0])
+			data, err := peers.ReadLintFile(args[0])
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), "sluice:", err)
 				return exitError{2}
@@ -319,4 +338,84 @@ there is a finding, 2 when the file cannot be read.`,
 	}
 	cmd.Flags().IntVar(&mtu, "mtu", 0, "the tunnel's MTU; warn when the config's is above it")
 	return cmd
+}
+
+// gatewayPublicKey is the public key of cfg's key file, or nil when there is
+// none yet (the daemon creates it at its first start).
+func gatewayPublicKey(cfg *gateway.Config) *wgtypes.Key {
+	k, err := gateway.ReadKey(cfg.Interface.PrivateKeyFile)
+	if err != nil {
+		return nil
+	}
+	pub := k.PublicKey()
+	return &pub
+}
+
+// checkDaemon compares cfg (and the gateway public key it implies, when
+// known) with the daemon answering on cfg's control socket. A daemon that
+// runs another interface, key or mode means this is not its file: what the
+// command would write could never handshake, so it refuses. No daemon, or
+// one that cannot be asked, is not a disagreement.
+func checkDaemon(cmd *cobra.Command, cfg *gateway.Config, pub *wgtypes.Key) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+	defer cancel()
+	st, err := gateway.NewClient(cfg.ControlSocket()).Status(ctx)
+	if errors.Is(err, gateway.ErrNotRunning) {
+		return nil
+	}
+	if err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: cannot compare with the running daemon: %v\n", err)
+		return nil
+	}
+	var diffs []string
+	if st.Interface.Name != cfg.Interface.Name {
+		diffs = append(diffs, fmt.Sprintf("interface %s, the daemon runs %s", cfg.Interface.Name, st.Interface.Name))
+	}
+	if st.Interface.Mode != string(cfg.Mode) {
+		diffs = append(diffs, fmt.Sprintf("mode %s, the daemon runs %s mode", cfg.Mode, st.Interface.Mode))
+	}
+	if pub != nil && st.Interface.PublicKey != pub.String() {
+		diffs = append(diffs, fmt.Sprintf("public key %s (%s), the daemon's is %s", pub, cfg.Interface.PrivateKeyFile, st.Interface.PublicKey))
+	}
+	if len(diffs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s disagrees with the daemon on %s: %s; a client config from it could never handshake (name the daemon's file with -c)",
+		cfg.Source, cfg.ControlSocket(), strings.Join(diffs, "; "))
+}
+
+// writePrivate writes data to path with mode 0600, also when path already
+// exists with a wider mode: the mode is narrowed before a byte is written.
+func writePrivate(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// isTerminalOrPipe reports whether w is a terminal or a pipe, where a
+// private key ends up on a screen or in another program (a regular file
+// the shell redirected to is the operator's choice).
+func isTerminalOrPipe(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	return fi.Mode()&(os.ModeCharDevice|os.ModeNamedPipe|os.ModeSocket) != 0
 }
