@@ -271,14 +271,13 @@ func (g *Gateway) peerName(a netip.Addr) string {
 func (g *Gateway) watchPeers(ctx context.Context) error {
 	t := time.NewTicker(peerPollInterval)
 	defer t.Stop()
+	var errs errorLatch // a damaged store is logged once, and on change
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := g.syncPeers(); err != nil {
-				g.log.Error("sync peers", "err", err)
-			}
+			errs.report(g.log, "sync peers", g.syncPeers())
 		}
 	}
 }
