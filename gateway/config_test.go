@@ -375,3 +375,89 @@ func TestParseWarnings(t *testing.T) {
 		t.Errorf("missing warnings %v in %v", want, c.Warnings)
 	}
 }
+
+// Without peers.state_dir each interface gets its own store; an interface
+// whose key is still in the shared root (the old default) keeps it there,
+// with a warning saying how to move.
+func TestStateDirPerInterface(t *testing.T) {
+	root := t.TempDir()
+	old := stateRoot
+	stateRoot = root
+	t.Cleanup(func() { stateRoot = old })
+	doc := strings.Replace(goodConfig, "  state_dir: /tmp/sluice-test\n", "", 1)
+	doc = strings.Replace(doc, "  private_key_file: /tmp/sluice-test/wgt0.key\n", "", 1)
+	c, err := Parse("a.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(root, "wgt0"); c.Peers.StateDir != want || c.Interface.PrivateKeyFile != filepath.Join(want, "wgt0.key") {
+		t.Errorf("state %s, key %s; want both in %s", c.Peers.StateDir, c.Interface.PrivateKeyFile, want)
+	}
+	c1, err := Parse("b.yaml", []byte(strings.Replace(doc, "name: wgt0", "name: wgt1", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1.Peers.StateDir == c.Peers.StateDir {
+		t.Errorf("two interfaces share %s", c.Peers.StateDir)
+	}
+	// Legacy layout: <root>/wgt0.key and <root>/peers.json.
+	if err := os.WriteFile(filepath.Join(root, "wgt0.key"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Parse("a.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Peers.StateDir != root || c.Interface.PrivateKeyFile != filepath.Join(root, "wgt0.key") {
+		t.Errorf("legacy install moved: state %s key %s", c.Peers.StateDir, c.Interface.PrivateKeyFile)
+	}
+	found := false
+	for _, w := range c.Warnings {
+		found = found || w.Key == "peers.state_dir" && strings.Contains(w.Fix, filepath.Join(root, "wgt0"))
+	}
+	if !found {
+		t.Errorf("no warning about the shared legacy directory: %v", c.Warnings)
+	}
+	// Once moved, the per-interface directory wins.
+	os.MkdirAll(filepath.Join(root, "wgt0"), 0o700)
+	os.WriteFile(filepath.Join(root, "wgt0", "wgt0.key"), []byte("x"), 0o600)
+	if c, _ = Parse("a.yaml", []byte(doc)); c.Peers.StateDir != filepath.Join(root, "wgt0") {
+		t.Errorf("after the move: state %s", c.Peers.StateDir)
+	}
+}
+
+// Preflight finds every file problem before Run changes the host.
+func TestPreflight(t *testing.T) {
+	dir := t.TempDir()
+	block := filepath.Join(dir, "block.txt")
+	os.WriteFile(block, []byte("ok.example\nbad name\n"), 0o644)
+	key := filepath.Join(dir, "k", "gw.key")
+	os.MkdirAll(filepath.Dir(key), 0o700)
+	os.WriteFile(key, []byte("not a key\n"), 0o600)
+	doc := strings.NewReplacer("/tmp/sluice-test/wgt0.key", key, "state_dir: /tmp/sluice-test", "state_dir: "+filepath.Join(dir, "state"),
+		"  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  query_log: "+filepath.Join(dir, "log", "q.log")+"\n  policy:\n    blocklist_file: "+block+"\n").Replace(goodConfig)
+	c, err := Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Preflight(c)
+	var ces ConfigErrors
+	if !errors.As(err, &ces) {
+		t.Fatalf("Preflight = %v", err)
+	}
+	keys := map[string]string{}
+	for _, e := range ces {
+		keys[e.Key] = e.Msg
+	}
+	if !strings.Contains(keys["dns.policy.blocklist_file"], block+":2") {
+		t.Errorf("blocklist error %q does not name %s:2", keys["dns.policy.blocklist_file"], block)
+	}
+	if !strings.Contains(keys["interface.private_key_file"], "not a base64 WireGuard key") {
+		t.Errorf("key error %q", keys["interface.private_key_file"])
+	}
+	for _, d := range []string{filepath.Join(dir, "log"), filepath.Join(dir, "state")} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s not created: %v", d, err)
+		}
+	}
+}
