@@ -54,20 +54,27 @@ var stateRoot = DefaultStateRoot
 func DefaultStateDir(ifname string) string { return filepath.Join(stateRoot, ifname) }
 
 // legacyStateDir reports whether the interface still keeps its state in the
-// shared root, as before per-interface directories: its key file
-// <root>/<name>.key exists and <root>/<name>/ holds neither key nor store.
-// Such an installation keeps working where it is (moving a live store under
-// a running daemon is not safe); `sluice check` warns and says how to move.
+// shared root, as before per-interface directories, and must go on doing so
+// (its peers and key would otherwise vanish): <root>/<name>/ holds neither
+// key nor store, and either <root>/<name>.key exists, or <root>/peers.json
+// exists with no <root>/*.key beside it (a store whose owner kept its key
+// elsewhere). Such an installation keeps working where it is (moving a live
+// store under a running daemon is not safe); `sluice check` warns and says
+// how to move, and fails if two configurations now share it.
 func legacyStateDir(ifname string) bool {
-	if _, err := os.Stat(filepath.Join(stateRoot, ifname+".key")); err != nil {
-		return false
-	}
 	for _, f := range []string{ifname + ".key", peers.StoreFile} {
 		if _, err := os.Stat(filepath.Join(stateRoot, ifname, f)); err == nil {
 			return false
 		}
 	}
-	return true
+	if _, err := os.Stat(filepath.Join(stateRoot, ifname+".key")); err == nil {
+		return true
+	}
+	if _, err := os.Stat(filepath.Join(stateRoot, peers.StoreFile)); err != nil {
+		return false
+	}
+	keys, _ := filepath.Glob(filepath.Join(stateRoot, "*.key"))
+	return len(keys) == 0
 }
 
 // Mode is how clients route: split (only peers.routes and the resolvers) or
@@ -348,8 +355,8 @@ func (b *builder) buildInterface(in *interfaceFile, stateDir string) {
 		if legacyStateDir(c.Interface.Name) {
 			stateDir = stateRoot
 			b.warn("peers.state_dir", fmt.Sprintf("state of %s is in the shared directory %s (the old default)", c.Interface.Name, stateRoot),
-				fmt.Sprintf("with sluice stopped, move %s and %s into %s, or set peers.state_dir: %s to keep them",
-					filepath.Join(stateRoot, c.Interface.Name+".key"), filepath.Join(stateRoot, peers.StoreFile), DefaultStateDir(c.Interface.Name), stateRoot))
+				fmt.Sprintf("with sluice stopped, move %s (and %s, if there) into %s, or set peers.state_dir: %s to keep them",
+					filepath.Join(stateRoot, peers.StoreFile), filepath.Join(stateRoot, c.Interface.Name+".key"), DefaultStateDir(c.Interface.Name), stateRoot))
 		}
 	}
 	c.Peers.StateDir = stateDir

@@ -418,6 +418,16 @@ func TestStateDirPerInterface(t *testing.T) {
 	if !found {
 		t.Errorf("no warning about the shared legacy directory: %v", c.Warnings)
 	}
+	// A store in the root whose owner kept its key elsewhere stays too.
+	root2 := t.TempDir()
+	stateRoot = root2
+	if err := os.WriteFile(filepath.Join(root2, "peers.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := Parse("a.yaml", []byte(doc)); c == nil || c.Peers.StateDir != root2 {
+		t.Errorf("legacy store with a key elsewhere: %+v", c)
+	}
+	stateRoot = root
 	// Once moved, the per-interface directory wins.
 	os.MkdirAll(filepath.Join(root, "wgt0"), 0o700)
 	os.WriteFile(filepath.Join(root, "wgt0", "wgt0.key"), []byte("x"), 0o600)
