@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -545,10 +546,12 @@ func (f FileConfig) Apply(c *Config, report func(key, msg, fix string)) {
 }
 
 // Preflight opens every file c names the way the proxy will (blocklist, CA
-// bundle, query log, whose directory it creates), so that a bad file is
-// found before anything is changed. Problems are reported with their key
-// inside the dns section; the message names file:line where there is one.
-func (c Config) Preflight(report func(key, msg, fix string)) {
+// bundle, query log), so that a bad file is found before anything is
+// changed. With create, a missing query log and its directory are created
+// (as `sluice up` needs them); without, Preflight changes nothing and only
+// checks that they could be. Problems are reported with their key inside
+// the dns section; the message names file:line where there is one.
+func (c Config) Preflight(create bool, report func(key, msg, fix string)) {
 	if c.Policy.BlocklistFile != "" {
 		if _, err := newPolicy(PolicyConfig{BlocklistFile: c.Policy.BlocklistFile}); err != nil {
 			report("policy.blocklist_file", err.Error(), "one domain name per line, # starts a comment")
@@ -559,13 +562,49 @@ func (c Config) Preflight(report func(key, msg, fix string)) {
 			report("tls_ca_file", err.Error(), "name a readable PEM file of CA certificates")
 		}
 	}
-	if p := c.QueryLog.Path; p != "" && p != "-" {
-		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
-			report("query_log", fmt.Sprintf("create query log directory: %v", err), "create the directory or pick a writable path, e.g. /var/log/sluice/queries.log")
-		} else if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
-			report("query_log", fmt.Sprintf("open query log: %v", err), "make the file writable by sluice, or pick another path")
-		} else {
-			f.Close()
+	p := c.QueryLog.Path
+	if p == "" || p == "-" {
+		return
+	}
+	fix := "create the directory or pick a path sluice may write, e.g. /var/log/sluice/queries.jsonl"
+	if _, err := os.Stat(p); err != nil && os.IsNotExist(err) && !create {
+		if err := CheckCreatable(filepath.Dir(p)); err != nil {
+			report("query_log", fmt.Sprintf("query log directory: %v", err), fix)
 		}
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+		report("query_log", fmt.Sprintf("create query log directory: %v", err), fix)
+	} else if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
+		report("query_log", fmt.Sprintf("open query log: %v", err), "make the file writable by sluice, or pick another path")
+	} else {
+		f.Close()
+	}
+}
+
+// CheckCreatable reports whether dir exists as a writable directory or
+// could be created: its nearest existing ancestor is a writable directory.
+// It changes nothing.
+func CheckCreatable(dir string) error {
+	d := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("%s is not a directory", d)
+			}
+			if err := syscall.Access(d, 2 /* W_OK */); err != nil {
+				return fmt.Errorf("%s is not writable: %w", d, err)
+			}
+			return nil
+		}
+		if !os.IsNotExist(err) {
+			return err
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return err
+		}
+		d = parent
 	}
 }

@@ -545,18 +545,34 @@ func (b *builder) buildAdmin(a *adminFile) {
 // Preflight opens or creates everything `sluice up` needs from the file
 // system (key file and its directory, state directory, blocklist, CA bundle,
 // query log and its directory, DoH list), before anything on the host is
-// changed: gateway.Run calls it first, `sluice check` calls it too.
-func Preflight(c *Config) error {
+// changed: gateway.Run calls it first.
+func Preflight(c *Config) error { return preflight(c, true) }
+
+// CheckFiles is Preflight without creating anything: what `sluice check`
+// runs. A missing directory passes when it could be created.
+func CheckFiles(c *Config) error { return preflight(c, false) }
+
+func preflight(c *Config, create bool) error {
 	b := &builder{c: c, pos: c.pos}
-	if err := os.MkdirAll(filepath.Dir(c.Interface.PrivateKeyFile), 0o700); err != nil {
-		b.bad("interface.private_key_file", fmt.Sprintf("create key directory: %v", err), "create the directory, or point private_key_file somewhere sluice may write")
-	} else if _, err := ReadKey(c.Interface.PrivateKeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		b.bad("interface.private_key_file", err.Error(), "")
+	dir := func(key, path, what string) bool {
+		var err error
+		if create {
+			err = os.MkdirAll(path, 0o700)
+		} else {
+			err = dnsproxy.CheckCreatable(path)
+		}
+		if err != nil {
+			b.bad(key, fmt.Sprintf("%s: %v", what, err), "create the directory, or point "+key+" somewhere sluice may write")
+		}
+		return err == nil
 	}
-	if err := os.MkdirAll(c.Peers.StateDir, 0o700); err != nil {
-		b.bad("peers.state_dir", fmt.Sprintf("create state directory: %v", err), "create the directory, or set peers.state_dir somewhere sluice may write")
+	if dir("interface.private_key_file", filepath.Dir(c.Interface.PrivateKeyFile), "key directory") {
+		if _, err := ReadKey(c.Interface.PrivateKeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			b.bad("interface.private_key_file", err.Error(), "")
+		}
 	}
-	c.DNS.Preflight(b.in("dns"))
+	dir("peers.state_dir", c.Peers.StateDir, "state directory")
+	c.DNS.Preflight(create, b.in("dns"))
 	c.Enforce.Preflight(b.in("enforce"))
 	if len(b.errs) > 0 {
 		return b.errs

@@ -12,11 +12,12 @@ import (
 )
 
 const checkLong = `Validate the configuration as 'sluice up' would, without changing anything
-on the host but creating missing directories: strict keys and types, bad
+on the host: strict keys and types, bad
 addresses or CIDRs, resolver addresses outside the interface prefixes, pools
 too small, public upstreams in full mode; then every file sluice up opens
-(key file and its directory, state directory, blocklist, CA bundle, query
-log, DoH list, each entry with FILE:LINE). Finally the other configurations
+(key file, blocklist, CA bundle, query log, DoH list, each entry with
+FILE:LINE), and that the directories it creates (state, key, query log)
+can be created. Finally the other configurations
 on the host (/etc/sluice/*.yaml and every OTHER file given) must not share an
 interface, a peer store, a key file or a control socket with this one.
 
@@ -41,7 +42,7 @@ func newCheckCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(stderr, warningText(w))
 			}
 			failed := false
-			if err := gateway.Preflight(cfg); err != nil {
+			if err := gateway.CheckFiles(cfg); err != nil {
 				fmt.Fprintln(stderr, err)
 				failed = true
 			}

@@ -235,8 +235,8 @@ func TestCheckFindsWhatUpWouldTripOver(t *testing.T) {
 			t.Errorf("check output lacks %q:\n%s", want, errs)
 		}
 	}
-	if _, err := os.Stat(qlog); err != nil {
-		t.Errorf("the query log's directory was not created: %v", err)
+	if _, err := os.Stat(filepath.Dir(qlog)); err == nil {
+		t.Errorf("check created the query log's directory: it must change nothing")
 	}
 
 	// A key file whose directory cannot exist.
@@ -245,9 +245,12 @@ func TestCheckFindsWhatUpWouldTripOver(t *testing.T) {
 	bad, _ := writeConfig(t, "")
 	data, _ = os.ReadFile(bad)
 	data = bytes.Replace(data, []byte("private_key_file: "), []byte("private_key_file: "+blocker+"/sub/"), 1)
+	data = bytes.Replace(data, []byte("  search_domains: [corp.example]\n"),
+		[]byte("  search_domains: [corp.example]\n  query_log: "+blocker+"/q.log\n"), 1)
 	os.WriteFile(bad, data, 0o600)
-	if _, errs, code := run(t, "check", "-c", bad); code != 1 || !strings.Contains(errs, "interface.private_key_file") {
-		t.Errorf("key directory under a file: code %d, %s", code, errs)
+	_, errs, code = run(t, "check", "-c", bad)
+	if code != 1 || !strings.Contains(errs, "interface.private_key_file") || !strings.Contains(errs, "dns.query_log") {
+		t.Errorf("key and query log directories under a file: code %d, %s", code, errs)
 	}
 }
 
