@@ -317,6 +317,11 @@ var ErrPermission = errors.New("permission denied")
 func (c *Client) dialError(path string, err error) error {
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Op != "dial" {
+		if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// The connection was taken, then closed unanswered: the
+			// daemon stopped (or died) in between.
+			return fmt.Errorf("%w (the daemon on %s went away before answering %s)", ErrNotRunning, c.path, path)
+		}
 		return fmt.Errorf("ask daemon %s: %w", path, err)
 	}
 	if errors.Is(err, os.ErrPermission) {
