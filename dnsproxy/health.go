@@ -44,24 +44,38 @@ func (p *Proxy) checkAll(ctx context.Context, st *state) {
 
 // checkUpstream sends one real query (hc.Name, type NS). Any well-formed
 // answer other than SERVFAIL proves the upstream alive and re-admits it.
-func (p *Proxy) checkUpstream(ctx context.Context, u *upstream, hc HealthConfig) bool {
+func (p *Proxy) checkUpstream(ctx context.Context, u *upstream, hc HealthConfig) checkResult {
 	q := new(dns.Msg)
 	q.SetQuestion(hc.Name, dns.TypeNS)
 	q.SetEdns0(uint16(p.st.Load().cfg.EDNSBufferSize), false)
 	q.Id = p.ids.next()
 	start := time.Now()
 	r, err := u.exchange(ctx, start.Add(hc.Timeout), q)
-	d := time.Since(start)
+	res := checkResult{rtt: time.Since(start)}
 	if ctx.Err() != nil {
-		return false
+		res.err = ctx.Err()
+		return res
 	}
-	if err == nil && r.Rcode == dns.RcodeServerFailure {
-		err = &upstreamError{kind: errKindServfail, err: errServfail}
+	if err == nil {
+		res.rcode = r.Rcode
+		res.answered = true
+		if r.Rcode == dns.RcodeServerFailure {
+			err = &upstreamError{kind: errKindServfail, err: errServfail}
+		}
 	}
 	if err != nil {
-		u.failure(classify(err).kind, d, hc.Failures)
-		return false
+		res.err = err
+		u.failure(classify(err).kind, res.rtt, hc.Failures)
+		return res
 	}
-	u.success(d)
-	return true
+	u.success(res.rtt)
+	return res
+}
+
+// checkResult is the outcome of one active check.
+type checkResult struct {
+	answered bool // an answer arrived (rcode is set)
+	rcode    int
+	rtt      time.Duration
+	err      error // nil when the upstream passed
 }

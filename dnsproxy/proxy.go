@@ -83,6 +83,8 @@ type Proxy struct {
 	tapsMu        sync.Mutex             // serializes writers of tapList
 	tapList       atomic.Pointer[[]*tap] // nil when nobody taps: one load per query
 	ids           idSource
+	probesMu      sync.Mutex                              // serializes writers of probeSrcs
+	probeSrcs     atomic.Pointer[map[netip.AddrPort]bool] // sources of Probe in flight; nil when none
 
 	rateLimited atomic.Uint64
 	blockedN    atomic.Uint64
@@ -441,13 +443,7 @@ func (p *Proxy) Stats() Stats {
 	s.Queries, s.ByRcode = p.met.totals()
 	for _, g := range p.st.Load().groups {
 		for _, u := range g.ups {
-			s.Upstreams = append(s.Upstreams, UpstreamStats{
-				Group:    g.label,
-				Addr:     u.label,
-				Healthy:  u.healthy.Load(),
-				Latency:  time.Duration(u.ewmaNs.Load()),
-				Failures: int(u.fails.Load()),
-			})
+			s.Upstreams = append(s.Upstreams, upstreamStats(g, u))
 		}
 	}
 	sort.SliceStable(s.Upstreams, func(i, j int) bool { return s.Upstreams[i].Group < s.Upstreams[j].Group })
@@ -491,14 +487,29 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 
 // answerInfo says how a query was answered, for metrics and the query log.
 type answerInfo struct {
-	group    string
-	upstream string
-	blocked  string
-	cacheHit bool
+	group     string
+	upstream  string
+	blocked   string
+	cacheHit  bool
+	cacheMiss bool
 }
 
-// account records one answered query (slow path) in metrics and the query log.
+// account records one answered query (slow path) in metrics and the query
+// log: the one place its counters move. The proxy's own probes (see Probe)
+// are not client traffic and are not recorded.
 func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info answerInfo, src netip.AddrPort) {
+	if p.probing(src) {
+		return
+	}
+	switch {
+	case info.blocked != "":
+		p.blockedN.Add(1)
+		p.met.blocked.WithLabelValues(info.blocked).Inc()
+	case info.cacheHit:
+		p.met.cacheHits.inc(shard)
+	case info.cacheMiss:
+		p.met.cacheMisses.inc(shard)
+	}
 	var qtype uint16
 	name := ""
 	if len(req.Question) > 0 {
@@ -534,8 +545,6 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 	}
 	q := req.Question[0]
 	if reason := st.policy.check(q.Name); reason != "" {
-		p.blockedN.Add(1)
-		p.met.blocked.WithLabelValues(reason).Inc()
 		info.blocked = reason
 		return p.finish(st, policyAnswer(req, reason), req, blockedEDE(reason)), info
 	}
@@ -559,7 +568,6 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 	now := p.now().UnixNano()
 	if e := p.cache.get(key[:kn], now); e != nil && e.group == g.label {
 		e.gen.Store(st.gen) // revalidated against current policy and routing
-		p.met.cacheHits.inc(shard)
 		qi := query{id: req.Id, flags: msgFlags(req), nameLen: nn}
 		if opt != nil {
 			qi.do = opt.Do()
@@ -571,7 +579,7 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 			return p.finish(st, r, req, nil), info
 		}
 	}
-	p.met.cacheMisses.inc(shard)
+	info.cacheMiss = true
 	res := p.resolve(ctx, st, g, req, string(key[:kn]))
 	info.upstream = res.upstream
 	if res.msg == nil {

@@ -47,8 +47,8 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		resp, info = p.serve(p.ctx, st, req, shard)
 	}
+	p.account(shard, start, req, resp, info, src)
 	if err := w.WriteMsg(resp); err != nil {
 		p.log.Debug("write dns tcp answer", "client", src.String(), "error", err)
 	}
-	p.account(shard, start, req, resp, info, src)
 }

@@ -263,6 +263,9 @@ func (p *Proxy) slowAcquire() bool {
 // handlePacket is the UDP fast path. It returns the answer to write, or
 // slow=true when the packet needs the slow path, or neither to drop it.
 func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (resp []byte, slow bool) {
+	if p.probing(src) {
+		return nil, true // the proxy's own probe: answered and left out of the counters on the slow path
+	}
 	start := p.now()
 	now := start.UnixNano()
 	st := p.st.Load()
@@ -307,7 +310,7 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 
 // slowPacket answers one UDP packet that the fast path could not: unpack,
 // serve, pack, truncate to the client's buffer. The packet was admitted
-// (ACL, rate limit) by handlePacket.
+// (ACL, rate limit) by handlePacket, or is one of the proxy's own probes.
 func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, shard int) []byte {
 	start := p.now()
 	st := p.st.Load()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,42 +53,88 @@ func listenControl(path string) (net.Listener, error) {
 // ErrRunning means another sluice already runs for this interface.
 var ErrRunning = errors.New("another sluice is already running for this interface; stop it first or use another interface.name")
 
-type reloadResult struct {
-	Applied bool     `json:"applied"`
-	Errors  []string `json:"errors,omitempty"`
-	Notes   []string `json:"notes,omitempty"`
+// controlled is what the control socket serves; *Gateway implements it and
+// tests fake it. Every method returns an error wrapping ErrNotReady while
+// the daemon is starting or stopping.
+type controlled interface {
+	Status() (*Status, error)
+	SyncPeers() error
+	Reload() (ReloadResult, error)
+	FirewallText() (string, error)
+	Doctor(ctx context.Context, peer string) (*Report, error)
+	// Trace streams the queries of peer ("user" or "user/device") until
+	// stop is called; errors wrap errBadPeer or errNoPeer for bad names.
+	Trace(peer string, buf int) (records <-chan TraceRecord, stop func(), err error)
 }
 
-// controlHandler serves the CLI. Streams (trace) end when ctx, the daemon's
-// run, ends.
-func (g *Gateway) controlHandler(ctx context.Context) http.Handler {
+// Errors of the control API that map to HTTP statuses.
+var (
+	errBadPeer = errors.New("bad peer name")
+	errNoPeer  = errors.New("no such peer")
+)
+
+// httpStatus maps an error of a controlled method to its HTTP status.
+func httpStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrNotReady):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, errBadPeer):
+		return http.StatusBadRequest
+	case errors.Is(err, errNoPeer):
+		return http.StatusNotFound
+	}
+	return http.StatusInternalServerError
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	http.Error(w, err.Error(), httpStatus(err))
+}
+
+// newControlHandler serves the CLI. Streams (trace) end when ctx, the
+// daemon's run, ends.
+func newControlHandler(ctx context.Context, d controlled) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, g.Status())
+		st, err := d.Status()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, st)
 	})
 	mux.HandleFunc("POST /v1/peers/sync", func(w http.ResponseWriter, r *http.Request) {
-		if err := g.syncPeers(); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+		if err := d.SyncPeers(); err != nil {
+			writeError(w, err)
 			return
 		}
 		writeJSON(w, map[string]bool{"ok": true})
 	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, g.Reload())
+		res, err := d.Reload()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, res)
 	})
 	mux.HandleFunc("GET /v1/firewall", func(w http.ResponseWriter, r *http.Request) {
-		text, err := g.fw.Render()
+		text, err := d.FirewallText()
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			writeError(w, err)
 			return
 		}
 		io.WriteString(w, text)
 	})
 	mux.HandleFunc("GET /v1/doctor", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, g.Doctor(r.Context(), r.URL.Query().Get("peer")))
+		rep, err := d.Doctor(r.Context(), r.URL.Query().Get("peer"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, rep)
 	})
 	mux.HandleFunc("GET /v1/trace", func(w http.ResponseWriter, r *http.Request) {
-		g.serveTrace(ctx, w, r)
+		serveTrace(ctx, d, w, r)
 	})
 	return mux
 }
@@ -97,35 +144,12 @@ const traceBuffer = 1024
 
 // serveTrace streams the DNS queries of one peer (all its devices when only
 // the user is named) as JSON lines until the client goes away.
-func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-	id := r.URL.Query().Get("peer")
-	user, device := id, "" // a user alone: every device of that user
-	var err error
-	if strings.Contains(id, "/") {
-		user, device, err = peers.ParseID(id)
-	} else {
-		err = peers.ValidateName("user", id)
-	}
+func serveTrace(ctx context.Context, d controlled, w http.ResponseWriter, r *http.Request) {
+	records, stop, err := d.Trace(r.URL.Query().Get("peer"), traceBuffer)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err)
 		return
 	}
-	list, err := g.store.List()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	var addrs []netip.Addr
-	for _, p := range list {
-		if p.User == user && (device == "" || p.Device == device) {
-			addrs = append(addrs, p.IPv4, p.IPv6)
-		}
-	}
-	if len(addrs) == 0 {
-		http.Error(w, fmt.Sprintf("no peer %q (see sluice peer list)", id), http.StatusNotFound)
-		return
-	}
-	records, stop := g.proxy.Tap(addrs, traceBuffer)
 	defer stop()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
@@ -137,8 +161,7 @@ func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http
 	for {
 		select {
 		case rec := <-records:
-			line := traceLine{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}
-			if err := enc.Encode(line); err != nil {
+			if err := enc.Encode(rec); err != nil {
 				return
 			}
 			if flusher != nil {
@@ -152,14 +175,86 @@ func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http
 	}
 }
 
-// traceLine is one record of `sluice peer trace`.
-type traceLine struct {
-	Peer string `json:"peer"`
-	dnsproxy.QueryRecord
+// SyncPeers applies the peer store to the device now.
+func (g *Gateway) SyncPeers() error { return g.use(g.syncPeers) }
+
+// FirewallText returns the active table in nft syntax, with counters.
+func (g *Gateway) FirewallText() (string, error) {
+	var text string
+	err := g.use(func() (err error) {
+		text, err = g.fw.Render()
+		return err
+	})
+	return text, err
 }
 
-func (g *Gateway) serveControl(ctx context.Context, ln net.Listener) error {
-	return serveHTTP(ctx, ln, g.controlHandler(ctx))
+// Trace streams the DNS queries of peer, a user (every device) or
+// "user/device", named, until stop is called.
+func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error) {
+	user, device := peer, "" // a user alone: every device of that user
+	var err error
+	if strings.Contains(peer, "/") {
+		user, device, err = peers.ParseID(peer)
+	} else {
+		err = peers.ValidateName("user", peer)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errBadPeer, err)
+	}
+	var records <-chan dnsproxy.QueryRecord
+	var stopTap func()
+	err = g.use(func() error {
+		list, err := g.store.List()
+		if err != nil {
+			return err
+		}
+		var addrs []netip.Addr
+		for _, p := range list {
+			if p.User == user && (device == "" || p.Device == device) {
+				addrs = append(addrs, p.IPv4, p.IPv6)
+			}
+		}
+		if len(addrs) == 0 {
+			return fmt.Errorf("%w %q (see sluice peer list)", errNoPeer, peer)
+		}
+		records, stopTap = g.proxy.Tap(addrs, buf)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(chan TraceRecord, buf)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() { // names each record; ends at stop
+		defer close(finished)
+		for {
+			select {
+			case rec := <-records:
+				select {
+				case out <- TraceRecord{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}:
+				default: // the reader lags: drop, like the tap
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			close(done)
+			<-finished
+			stopTap()
+		})
+	}
+	return out, stop, nil
+}
+
+// TraceRecord is one query of a traced peer, as `sluice peer trace` shows it.
+type TraceRecord struct {
+	Peer string `json:"peer"`
+	dnsproxy.QueryRecord
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -198,18 +293,41 @@ func (c *Client) open(ctx context.Context, hc *http.Client, method, path string)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return nil, fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
-		}
-		return nil, fmt.Errorf("ask daemon %s: %w", path, err)
+		return nil, c.dialError(path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return nil, fmt.Errorf("daemon %s: %s", path, bytes.TrimSpace(body))
+		msg := string(bytes.TrimSpace(body))
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			// The daemon runs but is starting or stopping.
+			return nil, fmt.Errorf("%w: %s", ErrNotReady, strings.TrimPrefix(msg, ErrNotReady.Error()+": "))
+		}
+		return nil, fmt.Errorf("daemon %s: %s", path, msg)
 	}
 	return resp, nil
+}
+
+// ErrPermission is returned when the control socket exists but this user
+// may not use it (it is 0600, owned by the daemon's user).
+var ErrPermission = errors.New("permission denied")
+
+// dialError explains a failed request: no daemon, a daemon this user may
+// not talk to, or a failure talking to it.
+func (c *Client) dialError(path string, err error) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "dial" {
+		if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// The connection was taken, then closed unanswered: the
+			// daemon stopped (or died) in between.
+			return fmt.Errorf("%w (the daemon on %s went away before answering %s)", ErrNotRunning, c.path, path)
+		}
+		return fmt.Errorf("ask daemon %s: %w", path, err)
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w on the control socket %s: run as root", ErrPermission, c.path)
+	}
+	return fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.path)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
@@ -247,7 +365,7 @@ func (c *Client) SyncPeers(ctx context.Context) error {
 
 // Reload asks the daemon to re-read its configuration.
 func (c *Client) Reload(ctx context.Context) (applied bool, notes []string, err error) {
-	var r reloadResult
+	var r ReloadResult
 	if err := c.do(ctx, http.MethodPost, "/v1/reload", &r); err != nil {
 		return false, nil, err
 	}
@@ -262,9 +380,6 @@ func (c *Client) Firewall(ctx context.Context) (string, error) {
 	var s string
 	return s, c.do(ctx, http.MethodGet, "/v1/firewall", &s)
 }
-
-// TraceRecord is one query of a traced peer.
-type TraceRecord = traceLine
 
 // Trace streams the DNS queries of peer ("user" or "user/device") to fn
 // until ctx ends or fn returns an error.

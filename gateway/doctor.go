@@ -2,19 +2,14 @@ package gateway
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
 	"github.com/sluice-vpn/sluice/firewall"
@@ -49,14 +44,27 @@ func (r *Report) add(c Check) {
 // handshaken; how is each upstream routed and does it answer; is the
 // firewall in place; does the proxy answer on every tunnel address and
 // block the canaries. With peer ("user/device") it adds that peer's view.
-func (g *Gateway) Doctor(ctx context.Context, peer string) *Report {
+//
+// Its upstream checks are the proxy's own health checks (CheckUpstreams),
+// so `sluice status` shows the same health afterwards; its queries to the
+// proxy are probes, not counted as client traffic.
+func (g *Gateway) Doctor(ctx context.Context, peer string) (*Report, error) {
+	var r *Report
+	err := g.use(func() error {
+		r = g.doctorLocked(ctx, peer)
+		return nil
+	})
+	return r, err
+}
+
+func (g *Gateway) doctorLocked(ctx context.Context, peer string) *Report {
 	cfg := g.Config()
 	r := &Report{}
 	g.doctorInterface(r, cfg)
 	g.doctorUpstreams(ctx, r, cfg)
-	g.doctorFirewall(r)
+	g.doctorFirewall(r, cfg)
 	if cfg.forwards() {
-		if off := forwardingOff(); len(off) > 0 {
+		if off := g.parts.host.forwardingOff(); len(off) > 0 {
 			r.add(Check{Name: "forwarding", Detail: "off: " + strings.Join(off, ", "), Action: "peers cannot reach peers.routes or the internet: something turned forwarding off; restart sluice or set the sysctls to 1"})
 		} else {
 			r.add(Check{Name: "forwarding", OK: true, Detail: "IPv4 and IPv6 forwarding on"})
@@ -74,14 +82,14 @@ func (g *Gateway) Doctor(ctx context.Context, peer string) *Report {
 }
 
 func (g *Gateway) doctorInterface(r *Report, cfg *Config) {
-	link, err := netlink.LinkByName(cfg.Interface.Name)
+	link, err := g.parts.host.link(cfg.Interface.Name)
 	switch {
 	case err != nil:
 		r.add(Check{Name: "interface", Detail: err.Error(), Action: "restart sluice; check `journalctl -u sluice` for why the interface went away"})
-	case link.Attrs().Flags&net.FlagUp == 0:
+	case !link.Up:
 		r.add(Check{Name: "interface", Detail: cfg.Interface.Name + " is down", Action: "restart sluice (something set the link down)"})
 	default:
-		r.add(Check{Name: "interface", OK: true, Detail: fmt.Sprintf("%s up (%s backend, mtu %d)", cfg.Interface.Name, g.dev.Backend(), link.Attrs().MTU)})
+		r.add(Check{Name: "interface", OK: true, Detail: fmt.Sprintf("%s up (%s backend, mtu %d)", cfg.Interface.Name, g.dev.Backend(), link.MTU)})
 	}
 	stats, err := g.dev.Stats()
 	if err != nil {
@@ -115,63 +123,61 @@ func (g *Gateway) peerLabel(ips []net.IPNet) string {
 	return "?"
 }
 
-// defaultRouteLinks returns the interfaces of the default routes (v4 and v6).
-func defaultRouteLinks() map[int]string {
-	out := map[int]string{}
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Dst: nil}, netlink.RT_FILTER_DST)
-		if err != nil {
-			continue
-		}
-		for _, rt := range routes {
-			if rt.Dst == nil || rt.Dst.IP.IsUnspecified() {
-				if l, err := netlink.LinkByIndex(rt.LinkIndex); err == nil {
-					out[rt.LinkIndex] = l.Attrs().Name
-				}
-			}
-		}
-	}
-	return out
-}
-
+// doctorUpstreams reports the route to every upstream and the outcome of a
+// health check run now by the proxy itself: the same check, and the same
+// health state, that `sluice status` and /readyz show.
 func (g *Gateway) doctorUpstreams(ctx context.Context, r *Report, cfg *Config) {
-	egress := defaultRouteLinks()
-	roots, err := loadRoots(cfg.DNS.TLSCAFile)
-	if err != nil {
-		r.add(Check{Name: "dns.tls_ca_file", Detail: err.Error(), Action: "fix the CA file"})
+	internal := map[string]bool{} // group label → an internal zone's group
+	for _, z := range cfg.DNS.Zones {
+		internal[dns.Fqdn(strings.ToLower(z.Name))] = true
 	}
-	groups := append([]dnsproxy.Zone{}, cfg.DNS.Zones...)
-	groups = append(groups, dnsproxy.Zone{Name: "", Upstreams: cfg.DNS.Default.Upstreams})
-	for _, z := range groups {
-		group := z.Name
-		if group == "" {
-			group = "default"
+	qctx, cancel := context.WithTimeout(ctx, doctorQueryTimeout)
+	defer cancel()
+	checks := g.proxy.CheckUpstreams(qctx)
+	for _, c := range checks {
+		if ap, err := netip.ParseAddrPort(upstreamHostPort(c.Addr)); err == nil {
+			g.doctorRoute(r, c.Group, internal[dns.Fqdn(c.Group)] && c.Group != "default", ap.Addr())
 		}
-		for _, u := range z.Upstreams {
-			g.doctorRoute(r, group, z.Name != "", u, egress)
-			doctorQuery(ctx, r, group, z.Name, u, roots)
+		name := fmt.Sprintf("query %s (%s)", c.Addr, c.Group)
+		health := "healthy"
+		if !c.Healthy {
+			health = "EJECTED: queries go to the group's other upstreams"
+		}
+		if c.Failures > 0 {
+			health += fmt.Sprintf(", %d failures in a row", c.Failures)
+		}
+		switch {
+		case c.Error != "":
+			r.add(Check{Name: name, Detail: fmt.Sprintf("%s: %s (%s)", c.Query, c.Error, health),
+				Action: "the resolver does not answer: check it is running and reachable from the gateway"})
+		default:
+			r.add(Check{Name: name, OK: true, Detail: fmt.Sprintf("%s: %s in %s (%s)", c.Query, c.Rcode, c.RTT.Round(time.Microsecond), health)})
 		}
 	}
 }
 
-func (g *Gateway) doctorRoute(r *Report, group string, internal bool, u dnsproxy.Upstream, egress map[int]string) {
-	name := fmt.Sprintf("route %s (%s)", u.Addr.Addr(), group)
-	routes, err := netlink.RouteGet(net.IP(u.Addr.Addr().AsSlice()))
-	if err != nil || len(routes) == 0 {
+// upstreamHostPort strips an upstream label ("tls://1.2.3.4:853#name",
+// "tcp://...", "1.2.3.4:53") to its address and port.
+func upstreamHostPort(label string) string {
+	if _, rest, ok := strings.Cut(label, "://"); ok {
+		label = rest
+	}
+	host, _, _ := strings.Cut(label, "#")
+	return host
+}
+
+func (g *Gateway) doctorRoute(r *Report, group string, internal bool, a netip.Addr) {
+	name := fmt.Sprintf("route %s (%s)", a, group)
+	rt, err := g.parts.host.route(a)
+	if err != nil {
 		r.add(Check{Name: name, Detail: fmt.Sprintf("no route: %v", err), Action: "add a route to this resolver"})
 		return
 	}
-	rt := routes[0]
-	ifname := strconv.Itoa(rt.LinkIndex)
-	if l, err := netlink.LinkByIndex(rt.LinkIndex); err == nil {
-		ifname = l.Attrs().Name
+	detail := "out of " + rt.Interface
+	if rt.Via != "" {
+		detail += " via " + rt.Via
 	}
-	via := ""
-	if rt.Gw != nil {
-		via = " via " + rt.Gw.String()
-	}
-	detail := fmt.Sprintf("out of %s%s", ifname, via)
-	if _, isEgress := egress[rt.LinkIndex]; internal && isEgress && !routeIsSpecific(u.Addr.Addr()) {
+	if internal && rt.Internet {
 		r.add(Check{Name: name, Detail: detail + ", the internet-facing interface (default route)",
 			Action: "an internal zone's resolver must not be reached over the internet: add a route to it through the internal network"})
 		return
@@ -179,63 +185,15 @@ func (g *Gateway) doctorRoute(r *Report, group string, internal bool, u dnsproxy
 	r.add(Check{Name: name, OK: true, Detail: detail})
 }
 
-// routeIsSpecific reports whether a non-default route covers a.
-func routeIsSpecific(a netip.Addr) bool {
-	fam := netlink.FAMILY_V4
-	if a.Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	routes, err := netlink.RouteList(nil, fam)
-	if err != nil {
-		return false
-	}
-	for _, rt := range routes {
-		if rt.Dst == nil {
-			continue
-		}
-		ones, _ := rt.Dst.Mask.Size()
-		if ones == 0 {
-			continue
-		}
-		if p, ok := netip.AddrFromSlice(rt.Dst.IP); ok && netip.PrefixFrom(p.Unmap(), ones).Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func doctorQuery(ctx context.Context, r *Report, group, zone string, u dnsproxy.Upstream, roots *x509.CertPool) {
-	name := fmt.Sprintf("query %s (%s)", u.Addr, group)
-	q := new(dns.Msg)
-	qname := dns.Fqdn(zone)
-	q.SetQuestion(qname, dns.TypeSOA)
-	c := &dns.Client{Timeout: doctorQueryTimeout}
-	switch u.Proto {
-	case "tcp":
-		c.Net = "tcp"
-	case "tls":
-		c.Net = "tcp-tls"
-		c.TLSConfig = &tls.Config{ServerName: u.ServerName, MinVersion: tls.VersionTLS12, RootCAs: roots}
-	}
-	qctx, cancel := context.WithTimeout(ctx, doctorQueryTimeout)
-	defer cancel()
-	resp, rtt, err := c.ExchangeContext(qctx, q, u.Addr.String())
-	if err != nil {
-		r.add(Check{Name: name, Detail: fmt.Sprintf("SOA %s: %v", qname, err), Action: "the resolver does not answer: check it is running and reachable from the gateway"})
+func (g *Gateway) doctorFirewall(r *Report, cfg *Config) {
+	action := "the table is missing: sluice re-applies it within a second; if this persists another tool keeps removing it"
+	if err := g.fw.Present(); err != nil {
+		r.add(Check{Name: "firewall", Detail: err.Error(), Action: action})
 		return
 	}
-	rc := dns.RcodeToString[resp.Rcode]
-	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
-		r.add(Check{Name: name, Detail: fmt.Sprintf("SOA %s: %s in %s", qname, rc, rtt.Round(time.Microsecond)), Action: "the resolver answers but fails: check its logs"})
-		return
-	}
-	r.add(Check{Name: name, OK: true, Detail: fmt.Sprintf("SOA %s: %s in %s", qname, rc, rtt.Round(time.Microsecond))})
-}
-
-func (g *Gateway) doctorFirewall(r *Report) {
 	counters, err := g.fw.Counters()
 	if err != nil {
-		r.add(Check{Name: "firewall", Detail: err.Error(), Action: "the table is missing: sluice re-applies it within a second; if this persists another tool keeps removing it"})
+		r.add(Check{Name: "firewall", Detail: err.Error(), Action: action})
 		return
 	}
 	var parts []string
@@ -243,20 +201,23 @@ func (g *Gateway) doctorFirewall(r *Report) {
 		parts = append(parts, fmt.Sprintf("%s=%d", reason, c.Packets))
 	}
 	slices.Sort(parts)
-	r.add(Check{Name: "firewall", OK: true, Detail: "table " + g.Config().FirewallTable + " present: " + strings.Join(parts, " ")})
+	r.add(Check{Name: "firewall", OK: true, Detail: "table " + cfg.FirewallTable + " present: " + strings.Join(parts, " ")})
 }
 
 // canaries are names the proxy must answer NXDOMAIN for, by default.
 var canaries = []string{"use-application-dns.net.", "mask.icloud.com."}
 
+// doctorProxy asks the proxy on every in-tunnel address for the canaries,
+// over its real sockets, as probes: they are not client traffic.
 func (g *Gateway) doctorProxy(ctx context.Context, r *Report, cfg *Config) {
 	for _, a := range cfg.Resolvers() {
-		addr := netip.AddrPortFrom(a, dnsproxy.DefaultPort).String()
-		c := &dns.Client{Timeout: doctorQueryTimeout}
+		addr := netip.AddrPortFrom(a, dnsproxy.DefaultPort)
 		for _, name := range canaries {
 			q := new(dns.Msg)
 			q.SetQuestion(name, dns.TypeA)
-			resp, rtt, err := c.ExchangeContext(ctx, q, addr)
+			qctx, cancel := context.WithTimeout(ctx, doctorQueryTimeout)
+			resp, rtt, err := g.proxy.Probe(qctx, addr, q)
+			cancel()
 			check := Check{Name: fmt.Sprintf("proxy %s %s", addr, strings.TrimSuffix(name, "."))}
 			switch {
 			case err != nil:
@@ -314,22 +275,6 @@ func humanTime(t time.Time) string {
 		return "never"
 	}
 	return time.Since(t).Round(time.Second).String() + " ago"
-}
-
-// loadRoots reads a PEM CA bundle; "" means the system roots (nil).
-func loadRoots(file string) (*x509.CertPool, error) {
-	if file == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
-	}
-	return pool, nil
 }
 
 // doctorPeerTraffic reports what the firewall saw of a peer's DNS since the

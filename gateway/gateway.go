@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -27,16 +26,16 @@ import (
 	"github.com/sluice-vpn/sluice/peers"
 )
 
-// peerPollInterval bounds how long a peer change made without the control
-// socket (another process editing the store) takes to reach the device.
-const peerPollInterval = 500 * time.Millisecond
-
 // Options are the gateway's collaborators.
 type Options struct {
 	Logger *slog.Logger
-	// Ready is called once the interface, proxy and firewall are up.
+	// Ready is called once the interface, proxy and firewall are up, and
+	// again each time a reload has finished (systemd's READY=1).
 	Ready func()
-	// Watchdog, if set, is called periodically while the gateway is healthy.
+	// Reloading is called when a reload starts (systemd's RELOADING=1);
+	// Ready follows when it is done, whatever its result.
+	Reloading func()
+	// Watchdog, if set, is called periodically while the gateway runs.
 	Watchdog func()
 }
 
@@ -45,20 +44,83 @@ type Gateway struct {
 	log      *slog.Logger
 	opts     Options
 	reg      *prometheus.Registry
-	started  time.Time
-	store    *peers.Store
-	dev      *wgdev.Device
-	proxy    *dnsproxy.Proxy
-	fw       *firewall.Firewall
+	parts    components // builds the device, proxy and firewall; fakes in tests
 	metrics  *gatewayMetrics
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
 
 	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
 
-	mu    sync.RWMutex // protects cfg, ready
-	cfg   *Config
-	ready bool
+	// life is the lifecycle's one owner. Run's transitions and Reload hold
+	// it for writing; every other use of the components below (status,
+	// doctor, firewall, trace, peer sync from the control socket) holds it
+	// for reading and first checks phase. So nothing touches a component
+	// before Run has built it, two reloads never overlap, and a stop waits
+	// for the reload or request in progress, after which no new one starts.
+	life    sync.RWMutex
+	phase   phase // protected by life
+	started time.Time
+	store   *peers.Store
+	dev     device
+	proxy   resolver
+	fw      table
+
+	mu  sync.RWMutex // protects cfg
+	cfg *Config
+}
+
+// phase is where the gateway is in its life.
+type phase int
+
+const (
+	phaseNew      phase = iota // New returned, Run not called yet
+	phaseStarting              // Run is bringing the components up
+	phaseReady                 // everything up, serving
+	phaseStopping              // Run is tearing down
+	phaseStopped               // Run returned
+)
+
+func (p phase) String() string {
+	switch p {
+	case phaseNew, phaseStarting:
+		return "still starting"
+	case phaseReady:
+		return "ready"
+	case phaseStopping:
+		return "stopping"
+	}
+	return "stopped"
+}
+
+// ErrNotReady is returned by operations asked of a gateway that is not up
+// yet (or no longer): reload, status, doctor and the other control calls.
+var ErrNotReady = errors.New("not ready yet")
+
+// notReadyLocked explains why the gateway cannot serve a request. g.life
+// must be held.
+func (g *Gateway) notReadyLocked() error {
+	if g.phase == phaseReady {
+		return nil
+	}
+	return fmt.Errorf("%w: sluice is %s", ErrNotReady, g.phase)
+}
+
+// use runs fn while the gateway is ready, holding the lifecycle for
+// reading so that no stop or reload starts under it; otherwise it returns
+// an error wrapping ErrNotReady.
+func (g *Gateway) use(fn func() error) error {
+	g.life.RLock()
+	defer g.life.RUnlock()
+	if err := g.notReadyLocked(); err != nil {
+		return err
+	}
+	return fn()
+}
+
+func (g *Gateway) setPhase(p phase) {
+	g.life.Lock()
+	g.phase = p
+	g.life.Unlock()
 }
 
 // New prepares a gateway for cfg; Run brings it up.
@@ -68,7 +130,7 @@ func New(cfg *Config, opts Options) *Gateway {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg)}
+	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg), parts: hostComponents()}
 }
 
 // Config returns the configuration in force.
@@ -79,8 +141,18 @@ func (g *Gateway) Config() *Config {
 }
 
 // Run brings everything up, serves until ctx is done, then tears everything
-// down in reverse order. A failure part-way undoes what was done.
+// down in reverse order. A failure part-way undoes what was done. Run may
+// be called once.
 func (g *Gateway) Run(ctx context.Context) (err error) {
+	g.life.Lock()
+	if g.phase != phaseNew {
+		g.life.Unlock()
+		return errors.New("run gateway: already run")
+	}
+	g.phase = phaseStarting
+	g.life.Unlock()
+	defer g.setPhase(phaseStopped) // after every undo below
+
 	cfg := g.Config()
 	if err := Preflight(cfg); err != nil {
 		return err
@@ -101,31 +173,44 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("open peer store: %w", err)
 	}
 	// The control socket is claimed first: a second `sluice up` for the same
-	// interface stops here without touching the running one.
+	// interface stops here without touching the running one. It answers from
+	// now until the very end ("not ready yet" while starting and stopping).
+	// Requests carry runCtx: streams and the doctor end when the stop begins.
 	ctl, err := listenControl(cfg.ControlSocket())
 	if err != nil {
 		return err
 	}
-	undo = append(undo, func() { ctl.Close() })
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctlCtx, ctlStop := context.WithCancel(context.Background())
+	ctlDone := make(chan struct{})
+	go func() {
+		defer close(ctlDone)
+		if err := serveHTTP(ctlCtx, ctl, newControlHandler(runCtx, g), runCtx); err != nil {
+			g.log.Error("control socket stopped", "err", err)
+		}
+	}()
+	undo = append(undo, func() { ctlStop(); <-ctlDone })
 
 	// The table goes in before the interface exists and comes out after it
 	// is gone, so no peer packet ever passes without it (it matches the
 	// interface by name). Forwarding is only turned on once it is in place.
-	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
+	fw, err := g.parts.firewall(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
 	if err != nil {
 		return fmt.Errorf("open firewall: %w", err)
 	}
-	if err := g.fw.Apply(g.firewallSpec(cfg)); err != nil {
-		g.fw.Close()
+	if err := fw.Apply(g.firewallSpec(cfg)); err != nil {
+		fw.Close()
 		return fmt.Errorf("apply firewall: %w", err)
 	}
+	g.fw = fw
 	undo = append(undo, func() {
-		if err := g.fw.Close(); err != nil {
+		if err := fw.Close(); err != nil {
 			g.log.Error("close firewall", "err", err)
 		}
 	})
 
-	g.dev, err = wgdev.Open(ctx, wgdev.Config{
+	dev, err := g.parts.device(ctx, wgdev.Config{
 		Name:       cfg.Interface.Name,
 		Backend:    cfg.Interface.Backend,
 		PrivateKey: key,
@@ -137,17 +222,18 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("bring up interface %s: %w", cfg.Interface.Name, err)
 	}
+	g.dev = dev
 	undo = append(undo, func() {
-		if err := g.dev.Close(); err != nil {
+		if err := dev.Close(); err != nil {
 			g.log.Error("remove interface", "interface", cfg.Interface.Name, "err", err)
 		}
 	})
-	g.log.Info("interface up", "interface", g.dev.Name(), "backend", g.dev.Backend(), "public_key", g.dev.PublicKey().String(), "listen_port", cfg.Interface.ListenPort)
+	g.log.Info("interface up", "interface", dev.Name(), "backend", dev.Backend(), "public_key", dev.PublicKey().String(), "listen_port", cfg.Interface.ListenPort)
 	if err := g.syncPeers(); err != nil {
 		return err
 	}
 
-	g.proxy, err = dnsproxy.New(cfg.DNS, dnsproxy.Options{
+	proxy, err := g.parts.resolver(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
 		Identities: &g.peerIdx,
@@ -155,13 +241,14 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("configure dns proxy: %w", err)
 	}
-	if err := g.proxy.Start(ctx); err != nil {
+	if err := proxy.Start(ctx); err != nil {
 		return fmt.Errorf("start dns proxy: %w", err)
 	}
-	undo = append(undo, func() { g.proxy.Close() })
+	g.proxy = proxy
+	undo = append(undo, func() { proxy.Close() })
 
 	if cfg.forwards() {
-		changed, err := enableForwarding()
+		changed, err := g.parts.host.enableForwarding()
 		if err != nil {
 			return fmt.Errorf("peers route through the gateway: %w", err)
 		}
@@ -170,7 +257,6 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	undo = append(undo, func() { cancel(); wg.Wait() })
 	start := func(name string, fn func(context.Context) error) {
@@ -182,8 +268,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	start("firewall watch", g.fw.Run)
-	start("control socket", func(ctx context.Context) error { return g.serveControl(ctx, ctl) })
+	start("firewall watch", fw.Run)
 	if cfg.Admin.Listen != "" {
 		admin, err := g.listenAdmin(cfg.Admin.Listen)
 		if err != nil {
@@ -193,9 +278,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	start("peer watch", g.watchPeers)
 
-	g.mu.Lock()
-	g.ready = true
-	g.mu.Unlock()
+	g.setPhase(phaseReady)
 	g.log.Info("ready", "interface", cfg.Interface.Name, "resolvers", cfg.Resolvers(), "mode", cfg.Mode, "admin", cfg.Admin.Listen, "control", cfg.ControlSocket())
 	if g.opts.Ready != nil {
 		g.opts.Ready()
@@ -204,13 +287,15 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		start("watchdog", g.watchdog)
 	}
 	<-ctx.Done()
-	g.mu.Lock()
-	g.ready = false
-	g.mu.Unlock()
+	// Waits for a reload or request in progress; none starts after this.
+	g.setPhase(phaseStopping)
 	g.log.Info("stopping", "interface", cfg.Interface.Name)
 	return nil
 }
 
+// watchdog pings systemd while the gateway runs. It follows liveness, not
+// readiness: a dead upstream makes /readyz fail, but a restart would not
+// bring the upstream back.
 func (g *Gateway) watchdog(ctx context.Context) error {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -219,22 +304,11 @@ func (g *Gateway) watchdog(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if g.healthy() == nil {
+			if g.use(func() error { return nil }) == nil {
 				g.opts.Watchdog()
 			}
 		}
 	}
-}
-
-// healthy reports why the gateway is not ready to serve, or nil.
-func (g *Gateway) healthy() error {
-	g.mu.RLock()
-	ready := g.ready
-	g.mu.RUnlock()
-	if !ready {
-		return errors.New("not ready")
-	}
-	return nil
 }
 
 // firewallSpec is the desired firewall state for cfg.
@@ -257,70 +331,6 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 		Config:         cfg.Enforce,
 		DoHSet:         firewall.NormalizePrefixes(doh, cfg.Enforce.DoHAllow),
 	}
-}
-
-// peerName maps a tunnel address to "user/device", or "".
-func (g *Gateway) peerName(a netip.Addr) string {
-	if p, ok := g.peerIdx.Lookup(a); ok {
-		return p.Name
-	}
-	return ""
-}
-
-// watchPeers applies store changes made by other processes.
-func (g *Gateway) watchPeers(ctx context.Context) error {
-	t := time.NewTicker(peerPollInterval)
-	defer t.Stop()
-	var errs errorLatch // a damaged store is logged once, and on change
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			errs.report(g.log, "sync peers", g.syncPeers())
-		}
-	}
-}
-
-// syncPeers brings the device's peers in line with the store, if it changed.
-func (g *Gateway) syncPeers() error {
-	g.syncMu.Lock()
-	defer g.syncMu.Unlock()
-	ver, err := g.store.Version()
-	if err != nil {
-		return fmt.Errorf("read peer store: %w", err)
-	}
-	if ver == g.lastSync {
-		return nil
-	}
-	list, err := g.store.List()
-	if err != nil {
-		return fmt.Errorf("read peer store: %w", err)
-	}
-	want := make([]wgdev.PeerConfig, 0, len(list))
-	idx := make(map[netip.Addr]*dnsproxy.Peer, 2*len(list))
-	for _, p := range list {
-		want = append(want, wgdev.PeerConfig{
-			PublicKey:    p.PublicKey,
-			PresharedKey: p.PresharedKey,
-			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(p.IPv4, 32), netip.PrefixFrom(p.IPv6, 128)},
-		})
-		who := &dnsproxy.Peer{Name: p.ID(), V4: p.IPv4, V6: p.IPv6}
-		idx[p.IPv4] = who
-		idx[p.IPv6] = who
-	}
-	start := time.Now()
-	added, removed, updated, err := g.dev.SyncPeers(want)
-	if err != nil {
-		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
-	}
-	g.peerIdx.set(idx)
-	g.lastSync = ver
-	g.metrics.peers.Set(float64(len(list)))
-	if added+removed+updated > 0 {
-		g.log.Info("peers applied", "total", len(list), "added", added, "removed", removed, "updated", updated, "took", time.Since(start).Round(time.Microsecond))
-	}
-	return nil
 }
 
 // LoadOrCreateKey reads a WireGuard private key file, creating it (0600, in a

@@ -8,13 +8,42 @@ import (
 	"slices"
 )
 
+// ReloadResult is the outcome of a reload that ran.
+type ReloadResult struct {
+	Applied bool     `json:"applied"`
+	Errors  []string `json:"errors,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+}
+
 // Reload re-reads the configuration file. An invalid file is refused with
 // its file:line errors and the running configuration stays. A valid one is
 // applied without dropping tunnels or the DNS cache: the proxy swaps its
 // routing in place and the firewall table is replaced in one batch, so there
 // is no moment without it. Changes that need the interface re-created are
 // reported and wait for the next start.
-func (g *Gateway) Reload() reloadResult {
+//
+// Reloads are serialized with each other and with the start and stop (a
+// stop waits for a reload in progress). Before the gateway is ready, and
+// once it stops, Reload does nothing and returns an error wrapping
+// ErrNotReady.
+func (g *Gateway) Reload() (ReloadResult, error) {
+	g.life.Lock()
+	defer g.life.Unlock()
+	if err := g.notReadyLocked(); err != nil {
+		g.log.Warn("reload ignored", "err", err)
+		return ReloadResult{}, err
+	}
+	if g.opts.Reloading != nil {
+		g.opts.Reloading()
+	}
+	if g.opts.Ready != nil {
+		defer g.opts.Ready()
+	}
+	return g.reloadLocked(), nil
+}
+
+// reloadLocked is Reload with g.life held for writing.
+func (g *Gateway) reloadLocked() ReloadResult {
 	old := g.Config()
 	next, err := Load(sourcePath(old.Source))
 	if err != nil {
@@ -22,13 +51,13 @@ func (g *Gateway) Reload() reloadResult {
 		g.log.Error("reload refused: configuration invalid, keeping the running one", "err", err)
 		var ces ConfigErrors
 		if errors.As(err, &ces) {
-			r := reloadResult{}
+			r := ReloadResult{}
 			for _, e := range ces {
 				r.Errors = append(r.Errors, e.Error())
 			}
 			return r
 		}
-		return reloadResult{Errors: []string{err.Error()}}
+		return ReloadResult{Errors: []string{err.Error()}}
 	}
 	var notes []string
 	if restart := restartKeys(old, next); len(restart) > 0 {
@@ -42,7 +71,7 @@ func (g *Gateway) Reload() reloadResult {
 	}
 	if err := g.proxy.Reload(next.DNS); err != nil {
 		g.metrics.reloads.WithLabelValues("refused").Inc()
-		return reloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}
+		return ReloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}
 	}
 	if err := g.fw.Apply(g.firewallSpec(next)); err != nil {
 		g.metrics.reloads.WithLabelValues("refused").Inc()
@@ -50,14 +79,14 @@ func (g *Gateway) Reload() reloadResult {
 		if rerr := g.proxy.Reload(old.DNS); rerr != nil {
 			g.log.Error("restore dns configuration", "err", rerr)
 		}
-		return reloadResult{Errors: []string{"firewall: " + err.Error()}, Notes: notes}
+		return ReloadResult{Errors: []string{"firewall: " + err.Error()}, Notes: notes}
 	}
 	g.mu.Lock()
 	g.cfg = next
 	g.mu.Unlock()
 	g.metrics.reloads.WithLabelValues("applied").Inc()
 	g.log.Info("configuration reloaded", "source", next.Source, "notes", notes)
-	return reloadResult{Applied: true, Notes: notes}
+	return ReloadResult{Applied: true, Notes: notes}
 }
 
 // sourcePath maps a Config.Source back to the path Load takes.

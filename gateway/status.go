@@ -20,6 +20,9 @@ type Status struct {
 	Firewall  map[string]firewall.Counter `json:"firewall"`
 	Errors    []string                    `json:"errors,omitempty"`
 	Uptime    string                      `json:"uptime"`
+	// NotReady lists why /readyz fails (no healthy upstream in a group,
+	// firewall table missing); empty when ready.
+	NotReady []string `json:"not_ready,omitempty"`
 }
 
 // InterfaceStatus describes the WireGuard interface.
@@ -45,7 +48,17 @@ type PeerStatus struct {
 }
 
 // Status collects the live state of every component.
-func (g *Gateway) Status() *Status {
+func (g *Gateway) Status() (*Status, error) {
+	var s *Status
+	err := g.use(func() error {
+		s = g.statusLocked()
+		return nil
+	})
+	return s, err
+}
+
+// statusLocked is Status with g.life held.
+func (g *Gateway) statusLocked() *Status {
 	cfg := g.Config()
 	s := &Status{
 		Interface: InterfaceStatus{
@@ -95,6 +108,7 @@ func (g *Gateway) Status() *Status {
 	for r, c := range counters {
 		s.Firewall[string(r)] = c
 	}
+	s.NotReady = g.readinessLocked(s.DNS.Upstreams)
 	return s
 }
 

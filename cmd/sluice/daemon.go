@@ -15,6 +15,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-vpn/sluice/gateway"
 )
@@ -51,6 +52,14 @@ refused and the running configuration stays. Under systemd (Type=notify)
 sluice reports READY=1 once everything is up and pings the watchdog.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Signals are hooked before anything else: a SIGHUP that comes
+			// early is answered "not ready yet" (logged) once the gateway
+			// exists, never by the default action (exit).
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
 			log, err := g.logger(os.Stderr)
 			if err != nil {
 				return err
@@ -59,8 +68,6 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			gw := gateway.New(cfg, gateway.Options{
 				Logger: log,
 				Ready: func() {
@@ -68,28 +75,39 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 						log.Warn("notify systemd", "err", err)
 					}
 				},
-				Watchdog: func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog) }, // best effort, like systemd's own tools
+				Reloading: func() { _, _ = daemon.SdNotify(false, sdNotifyReloading()) },     // best effort
+				Watchdog:  func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog) }, // best effort, like systemd's own tools
 			})
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
+			hupCtx, hupStop := context.WithCancel(ctx)
+			hupDone := make(chan struct{})
 			go func() {
+				defer close(hupDone)
 				for {
 					select {
-					case <-ctx.Done():
+					case <-hupCtx.Done():
 						return
 					case <-hup:
-						_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
-						gw.Reload()
-						_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+						_, _ = gw.Reload() // logged by the gateway, "not ready yet" included
 					}
 				}
 			}()
 			err = gw.Run(ctx)
+			hupStop()
+			<-hupDone
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 			return err
 		},
 	}
+}
+
+// sdNotifyReloading is systemd's RELOADING=1 with the CLOCK_MONOTONIC
+// timestamp that Type=notify-reload asks for.
+func sdNotifyReloading() string {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return daemon.SdNotifyReloading
+	}
+	return fmt.Sprintf("%s\nMONOTONIC_USEC=%d", daemon.SdNotifyReloading, ts.Nano()/1000)
 }
 
 // client connects to the daemon run with the configured file. It does not
@@ -163,6 +181,9 @@ func printStatus(w io.Writer, st *gateway.Status) {
 	}
 	for _, e := range st.Errors {
 		fmt.Fprintf(w, "error: %s\n", e)
+	}
+	for _, e := range st.NotReady {
+		fmt.Fprintf(w, "not ready: %s\n", e)
 	}
 }
 
@@ -253,6 +274,13 @@ backend, addresses, port, key, MTU, dns.listen, admin) need a restart.`,
 			applied, notes, err := c.Reload(cmd.Context())
 			for _, n := range notes {
 				fmt.Fprintln(cmd.ErrOrStderr(), "note:", n)
+			}
+			if errors.Is(err, gateway.ErrNotReady) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "sluice: reload not done: %v; try again once it is up\n", err)
+				return exitError{1}
+			}
+			if errors.Is(err, gateway.ErrNotRunning) || errors.Is(err, gateway.ErrPermission) {
+				return err
 			}
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), "reload refused; the daemon keeps its running configuration:")

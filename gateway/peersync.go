@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/gateway/wgdev"
+)
+
+// peerPollInterval bounds how long a peer change made without the control
+// socket (another process editing the store) takes to reach the device.
+const peerPollInterval = 500 * time.Millisecond
+
+// peerName maps a tunnel address to "user/device", or "".
+func (g *Gateway) peerName(a netip.Addr) string {
+	if p, ok := g.peerIdx.Lookup(a); ok {
+		return p.Name
+	}
+	return ""
+}
+
+// watchPeers applies store changes made by other processes.
+func (g *Gateway) watchPeers(ctx context.Context) error {
+	t := time.NewTicker(peerPollInterval)
+	defer t.Stop()
+	var errs errorLatch // a damaged store is logged once, and on change
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			errs.report(g.log, "sync peers", g.syncPeers())
+		}
+	}
+}
+
+// syncPeers brings the device's peers in line with the store, if it changed.
+func (g *Gateway) syncPeers() error {
+	g.syncMu.Lock()
+	defer g.syncMu.Unlock()
+	ver, err := g.store.Version()
+	if err != nil {
+		return fmt.Errorf("read peer store: %w", err)
+	}
+	if ver == g.lastSync {
+		return nil
+	}
+	list, err := g.store.List()
+	if err != nil {
+		return fmt.Errorf("read peer store: %w", err)
+	}
+	want := make([]wgdev.PeerConfig, 0, len(list))
+	idx := make(map[netip.Addr]*dnsproxy.Peer, 2*len(list))
+	for _, p := range list {
+		want = append(want, wgdev.PeerConfig{
+			PublicKey:    p.PublicKey,
+			PresharedKey: p.PresharedKey,
+			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(p.IPv4, 32), netip.PrefixFrom(p.IPv6, 128)},
+		})
+		who := &dnsproxy.Peer{Name: p.ID(), V4: p.IPv4, V6: p.IPv6}
+		idx[p.IPv4] = who
+		idx[p.IPv6] = who
+	}
+	start := time.Now()
+	added, removed, updated, err := g.dev.SyncPeers(want)
+	if err != nil {
+		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
+	}
+	g.peerIdx.set(idx)
+	g.lastSync = ver
+	g.metrics.peers.Set(float64(len(list)))
+	if added+removed+updated > 0 {
+		g.log.Info("peers applied", "total", len(list), "added", added, "removed", removed, "updated", updated, "took", time.Since(start).Round(time.Microsecond))
+	}
+	return nil
+}
