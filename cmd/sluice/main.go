@@ -75,5 +75,7 @@ split mode, the host's current resolvers as the default DNS group, state in
 			Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "sluice", version) },
 		},
 	)
+	root.AddCommand(newManCmd())
+	installCompletions(root, g)
 	return root
 }
