@@ -63,7 +63,7 @@ func debianRoot(t *testing.T) string {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatalf("root cache: %v", err)
 	}
-	unlock := lockFile(t, filepath.Join(cache, ".lock"), debootstrapTimeout)
+	unlock := lockFile(t, filepath.Join(cache, ".debian-root.lock"), debootstrapTimeout)
 	defer unlock()
 	if rootReady(root) { // built by a concurrent run while we waited
 		return root
