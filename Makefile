@@ -12,8 +12,11 @@ FUZZTIME ?= 15s
 TEST_PKGS  := wireguard-tools wireguard-go nftables unbound bind9-dnsutils knot-dnsutils \
               iproute2 iputils-ping curl tcpdump conntrack ca-certificates
 BENCH_PKGS := dnsperf dnsdist iperf3
+# The systemd tier of e2e (e2e/systemd_test.go) builds a Debian root with
+# debootstrap and boots it with systemd-nspawn.
+SYSTEMD_TEST_PKGS := debootstrap systemd-container
 
-.PHONY: all build deps bench-deps test unit fuzz demo bench bench-quick vet clean
+.PHONY: all build deps bench-deps test unit fuzz demo bench bench-quick vet clean install uninstall
 
 all: build
 
@@ -22,7 +25,7 @@ build:
 
 # deps installs missing Debian packages (root only) and Go modules.
 deps:
-	@missing=""; for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(TEST_PKGS) $(SYSTEMD_TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root to install)"; exit 1; fi; \
 	  echo "installing:$$missing"; \
@@ -77,3 +80,45 @@ bench-quick: bench-deps build
 
 clean:
 	rm -rf bin .test.log
+
+# install puts sluice where a daemon lives: the binary, the systemd unit
+# (pointing at the installed binary), the example configuration as
+# /etc/sluice/sluice.yaml only if there is none yet, a logrotate file, man
+# pages and bash/zsh/fish completion generated from the CLI itself.
+# DESTDIR stages the tree for packaging (nothing is started then); PREFIX
+# moves the binary and the shared files, SYSCONFDIR and UNITDIR the rest.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(SYSCONFDIR)/systemd/system
+BINDIR     := $(PREFIX)/bin
+DATADIR    := $(PREFIX)/share
+MANDIR     := $(DATADIR)/man
+CONFIG     := $(SYSCONFDIR)/sluice/sluice.yaml
+
+install: build
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(MANDIR)/man1 \
+	  $(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/sluice
+	sed -e 's|/usr/local/bin/sluice|$(BINDIR)/sluice|g' -e 's|/etc/sluice/sluice.yaml|$(CONFIG)|g' examples/sluice.service > $(DESTDIR)$(UNITDIR)/sluice.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sluice.service
+	sed -e 's|/usr/local/bin/sluice|$(BINDIR)/sluice|g' examples/sluice.logrotate > $(DESTDIR)$(SYSCONFDIR)/logrotate.d/sluice
+	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/logrotate.d/sluice
+	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/sluice
+	@if [ -e $(DESTDIR)$(CONFIG) ]; then echo "kept $(DESTDIR)$(CONFIG) (exists; the example is examples/split.yaml)"; \
+	else echo "install -m 0600 examples/split.yaml $(DESTDIR)$(CONFIG)"; install -m 0600 examples/split.yaml $(DESTDIR)$(CONFIG); fi
+	rm -f $(DESTDIR)$(MANDIR)/man1/sluice.1 $(DESTDIR)$(MANDIR)/man1/sluice-*.1
+	$(BIN) man --dir $(DESTDIR)$(MANDIR)/man1
+	$(BIN) completion bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/sluice
+	$(BIN) completion zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_sluice
+	$(BIN) completion fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/sluice.fish
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then echo "systemctl daemon-reload"; systemctl daemon-reload; fi
+	@echo "installed; edit $(CONFIG), then: systemctl enable --now sluice"
+
+# uninstall removes what install put there, except the configuration and
+# the state (/etc/sluice, /var/lib/sluice): stop and disable the unit first.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/sluice $(DESTDIR)$(UNITDIR)/sluice.service $(DESTDIR)$(SYSCONFDIR)/logrotate.d/sluice \
+	  $(DESTDIR)$(MANDIR)/man1/sluice.1 $(DESTDIR)$(MANDIR)/man1/sluice-*.1 \
+	  $(DESTDIR)$(DATADIR)/bash-completion/completions/sluice $(DESTDIR)$(DATADIR)/zsh/site-functions/_sluice \
+	  $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/sluice.fish
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

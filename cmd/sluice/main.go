@@ -119,5 +119,7 @@ resolvers as the default DNS group, state in /var/lib/sluice/sluice0.
 			Run:         func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "sluice", version) },
 		},
 	)
+	root.AddCommand(newManCmd())
+	installCompletions(root, g)
 	return root
 }
