@@ -441,6 +441,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		{"dns.health.interval", d.Health.Interval, &c.DNS.Health.Interval},
 		{"dns.health.timeout", d.Health.Timeout, &c.DNS.Health.Timeout},
 		{"peers.persistent_keepalive", fc.Peers.PersistentKeepalive, &c.Peers.PersistentKeepalive},
+		{"peers.address_quarantine", fc.Peers.AddressQuarantine, &c.Peers.AddressQuarantine},
 	}
 	for _, du := range durations {
 		if du.val == "" {

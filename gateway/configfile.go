@@ -80,6 +80,7 @@ type fileConfig struct {
 		StateDir            string   `yaml:"state_dir"`
 		Routes              []string `yaml:"routes"`
 		PersistentKeepalive string   `yaml:"persistent_keepalive"`
+		AddressQuarantine   string   `yaml:"address_quarantine"`
 	} `yaml:"peers"`
 	Admin struct {
 		Listen        string `yaml:"listen"`

@@ -53,6 +53,7 @@ type Gateway struct {
 	metrics  *gatewayMetrics
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
+	nextSync time.Time  // when the active set changes by itself (an expiry); protected by syncMu
 
 	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
 
@@ -68,7 +69,9 @@ func New(cfg *Config, opts Options) *Gateway {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg)}
+	g := &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg)}
+	reg.MustRegister(newPeerCollector(g.peerStats))
+	return g
 }
 
 // Config returns the configuration in force.
@@ -288,10 +291,12 @@ func (g *Gateway) syncPeers() error {
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
-	if ver == g.lastSync {
+	now := time.Now()
+	if ver == g.lastSync && (g.nextSync.IsZero() || now.Before(g.nextSync)) {
 		return nil
 	}
-	list, err := g.store.List()
+	// Disabled and expired peers stay in the store but not on the device.
+	list, next, err := g.store.Active(now)
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
@@ -313,7 +318,7 @@ func (g *Gateway) syncPeers() error {
 		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
 	}
 	g.peerIdx.set(idx)
-	g.lastSync = ver
+	g.lastSync, g.nextSync = ver, next
 	g.metrics.peers.Set(float64(len(list)))
 	if added+removed+updated > 0 {
 		g.log.Info("peers applied", "total", len(list), "added", added, "removed", removed, "updated", updated, "took", time.Since(start).Round(time.Microsecond))

@@ -28,6 +28,9 @@ type Config struct {
 	Routes []netip.Prefix
 	// PersistentKeepalive for clients; zero means DefaultKeepalive.
 	PersistentKeepalive time.Duration
+	// AddressQuarantine is how long the addresses of a removed peer are not
+	// handed out again; zero means DefaultAddressQuarantine.
+	AddressQuarantine time.Duration
 }
 
 // Sentinel errors; match them with errors.Is.
@@ -52,6 +55,37 @@ type Peer struct {
 	// the zero Addr when the pool has no prefix of that family.
 	IPv4, IPv6 netip.Addr
 	Created    time.Time
+	// Disabled peers stay in the store and keep their addresses, but are not
+	// configured on the device (no tunnel, no DNS identity).
+	Disabled bool
+	// Expires, when not zero, is when the peer stops being configured on
+	// the device; it then stays in the store, shown as expired.
+	Expires time.Time
+}
+
+// Peer states as State reports them.
+const (
+	StateActive   = "active"
+	StateDisabled = "disabled"
+	StateExpired  = "expired"
+)
+
+// Active reports whether p belongs on the device at now: not disabled and
+// not expired.
+func (p Peer) Active(now time.Time) bool {
+	return !p.Disabled && (p.Expires.IsZero() || now.Before(p.Expires))
+}
+
+// State is StateDisabled, StateExpired or StateActive, in that order of
+// precedence.
+func (p Peer) State(now time.Time) string {
+	switch {
+	case p.Disabled:
+		return StateDisabled
+	case !p.Active(now):
+		return StateExpired
+	}
+	return StateActive
 }
 
 // ID is "user/device".

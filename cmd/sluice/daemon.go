@@ -110,7 +110,7 @@ Keys (see examples/split.yaml for a commented file):
        limits[peer_qps peer_burst max_inflight]
   enforce: off_policy_dns dot doh doh_ips_file doh_allow egress_interface
            peer_to_peer keep_on_stop table
-  peers: state_dir routes persistent_keepalive
+  peers: state_dir routes persistent_keepalive address_quarantine
   admin: listen control_socket`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
