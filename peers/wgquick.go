@@ -251,7 +251,10 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 				continue
 			}
 			if old, exists := byKey[sp.PublicKey]; exists {
-				if (v4.IsValid() && v4 != old.IPv4) || (v6.IsValid() && v6 != old.IPv6) {
+				// An address outside the pool was replaced at the first
+				// import; one inside it must be the one registered.
+				moved := func(a, had netip.Addr) bool { return a.IsValid() && pool.Contains(a) && a != had }
+				if moved(v4, old.IPv4) || moved(v6, old.IPv6) {
 					bad(sp, "this key is already registered as %s with addresses %s %s", old.ID(), old.IPv4, old.IPv6)
 					continue
 				}
