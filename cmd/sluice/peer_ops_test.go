@@ -324,3 +324,26 @@ func TestPeerConfigPlatform(t *testing.T) {
 		t.Error("--platform tvos accepted")
 	}
 }
+
+func TestAddressQuarantineConfig(t *testing.T) {
+	cfg, _ := writeConfig(t, "")
+	data, _ := os.ReadFile(cfg)
+	set := func(v string) {
+		t.Helper()
+		out := strings.Replace(string(data), "  routes: [10.30.0.0/16]\n", "  routes: [10.30.0.0/16]\n  address_quarantine: "+v+"\n", 1)
+		if err := os.WriteFile(cfg, []byte(out), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("soon")
+	if _, errs, code := runC(t, "peer", "list", "-c", cfg); code != exitUsage || !strings.Contains(errs, "peers.address_quarantine") {
+		t.Errorf("invalid address_quarantine: exit %d %q", code, errs)
+	}
+	set("1h")
+	a := decodePeers(t, mustRun(t, "peer", "add", "alice", "--json", "-c", cfg))[0]
+	mustRun(t, "peer", "remove", "alice/default", "-c", cfg)
+	b := decodePeers(t, mustRun(t, "peer", "add", "bob", "--json", "-c", cfg))[0]
+	if a.IPv4 == b.IPv4 || a.IPv6 == b.IPv6 {
+		t.Errorf("bob got removed alice's address %s %s", b.IPv4, b.IPv6)
+	}
+}
