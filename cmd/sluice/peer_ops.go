@@ -220,13 +220,13 @@ func newPeerListCmd(g *globals) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), peersJSON(list, now))
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%-32s %-8s %-16s %-28s %-20s %s\n", "PEER", "STATE", "IPV4", "IPV6", "EXPIRES", "PUBLIC KEY")
+			fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %-20s %s\n", "PEER", "IPV4", "IPV6", "STATE", "EXPIRES", "PUBLIC KEY")
 			for _, p := range list {
 				exp := "never"
 				if !p.Expires.IsZero() {
 					exp = p.Expires.UTC().Format(time.RFC3339)
 				}
-				fmt.Fprintf(w, "%-32s %-8s %-16s %-28s %-20s %s\n", p.ID(), p.State(now), addrString(p.IPv4), addrString(p.IPv6), exp, p.PublicKey)
+				fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %-20s %s\n", p.ID(), addrString(p.IPv4), addrString(p.IPv6), p.State(now), exp, p.PublicKey)
 			}
 			return nil
 		},

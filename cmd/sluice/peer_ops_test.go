@@ -347,3 +347,10 @@ func TestAddressQuarantineConfig(t *testing.T) {
 		t.Errorf("bob got removed alice's address %s %s", b.IPv4, b.IPv6)
 	}
 }
+
+func TestExitCodeDaemonNotRunning(t *testing.T) {
+	cfg, _ := writeConfig(t, "")
+	if _, errs, code := runC(t, "status", "-c", cfg); code != exitNotRunning {
+		t.Errorf("status without a daemon: exit %d, want %d (%s)", code, exitNotRunning, errs)
+	}
+}
