@@ -41,6 +41,8 @@ var (
 	ErrExists = errors.New("peer already exists")
 	// ErrPoolExhausted: no free address is left in the tunnel prefix.
 	ErrPoolExhausted = errors.New("address pool exhausted")
+	// ErrInvalidName: a user or device name breaks the naming rule.
+	ErrInvalidName = errors.New("invalid name")
 )
 
 // Peer is one device of one user.
@@ -109,12 +111,20 @@ func (p Peer) String() string {
 	return fmt.Sprintf("%s %s %s", p.ID(), p.IPv4, p.IPv6)
 }
 
+// nameError is a ValidateName error; it matches ErrInvalidName.
+type nameError string
+
+func (e nameError) Error() string { return string(e) }
+
+// Is makes errors.Is(err, ErrInvalidName) true.
+func (e nameError) Is(target error) bool { return target == ErrInvalidName }
+
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // ValidateName checks a user or device name: [a-z0-9][a-z0-9._-]{0,62}.
 func ValidateName(kind, name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("invalid %s name %q: use 1 to 63 characters a-z 0-9 . _ - starting with a letter or digit", kind, name)
+		return nameError(fmt.Sprintf("invalid %s name %q: use 1 to 63 characters a-z 0-9 . _ - starting with a letter or digit", kind, name))
 	}
 	return nil
 }

@@ -134,7 +134,7 @@ func (g *globals) peerByID(id string) (*peers.Store, *gateway.Config, peers.Peer
 	}
 	p, err := st.Get(user, dev)
 	if errors.Is(err, peers.ErrNotFound) {
-		return nil, nil, peers.Peer{}, fmt.Errorf("peer %s/%s not found (see `sluice peer list`)", user, dev)
+		return nil, nil, peers.Peer{}, fmt.Errorf("%w: %s/%s (see `sluice peer list`)", peers.ErrNotFound, user, dev)
 	}
 	return st, cfg, p, err
 }

@@ -45,7 +45,7 @@ func exitCodeOf(err error) int {
 		return exitOK
 	case errors.As(err, &ee):
 		return ee.code
-	case errors.As(err, &ue), errors.As(err, &ce), errors.As(err, &ces):
+	case errors.As(err, &ue), errors.As(err, &ce), errors.As(err, &ces), errors.Is(err, peers.ErrInvalidName):
 		return exitUsage
 	case errors.Is(err, peers.ErrNotFound):
 		return exitNotFound

@@ -279,7 +279,7 @@ and transfer counters. --json prints an array in both cases.`,
 				v := out[i]
 				switch {
 				case live == nil:
-					fmt.Fprintln(w, "  live: sluice is not running")
+					fmt.Fprintln(w, "  live: no answer from the daemon (not running, or no access to its control socket)")
 				case v.RxBytes == nil:
 					fmt.Fprintln(w, "  live: not on the device")
 				default:

@@ -354,3 +354,17 @@ func TestExitCodeDaemonNotRunning(t *testing.T) {
 		t.Errorf("status without a daemon: exit %d, want %d (%s)", code, exitNotRunning, errs)
 	}
 }
+
+func TestExitCodesOfAddAndConfig(t *testing.T) {
+	cfg, _ := writeConfig(t, "")
+	if _, _, code := runC(t, "peer", "add", "Bad Name", "-c", cfg); code != exitUsage {
+		t.Errorf("add with an invalid name: exit %d, want %d", code, exitUsage)
+	}
+	mustRun(t, "peer", "add", "alice", "-c", cfg)
+	if _, _, code := runC(t, "peer", "add", "alice", "-c", cfg); code != exitConflict {
+		t.Errorf("add alice twice: exit %d, want %d", code, exitConflict)
+	}
+	if _, errs, code := runC(t, "peer", "config", "carol", "-c", cfg); code != exitNotFound || !strings.Contains(errs, "not found") {
+		t.Errorf("config of a missing peer: exit %d, want %d (%s)", code, exitNotFound, errs)
+	}
+}
