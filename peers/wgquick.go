@@ -217,10 +217,9 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 			conflicts = append(conflicts, fmt.Sprintf("line %d (%s/%s, %s): %s", sp.Line, sp.User, sp.Device, sp.PublicKey, fmt.Sprintf(format, args...)))
 		}
 		type pending struct {
-			sp           ServerPeer
-			v4, v6       netip.Addr
-			readdress    bool
-			need4, need6 bool
+			sp        ServerPeer
+			v4, v6    netip.Addr
+			readdress bool
 		}
 		var todo []pending
 		fileKeys := make(map[wgtypes.Key]int)
