@@ -48,6 +48,7 @@ type Gateway struct {
 	metrics  *gatewayMetrics
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
+	nextSync time.Time  // when the active set changes by itself (an expiry); protected by syncMu
 
 	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
 
@@ -130,7 +131,9 @@ func New(cfg *Config, opts Options) *Gateway {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg), parts: hostComponents()}
+	g := &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg), parts: hostComponents()}
+	reg.MustRegister(newPeerCollector(g.peerStats))
+	return g
 }
 
 // Config returns the configuration in force.

@@ -45,10 +45,12 @@ func (g *Gateway) syncPeers() error {
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
-	if ver == g.lastSync {
+	now := time.Now()
+	if ver == g.lastSync && (g.nextSync.IsZero() || now.Before(g.nextSync)) {
 		return nil
 	}
-	list, err := g.store.List()
+	// Disabled and expired peers stay in the store but not on the device.
+	list, next, err := g.store.Active(now)
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
@@ -70,7 +72,7 @@ func (g *Gateway) syncPeers() error {
 		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
 	}
 	g.peerIdx.set(idx)
-	g.lastSync = ver
+	g.lastSync, g.nextSync = ver, next
 	g.metrics.peers.Set(float64(len(list)))
 	if added+removed+updated > 0 {
 		g.log.Info("peers applied", "total", len(list), "added", added, "removed", removed, "updated", updated, "took", time.Since(start).Round(time.Microsecond))

@@ -16,6 +16,7 @@ type FileConfig struct {
 	StateDir            string   `yaml:"state_dir" doc:"the peer store (peers.json) and the default key file; one per interface, never shared by two configs" kind:"directory" default:"/var/lib/sluice/<interface.name>"`
 	Routes              []string `yaml:"routes" doc:"split mode: prefixes clients route into the tunnel (the resolvers are always added)" kind:"CIDR"`
 	PersistentKeepalive string   `yaml:"persistent_keepalive" doc:"keepalive written into client configs" kind:"duration" default:"25s" allowed:"1s-65535s"`
+	AddressQuarantine   string   `yaml:"address_quarantine" doc:"how long a removed peer's addresses are not handed out again" kind:"duration" default:"168h"`
 }
 
 // Build validates f into a Config (StateDir as written: the gateway fills
@@ -33,6 +34,14 @@ func (f FileConfig) Build(report, warn func(key, msg, fix string)) Config {
 			report("persistent_keepalive", fmt.Sprintf("%s out of range", d), "use 1s-65535s; 25s keeps most NAT mappings open")
 		default:
 			c.PersistentKeepalive = d
+		}
+	}
+	if f.AddressQuarantine != "" {
+		d, err := time.ParseDuration(f.AddressQuarantine)
+		if err != nil || d < 0 {
+			report("address_quarantine", fmt.Sprintf("%q is not a duration", f.AddressQuarantine), "write it like 168h (7 days)")
+		} else {
+			c.AddressQuarantine = d
 		}
 	}
 	keys := map[netip.Prefix]string{}

@@ -28,6 +28,9 @@ type Config struct {
 	Routes []netip.Prefix
 	// PersistentKeepalive for clients; zero means DefaultKeepalive.
 	PersistentKeepalive time.Duration
+	// AddressQuarantine is how long the addresses of a removed peer are not
+	// handed out again; zero means DefaultAddressQuarantine.
+	AddressQuarantine time.Duration
 }
 
 // Sentinel errors; match them with errors.Is.
@@ -38,6 +41,8 @@ var (
 	ErrExists = errors.New("peer already exists")
 	// ErrPoolExhausted: no free address is left in the tunnel prefix.
 	ErrPoolExhausted = errors.New("address pool exhausted")
+	// ErrInvalidName: a user or device name breaks the naming rule.
+	ErrInvalidName = errors.New("invalid name")
 )
 
 // Peer is one device of one user.
@@ -52,6 +57,37 @@ type Peer struct {
 	// the zero Addr when the pool has no prefix of that family.
 	IPv4, IPv6 netip.Addr
 	Created    time.Time
+	// Disabled peers stay in the store and keep their addresses, but are not
+	// configured on the device (no tunnel, no DNS identity).
+	Disabled bool
+	// Expires, when not zero, is when the peer stops being configured on
+	// the device; it then stays in the store, shown as expired.
+	Expires time.Time
+}
+
+// Peer states as State reports them.
+const (
+	StateActive   = "active"
+	StateDisabled = "disabled"
+	StateExpired  = "expired"
+)
+
+// Active reports whether p belongs on the device at now: not disabled and
+// not expired.
+func (p Peer) Active(now time.Time) bool {
+	return !p.Disabled && (p.Expires.IsZero() || now.Before(p.Expires))
+}
+
+// State is StateDisabled, StateExpired or StateActive, in that order of
+// precedence.
+func (p Peer) State(now time.Time) string {
+	switch {
+	case p.Disabled:
+		return StateDisabled
+	case !p.Active(now):
+		return StateExpired
+	}
+	return StateActive
 }
 
 // ID is "user/device".
@@ -75,12 +111,20 @@ func (p Peer) String() string {
 	return fmt.Sprintf("%s %s %s", p.ID(), p.IPv4, p.IPv6)
 }
 
+// nameError is a ValidateName error; it matches ErrInvalidName.
+type nameError string
+
+func (e nameError) Error() string { return string(e) }
+
+// Is makes errors.Is(err, ErrInvalidName) true.
+func (e nameError) Is(target error) bool { return target == ErrInvalidName }
+
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // ValidateName checks a user or device name: [a-z0-9][a-z0-9._-]{0,62}.
 func ValidateName(kind, name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("invalid %s name %q: use 1 to 63 characters a-z 0-9 . _ - starting with a letter or digit", kind, name)
+		return nameError(fmt.Sprintf("invalid %s name %q: use 1 to 63 characters a-z 0-9 . _ - starting with a letter or digit", kind, name))
 	}
 	return nil
 }

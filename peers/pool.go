@@ -268,3 +268,31 @@ func (al *allocator) take() (v4, v6 netip.Addr, err error) {
 	}
 	return v4, v6, nil
 }
+
+// hold marks a as in use without checks, so that it is not handed out; an
+// address outside the pool is ignored. It reports whether a was free.
+func (al *allocator) hold(a netip.Addr) bool {
+	for _, fa := range []*famAlloc{al.v4, al.v6} {
+		if fa == nil || !fa.usable(a) {
+			continue
+		}
+		if _, u := fa.used[a]; u {
+			return false
+		}
+		fa.used[a] = struct{}{}
+		return true
+	}
+	return false
+}
+
+// free reports whether a is in the pool and not in use.
+func (al *allocator) free(a netip.Addr) bool {
+	for _, fa := range []*famAlloc{al.v4, al.v6} {
+		if fa == nil || !fa.usable(a) {
+			continue
+		}
+		_, u := fa.used[a]
+		return !u
+	}
+	return false
+}

@@ -74,6 +74,16 @@ func Formats() []string {
 	return []string{"conf", "qr", "png", "nrpt", "mobileconfig", "resolved"}
 }
 
+// ValidateFormat reports a format Render does not know.
+func ValidateFormat(format string) error {
+	for _, f := range Formats() {
+		if f == format {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown format %q (use one of %s)", format, strings.Join(Formats(), ", "))
+}
+
 // Render renders the client configuration of p.Peer in format:
 //
 //   - conf: a wg-quick configuration;

@@ -29,11 +29,14 @@ func psQuote(s string) string {
 
 // renderNRPT writes the Windows NRPT rules: one rule per search domain in
 // split mode, one rule for "." (every name) in full mode or when there is
-// no search domain, all pointing at the in-tunnel resolvers.
+// no search domain, all pointing at the in-tunnel resolvers. The script is
+// idempotent: it first removes the rules an earlier run added (they carry
+// the comment "sluice USER/DEVICE"), and merges the search domains into the
+// suffix search list without duplicating them.
 func renderNRPT(p ClientParams) string {
 	var b strings.Builder
 	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	comment := "sluice " + p.Peer.ID()
+	comment := psQuote("sluice " + p.Peer.ID())
 	servers := make([]string, len(p.Resolvers))
 	for i, r := range p.Resolvers {
 		servers[i] = psQuote(r.String())
@@ -50,18 +53,48 @@ func renderNRPT(p ClientParams) string {
 	line("# sluice: Windows DNS routing (NRPT) for %s, tunnel %q.", p.Peer.ID(), p.TunnelName)
 	line("# 1. Import this device's WireGuard config into the WireGuard app and activate")
 	line("#    it: sluice peer config %s --format conf", p.Peer.ID())
-	line("# 2. Run the lines below in an elevated PowerShell. Windows then sends")
+	line("# 2. Run this script in an elevated PowerShell. Windows then sends")
 	if namespaces[0] == "." {
 		line("#    every name to the in-tunnel resolvers %s", joinAddrs(p.Resolvers, ", "))
 	} else {
 		line("#    %s to the in-tunnel resolvers %s", strings.Join(names, ", "), joinAddrs(p.Resolvers, ", "))
 	}
 	line("#    only, never to another network adapter's resolver.")
+	line("# Running it again is safe: it first removes the rules it added before")
+	line("# (those whose Comment is %s), then adds them anew.", comment)
+	if namespaces[0] == "." {
+		line("#")
+		line("# The rule for \".\" (every name) applies on every network adapter, also while")
+		line("# the tunnel is down. The in-tunnel resolvers are then unreachable, so no name")
+		line("# resolves at all, not even a hotel or airport login page: this fails closed,")
+		line("# nothing goes to the local network's resolver. Bring the tunnel up first; to")
+		line("# resolve without the tunnel again, remove the rules (last lines below).")
+	}
+	line("$sluiceComment = %s", comment)
+	line("Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $sluiceComment } | ForEach-Object { Remove-DnsClientNrptRule -Name $_.Name -Force }")
 	for _, ns := range namespaces {
-		line("Add-DnsClientNrptRule -Namespace %s -NameServers %s -Comment %s", psQuote(ns), strings.Join(servers, ","), psQuote(comment))
+		line("Add-DnsClientNrptRule -Namespace %s -NameServers %s -Comment $sluiceComment -DisplayName $sluiceComment", psQuote(ns), strings.Join(servers, ","))
+	}
+	if len(p.SearchDomains) > 0 {
+		quoted := make([]string, len(p.SearchDomains))
+		for i, d := range p.SearchDomains {
+			quoted[i] = psQuote(d)
+		}
+		line("# Search suffixes: a short name (\"intranet\") is tried as %s.", strings.Join(p.SearchDomains, ", "))
+		line("# They are added to the existing list, once, keeping its order.")
+		line("$sluiceSuffixes = @(%s)", strings.Join(quoted, ","))
+		line("$current = @((Get-DnsClientGlobalSetting).SuffixSearchList | Where-Object { $_ })")
+		line("Set-DnsClientGlobalSetting -SuffixSearchList @($current + $sluiceSuffixes | Select-Object -Unique)")
 	}
 	line("# To remove these rules:")
-	line("#   Get-DnsClientNrptRule | Where-Object { $_.Comment -eq %s } | ForEach-Object { Remove-DnsClientNrptRule -Name $_.Name -Force }", psQuote(comment))
+	line("#   Get-DnsClientNrptRule | Where-Object { $_.Comment -eq %s } | ForEach-Object { Remove-DnsClientNrptRule -Name $_.Name -Force }", comment)
+	if len(p.SearchDomains) > 0 {
+		quoted := make([]string, len(p.SearchDomains))
+		for i, d := range p.SearchDomains {
+			quoted[i] = psQuote(d)
+		}
+		line("#   Set-DnsClientGlobalSetting -SuffixSearchList @((Get-DnsClientGlobalSetting).SuffixSearchList | Where-Object { $_ -notin @(%s) })", strings.Join(quoted, ","))
+	}
 	return b.String()
 }
 

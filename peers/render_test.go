@@ -395,3 +395,54 @@ func TestRenderZonesRouted(t *testing.T) {
 		t.Errorf("conf DNS line lists a zone as a search domain:\n%s", conf)
 	}
 }
+
+func TestRenderNRPTIdempotentAndSuffixes(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		out, err := Render("nrpt", testParams(full))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(out)
+		rm := strings.Index(s, "\nGet-DnsClientNrptRule | Where-Object { $_.Comment -eq $sluiceComment } | ForEach-Object { Remove-DnsClientNrptRule")
+		add := strings.Index(s, "\nAdd-DnsClientNrptRule")
+		if rm < 0 || add < 0 || rm > add {
+			t.Errorf("full=%v: the script does not remove its earlier rules before adding:\n%s", full, s)
+		}
+		if !strings.Contains(s, "$sluiceComment = 'sluice alice/phone'") || !strings.Contains(s, "-Comment $sluiceComment -DisplayName $sluiceComment") {
+			t.Errorf("full=%v: rules not marked with the sluice comment:\n%s", full, s)
+		}
+		if !strings.Contains(s, "Set-DnsClientGlobalSetting -SuffixSearchList @($current + $sluiceSuffixes | Select-Object -Unique)") ||
+			!strings.Contains(s, "$sluiceSuffixes = @('corp.example')") {
+			t.Errorf("full=%v: search suffix list not set idempotently:\n%s", full, s)
+		}
+		down := strings.Contains(s, "while\n# the tunnel is down")
+		if down != full {
+			t.Errorf("full=%v: comment on the catch-all rule while the tunnel is down present=%v:\n%s", full, down, s)
+		}
+	}
+	p := testParams(false)
+	p.SearchDomains = nil
+	p.Zones = []string{"corp.example"}
+	out, err := Render("nrpt", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "SuffixSearchList @(") {
+		t.Errorf("suffix list set without search domains:\n%s", out)
+	}
+}
+
+func TestRenderMobileconfigPlatforms(t *testing.T) {
+	for _, plat := range []string{"ios", "macos"} {
+		p := testParams(false)
+		p.ApplePlatform = plat
+		out, err := Render("mobileconfig", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "<key>VPNSubType</key>\n\t\t\t<string>com.wireguard." + plat + "</string>"
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s profile lacks %q:\n%s", plat, want, out)
+		}
+	}
+}

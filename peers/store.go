@@ -55,6 +55,8 @@ func (e *DamagedError) Unwrap() error { return ErrDamaged }
 type AddRequest struct {
 	User, Device string
 	PublicKey    *wgtypes.Key
+	// Expires, when not zero, is when the device stops being configured.
+	Expires time.Time
 }
 
 // Store is the peer registry on disk. It is safe for concurrent use by
@@ -66,7 +68,8 @@ type Store struct {
 	dir, path, lockPath string
 	now                 func() time.Time
 	lockTimeout         time.Duration
-	beforeRename        func() error // test hook: fail or observe a write midway
+	beforeRename        func() error  // test hook: fail or observe a write midway
+	quarantine          time.Duration // how long a removed peer's addresses stay unused
 }
 
 // Open opens the registry in dir, creating dir (0700) when missing. An
@@ -92,6 +95,7 @@ func Open(dir string) (*Store, error) {
 		lockPath:    filepath.Join(dir, LockFile),
 		now:         time.Now,
 		lockTimeout: DefaultLockTimeout,
+		quarantine:  DefaultAddressQuarantine,
 	}
 	if _, err := s.load(); err != nil {
 		return nil, err
@@ -143,48 +147,54 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 		return nil, fmt.Errorf("add peer: %w", err)
 	}
 	var added []Peer
-	err = s.update(func(list []Peer) ([]Peer, error) {
+	err = s.updateState(func(st *storeState) error {
+		list := st.peers
 		ids := make(map[string]struct{}, len(list)+len(reqs))
 		keys := make(map[wgtypes.Key]string, len(list)+len(reqs))
 		for _, p := range list {
 			if err := al.use(p); err != nil {
-				return nil, &DamagedError{Path: s.path, Reason: err.Error()}
+				return &DamagedError{Path: s.path, Reason: err.Error()}
 			}
 			ids[p.ID()] = struct{}{}
 			keys[p.PublicKey] = p.ID()
 		}
 		now := s.now().UTC().Truncate(time.Second)
+		held := s.holdQuarantined(st, al, now)
 		added = make([]Peer, 0, len(reqs))
 		for _, r := range reqs {
-			p := Peer{User: r.User, Device: r.Device, Created: now}
+			p := Peer{User: r.User, Device: r.Device, Created: now, Expires: r.Expires}
 			if _, dup := ids[p.ID()]; dup {
-				return nil, fmt.Errorf("add peer %s: %w", p.ID(), ErrExists)
+				return fmt.Errorf("add peer %s: %w", p.ID(), ErrExists)
 			}
 			if r.PublicKey != nil {
 				p.PublicKey = *r.PublicKey
 			} else {
 				priv, err := wgtypes.GeneratePrivateKey()
 				if err != nil {
-					return nil, fmt.Errorf("generate private key for %s: %w", p.ID(), err)
+					return fmt.Errorf("generate private key for %s: %w", p.ID(), err)
 				}
 				p.PrivateKey, p.PublicKey = &priv, priv.PublicKey()
 			}
 			if other, dup := keys[p.PublicKey]; dup {
-				return nil, fmt.Errorf("add peer %s: public key already used by %s: %w", p.ID(), other, ErrExists)
+				return fmt.Errorf("add peer %s: public key already used by %s: %w", p.ID(), other, ErrExists)
 			}
 			psk, err := wgtypes.GenerateKey()
 			if err != nil {
-				return nil, fmt.Errorf("generate preshared key for %s: %w", p.ID(), err)
+				return fmt.Errorf("generate preshared key for %s: %w", p.ID(), err)
 			}
 			p.PresharedKey = &psk
 			if p.IPv4, p.IPv6, err = al.take(); err != nil {
-				return nil, fmt.Errorf("add peer %s: %w", p.ID(), err)
+				if held > 0 {
+					return fmt.Errorf("add peer %s: %w (%d addresses of removed peers are held back for %s, peers.address_quarantine)", p.ID(), err, held, s.quarantine)
+				}
+				return fmt.Errorf("add peer %s: %w", p.ID(), err)
 			}
 			ids[p.ID()] = struct{}{}
 			keys[p.PublicKey] = p.ID()
 			added = append(added, p)
 		}
-		return append(list, added...), nil
+		st.peers = append(list, added...)
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -198,13 +208,15 @@ func (s *Store) Remove(user, device string) (Peer, error) {
 		device = DefaultDevice
 	}
 	var removed Peer
-	err := s.update(func(list []Peer) ([]Peer, error) {
-		i := slices.IndexFunc(list, func(p Peer) bool { return p.User == user && p.Device == device })
+	err := s.updateState(func(st *storeState) error {
+		i := slices.IndexFunc(st.peers, func(p Peer) bool { return p.User == user && p.Device == device })
 		if i < 0 {
-			return nil, fmt.Errorf("remove peer %s/%s: %w", user, device, ErrNotFound)
+			return fmt.Errorf("remove peer %s/%s: %w", user, device, ErrNotFound)
 		}
-		removed = list[i]
-		return slices.Delete(list, i, i+1), nil
+		removed = st.peers[i]
+		st.release(removed, s.now())
+		st.peers = slices.Delete(st.peers, i, i+1)
+		return nil
 	})
 	return removed, err
 }
@@ -276,22 +288,33 @@ func (s *Store) Version() (string, error) {
 // update runs fn on the current list under the exclusive lock and writes
 // the result atomically. Nothing is written when fn or the read fails.
 func (s *Store) update(fn func([]Peer) ([]Peer, error)) error {
+	return s.updateState(func(st *storeState) error {
+		list, err := fn(st.peers)
+		st.peers = list
+		return err
+	})
+}
+
+// updateState is update with the whole file state (peers and the
+// addresses in quarantine). Quarantine entries that have served their
+// time are dropped on every write.
+func (s *Store) updateState(fn func(*storeState) error) error {
 	unlock, err := s.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	s.removeStaleTemps()
-	list, err := s.load()
+	st, err := s.loadState()
 	if err != nil {
 		return err
 	}
-	list, err = fn(list)
-	if err != nil {
+	if err := fn(&st); err != nil {
 		return err
 	}
-	sortPeers(list)
-	data, err := encodeStore(list)
+	st.prune(s.now(), s.quarantine)
+	sortPeers(st.peers)
+	data, err := encodeState(st)
 	if err != nil {
 		return fmt.Errorf("encode peer store %q: %w", s.path, err)
 	}
@@ -379,24 +402,40 @@ func (s *Store) writeAtomic(data []byte) (err error) {
 
 // load reads and checks the store; a missing file is an empty registry.
 func (s *Store) load() ([]Peer, error) {
+	st, err := s.loadState()
+	return st.peers, err
+}
+
+// loadState reads and checks the whole store file.
+func (s *Store) loadState() (storeState, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return storeState{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read peer store %q: %w", s.path, err)
+		return storeState{}, fmt.Errorf("read peer store %q: %w", s.path, err)
 	}
-	list, reason := decodeStore(data)
+	st, reason := decodeState(data)
 	if reason != "" {
-		return nil, &DamagedError{Path: s.path, Reason: reason}
+		return storeState{}, &DamagedError{Path: s.path, Reason: reason}
 	}
-	return list, nil
+	return st, nil
 }
 
 // storeFile is the JSON layout of peers.json.
 type storeFile struct {
 	Version int          `json:"version"`
 	Peers   []peerRecord `json:"peers"`
+	// Released are addresses of removed peers, kept out of allocation for
+	// the quarantine period.
+	Released []releasedRecord `json:"released,omitempty"`
+}
+
+// releasedRecord is one address of a removed peer.
+type releasedRecord struct {
+	Address string    `json:"address"`
+	Peer    string    `json:"peer"`
+	Removed time.Time `json:"removed"`
 }
 
 type peerRecord struct {
@@ -408,6 +447,8 @@ type peerRecord struct {
 	IPv4         string    `json:"ipv4,omitempty"`
 	IPv6         string    `json:"ipv6,omitempty"`
 	Created      time.Time `json:"created"`
+	Disabled     bool      `json:"disabled,omitempty"`
+	Expires      time.Time `json:"expires,omitzero"`
 }
 
 func sortPeers(list []Peer) {
@@ -420,9 +461,18 @@ func sortPeers(list []Peer) {
 }
 
 func encodeStore(list []Peer) ([]byte, error) {
+	return encodeState(storeState{peers: list})
+}
+
+func encodeState(st storeState) ([]byte, error) {
+	list := st.peers
 	f := storeFile{Version: StoreFormat, Peers: make([]peerRecord, len(list))}
+	for _, r := range st.released {
+		f.Released = append(f.Released, releasedRecord{Address: r.Addr.String(), Peer: r.Peer, Removed: r.Removed})
+	}
 	for i, p := range list {
-		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created}
+		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
+			Disabled: p.Disabled, Expires: p.Expires}
 		if p.PrivateKey != nil {
 			r.PrivateKey = p.PrivateKey.String()
 		}
@@ -447,9 +497,33 @@ func encodeStore(list []Peer) ([]byte, error) {
 // decodeStore parses and checks peers.json; reason is non-empty when the
 // file is damaged.
 func decodeStore(data []byte) (list []Peer, reason string) {
+	st, reason := decodeState(data)
+	return st.peers, reason
+}
+
+// decodeState is decodeStore with the quarantine list.
+func decodeState(data []byte) (st storeState, reason string) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, "the file is empty"
+		return st, "the file is empty"
 	}
+	list, reason := decodePeers(data)
+	if reason != "" {
+		return st, reason
+	}
+	st.peers = list
+	var f storeFile
+	_ = json.Unmarshal(data, &f) // decodePeers parsed it strictly already
+	for i, r := range f.Released {
+		a, err := netip.ParseAddr(r.Address)
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			return storeState{}, fmt.Sprintf("released address #%d %q is not an IP address", i+1, r.Address)
+		}
+		st.released = append(st.released, released{Addr: a, Peer: r.Peer, Removed: r.Removed})
+	}
+	return st, ""
+}
+
+func decodePeers(data []byte) (list []Peer, reason string) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var f storeFile
@@ -505,7 +579,7 @@ func decodeStore(data []byte) (list []Peer, reason string) {
 }
 
 func (r peerRecord) peer() (Peer, error) {
-	p := Peer{User: r.User, Device: r.Device, Created: r.Created}
+	p := Peer{User: r.User, Device: r.Device, Created: r.Created, Disabled: r.Disabled, Expires: r.Expires}
 	if err := ValidateName("user", r.User); err != nil {
 		return p, err
 	}

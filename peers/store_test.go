@@ -139,13 +139,23 @@ func TestStoreRoundTrip(t *testing.T) {
 	if _, err := s.Remove("alice", ""); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Remove(alice) = %v, want ErrNotFound", err)
 	}
-	// The freed address is reused by the next device.
+	// The freed address is quarantined: the next device gets a new one.
 	carol, err := s.Add(AddRequest{User: "carol"}, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if carol.IPv4 != mustAddr("10.20.0.2") || carol.IPv6 != mustAddr("fd20::2") {
-		t.Errorf("carol addresses = %s %s, want the freed 10.20.0.2 fd20::2", carol.IPv4, carol.IPv6)
+	if carol.IPv4 != mustAddr("10.20.0.4") || carol.IPv6 != mustAddr("fd20::4") {
+		t.Errorf("carol addresses = %s %s, want 10.20.0.4 fd20::4 (alice's are in quarantine)", carol.IPv4, carol.IPv6)
+	}
+	// After the quarantine the freed address is reused.
+	later := s.now().Add(DefaultAddressQuarantine)
+	s.now = func() time.Time { return later }
+	dave, err := s.Add(AddRequest{User: "dave"}, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dave.IPv4 != mustAddr("10.20.0.2") || dave.IPv6 != mustAddr("fd20::2") {
+		t.Errorf("dave addresses = %s %s, want the freed 10.20.0.2 fd20::2", dave.IPv4, dave.IPv6)
 	}
 }
 

@@ -25,6 +25,10 @@ one IPv4 /32 and one IPv6 /128 from the interface prefixes. Changes apply to
 the running daemon within a second, and at the next 'sluice up' otherwise.`,
 	}
 	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd(), newPeerTraceCmd(g))
+	cmd.AddCommand(newPeerDisableCmd(g, true), newPeerDisableCmd(g, false), newPeerExpireCmd(g), newPeerRenameCmd(g),
+		newPeerRotateCmd(g), newPeerImportCmd(g), newPeerExportCmd(g))
+	cmd.Long += "\n\n" + exitCodesHelp
+	usageFlagErrors(cmd)
 	return cmd
 }
 
@@ -57,7 +61,8 @@ func notifyDaemon(cmd *cobra.Command, cfg *gateway.Config) {
 }
 
 func newPeerAddCmd(g *globals) *cobra.Command {
-	var device, pub string
+	var device, pub, expires string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "add USER",
 		Short: "Add a device for a user and allocate its addresses",
@@ -95,9 +100,22 @@ rendered config then carries a placeholder for it).`,
 				}
 				req.PublicKey = &k
 			}
+			if expires != "" {
+				if req.Expires, err = parseExpiry(expires, time.Now()); err != nil {
+					return err
+				}
+			}
+			st.SetAddressQuarantine(cfg.Peers.AddressQuarantine)
 			p, err := st.Add(req, cfg.Pool())
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), []peerJSON{peerJSONOf(p, time.Now())}); err != nil {
+					return err
+				}
+				notifyDaemon(cmd, cfg)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added %s: %s, %s, public key %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
 			fmt.Fprintf(cmd.OutOrStdout(), "client config: sluice peer config %s [--format conf|qr|png|nrpt|mobileconfig|resolved]\n", p.ID())
@@ -107,58 +125,9 @@ rendered config then carries a placeholder for it).`,
 	}
 	cmd.Flags().StringVarP(&device, "device", "d", "", "device name (default \"default\")")
 	cmd.Flags().StringVar(&pub, "public-key", "", "the device's own public key (its private key never leaves it)")
+	cmd.Flags().StringVar(&expires, "expires", "", "expire the device after a duration (90d, 2w, 12h) or on a date (2026-12-31); see 'peer expire'")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the added peer as a JSON array")
 	return cmd
-}
-
-func newPeerListCmd(g *globals) *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List peers",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, _, err := g.store()
-			if err != nil {
-				return err
-			}
-			list, err := st.List()
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				out := make([]peerView, len(list))
-				for i, p := range list {
-					out[i] = viewOf(p)
-				}
-				return printJSON(cmd.OutOrStdout(), out)
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", "PEER", "IPV4", "IPV6", "PUBLIC KEY")
-			for _, p := range list {
-				fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
-			}
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (no private keys)")
-	return cmd
-}
-
-// peerView is a peer as the CLI shows it: never with private keys.
-type peerView struct {
-	ID        string    `json:"id"`
-	User      string    `json:"user"`
-	Device    string    `json:"device"`
-	IPv4      string    `json:"ipv4"`
-	IPv6      string    `json:"ipv6"`
-	PublicKey string    `json:"public_key"`
-	OwnKey    bool      `json:"user_brought_key"`
-	Created   time.Time `json:"created"`
-}
-
-func viewOf(p peers.Peer) peerView {
-	return peerView{ID: p.ID(), User: p.User, Device: p.Device, IPv4: p.IPv4.String(), IPv6: p.IPv6.String(),
-		PublicKey: p.PublicKey.String(), OwnKey: p.PrivateKey == nil, Created: p.Created}
 }
 
 func (g *globals) peerByID(id string) (*peers.Store, *gateway.Config, peers.Peer, error) {
@@ -172,56 +141,13 @@ func (g *globals) peerByID(id string) (*peers.Store, *gateway.Config, peers.Peer
 	}
 	p, err := st.Get(user, dev)
 	if errors.Is(err, peers.ErrNotFound) {
-		return nil, nil, peers.Peer{}, fmt.Errorf("peer %s/%s not found (see `sluice peer list`)", user, dev)
+		return nil, nil, peers.Peer{}, fmt.Errorf("%w: %s/%s (see `sluice peer list`)", peers.ErrNotFound, user, dev)
 	}
 	return st, cfg, p, err
 }
 
-func newPeerShowCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "show USER[/DEVICE]",
-		Short: "Show one peer (without its private key)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			_, _, p, err := g.peerByID(args[0])
-			if err != nil {
-				return err
-			}
-			return printJSON(cmd.OutOrStdout(), viewOf(p))
-		},
-	}
-}
-
-func newPeerRemoveCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "remove USER[/DEVICE]",
-		Short: "Remove a device; its tunnel stops within a second",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			st, cfg, err := g.store()
-			if err != nil {
-				return err
-			}
-			user, dev, err := peers.ParseID(args[0])
-			if err != nil {
-				return err
-			}
-			p, err := st.Remove(user, dev)
-			if errors.Is(err, peers.ErrNotFound) {
-				return fmt.Errorf("peer %s/%s not found (see `sluice peer list`)", user, dev)
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s, %s)\n", p.ID(), p.IPv4, p.IPv6)
-			notifyDaemon(cmd, cfg)
-			return nil
-		},
-	}
-}
-
 func newPeerConfigCmd(g *globals) *cobra.Command {
-	var format, out, endpoint string
+	var format, out, endpoint, platform string
 	cmd := &cobra.Command{
 		Use:   "config USER[/DEVICE]",
 		Short: "Render a device's client config",
@@ -235,6 +161,7 @@ Formats:
   png           the conf as a QR code image (use -o FILE)
   nrpt          Windows PowerShell: NRPT rules for split DNS on managed fleets
   mobileconfig  Apple configuration profile carrying the tunnel and its DNS
+                (--platform ios or macos: the WireGuard app it is for)
   resolved      Linux systemd-resolved variant with per-link ~domain routing`,
 		Example: "  sluice peer config alice/laptop > alice.conf\n  sluice peer config alice/phone --format qr\n  sluice peer config alice/phone --format png -o alice.png",
 		Args:    cobra.ExactArgs(1),
@@ -269,6 +196,7 @@ Formats:
 				Zones:           cfg.ZoneNames(),
 				Keepalive:       cfg.Peers.PersistentKeepalive,
 				TunnelName:      cfg.Interface.Name,
+				ApplePlatform:   platform,
 			})
 			if err != nil {
 				return err
@@ -296,6 +224,7 @@ Formats:
 	cmd.Flags().StringVarP(&format, "format", "f", "conf", "output format: "+strings.Join(peers.Formats(), ", "))
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE (mode 0600) instead of standard output")
 	cmd.Flags().StringVar(&endpoint, "endpoint", "", "endpoint host:port clients dial (default: interface.endpoint)")
+	cmd.Flags().StringVar(&platform, "platform", peers.DefaultApplePlatform, "mobileconfig: the Apple platform, ios or macos")
 	return cmd
 }
 
