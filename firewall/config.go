@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -32,6 +33,12 @@ type Config struct {
 	Egress       string         // full mode masquerade egress; "" = interface of the default route
 	PeerToPeer   bool           // false: peers cannot reach each other through the gateway
 	KeepOnStop   bool           // false: Close removes the table
+
+	// Resolution-gated egress and inbound (see learned.go).
+	EgressMode   EgressMode     // resolved | audit | open; "" = resolved in full mode, open in split mode
+	EgressAllow  []netip.Prefix // always reachable from peers, whatever was resolved
+	EgressMinTTL time.Duration  // floor of a learned pair's lifetime; 0 = DefaultEgressMinTTL
+	InboundAllow []netip.Prefix // sources outside the tunnel that may open connections to peers
 }
 
 // Spec is the whole desired state of the table.
@@ -50,6 +57,9 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // may be nil
 	NetNS      int                   // network namespace fd; 0 = the current one
+	// LearnedFile keeps learned egress pairs across restarts (written on
+	// Close and every learnedPersistEvery); "" = not kept.
+	LearnedFile string
 }
 
 // Reason names a counted verdict; each is one named counter in the table.
@@ -66,6 +76,8 @@ const (
 	ReasonPeerToPeerDropped  Reason = "peer_to_peer_dropped"
 	ReasonEgressAccepted     Reason = "egress_accepted" // full mode: peer traffic forwarded to the egress
 	ReasonEstablishedReturns Reason = "established_accepted"
+	ReasonEgressUnresolved   Reason = "egress_unresolved" // new peer flow to an address no answer gave it (refused, or allowed in audit)
+	ReasonInboundDropped     Reason = "inbound_dropped"   // new flow from outside toward a peer
 )
 
 // Reasons lists every counter the table carries, in rendering order.
@@ -74,6 +86,7 @@ func Reasons() []Reason {
 		ReasonDNSRedirected, ReasonDNSRejected, ReasonDNSAccepted,
 		ReasonDoTRejected, ReasonDoQRejected, ReasonDoHRejected,
 		ReasonPeerToPeerDropped, ReasonEgressAccepted, ReasonEstablishedReturns,
+		ReasonEgressUnresolved, ReasonInboundDropped,
 	}
 }
 
@@ -118,6 +131,9 @@ func (s Spec) normalize() (Spec, error) {
 	}
 	if len(s.Egress) > maxIfname {
 		return s, fmt.Errorf("invalid egress interface name %q", s.Egress)
+	}
+	if err := s.normalizeEgress(); err != nil {
+		return s, err
 	}
 	if len(s.Resolvers) == 0 {
 		return s, fmt.Errorf("no resolver addresses for interface %q", s.Interface)
