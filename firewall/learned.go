@@ -88,7 +88,9 @@ func (s *Spec) normalizeEgress() error {
 }
 
 // gatesEgress reports whether the table carries the learned sets.
-func (s Spec) gatesEgress() bool { return s.EgressMode == EgressResolved || s.EgressMode == EgressAudit }
+func (s Spec) gatesEgress() bool {
+	return s.EgressMode == EgressResolved || s.EgressMode == EgressAudit
+}
 
 // buildEgress adds the egress gate: forward jumps to peer_egress for every
 // peer packet leaving through another interface; established and related

@@ -134,7 +134,10 @@ func TestKernelEgressResolved(t *testing.T) {
 
 	// An established flow survives its pair going away.
 	var conn net.Conn
-	if err := doIn(peer, func() (err error) { conn, err = net.DialTimeout("tcp", "198.51.100.80:8080", 3*time.Second); return err }); err != nil {
+	if err := doIn(peer, func() (err error) {
+		conn, err = net.DialTimeout("tcp", "198.51.100.80:8080", 3*time.Second)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
