@@ -281,3 +281,49 @@ func TestKernelEgressConcurrentLearn(t *testing.T) {
 		t.Errorf("%d learned elements in the kernel, want 200", n)
 	}
 }
+
+// TestKernelEgressEvents: a refused flow is reported with its destination
+// and port through NFLOG.
+func TestKernelEgressEvents(t *testing.T) {
+	_, peer, _, f, s := egressNet(t)
+	if err := f.Apply(s); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan EgressEvent, 16)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- f.EgressEvents(ctx, func(ev EgressEvent) {
+			select {
+			case events <- ev:
+			default:
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("EgressEvents: %v", err)
+		}
+	}()
+	// The bind happens on the reader's goroutine: retry the refused dial
+	// until an event arrives (bounded).
+	deadline := time.After(10 * time.Second)
+	for {
+		if !refused(t, peer, "198.51.100.81:8443") {
+			t.Fatal("TCP to an unresolved address not refused")
+		}
+		select {
+		case ev := <-events:
+			want := EgressEvent{Src: netip.MustParseAddr("10.20.0.2"), Dst: netip.MustParseAddr("198.51.100.81"), Proto: "tcp", Port: 8443, Refused: true}
+			ev.Time = time.Time{}
+			if ev != want {
+				t.Errorf("event %+v, want %+v", ev, want)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no egress event within 10s")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
