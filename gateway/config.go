@@ -543,6 +543,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		bad("enforce.egress_interface", fmt.Sprintf("%q is not a valid interface name", e.EgressInterface), "name the host's internet-facing interface, e.g. eth0")
 	}
 	c.Enforce.PeerToPeer = e.PeerToPeer
+	buildEgress(c, fc, bad)
 	c.Enforce.KeepOnStop = e.KeepOnStop
 	c.FirewallTable = orString(e.Table, firewall.DefaultTable)
 	if !ifnameRE.MatchString(c.FirewallTable) {

@@ -75,6 +75,11 @@ type fileConfig struct {
 		PeerToPeer      bool     `yaml:"peer_to_peer"`
 		KeepOnStop      bool     `yaml:"keep_on_stop"`
 		Table           string   `yaml:"table"`
+		// Resolution-gated egress and inbound (gateway/egress.go).
+		Egress       string   `yaml:"egress"`
+		EgressAllow  []string `yaml:"egress_allow"`
+		EgressMinTTL string   `yaml:"egress_min_ttl"`
+		InboundAllow []string `yaml:"inbound_allow"`
 	} `yaml:"enforce"`
 	Peers struct {
 		StateDir            string   `yaml:"state_dir"`

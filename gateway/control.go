@@ -127,6 +127,8 @@ func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http
 	}
 	records, stop := g.proxy.Tap(addrs, traceBuffer)
 	defer stop()
+	refusals, stopEgress := g.egress.tap(addrs, traceBuffer)
+	defer stopEgress()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
@@ -138,6 +140,15 @@ func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http
 		select {
 		case rec := <-records:
 			line := traceLine{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}
+			if err := enc.Encode(line); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		case ev := <-refusals:
+			line := traceLine{Peer: g.peerName(ev.Src), Egress: &EgressTrace{Dst: ev.Dst.String(), Proto: ev.Proto, Port: ev.Port, Refused: ev.Refused}}
+			line.Time, line.Client = ev.Time, netip.AddrPortFrom(ev.Src, 0)
 			if err := enc.Encode(line); err != nil {
 				return
 			}
@@ -156,6 +167,7 @@ func (g *Gateway) serveTrace(ctx context.Context, w http.ResponseWriter, r *http
 type traceLine struct {
 	Peer string `json:"peer"`
 	dnsproxy.QueryRecord
+	Egress *EgressTrace `json:"egress,omitempty"` // set for a refused (or audited) flow, not a query
 }
 
 func (g *Gateway) serveControl(ctx context.Context, ln net.Listener) error {

@@ -54,7 +54,8 @@ type Gateway struct {
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
 
-	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
+	peerIdx peerIndex  // tunnel address → peer, for the proxy, status and doctor
+	egress  egressTaps // refused egress flows, for peer trace
 
 	mu    sync.RWMutex // protects cfg, ready
 	cfg   *Config
@@ -108,7 +109,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The table goes in before the interface exists and comes out after it
 	// is gone, so no peer packet ever passes without it (it matches the
 	// interface by name). Forwarding is only turned on once it is in place.
-	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
+	g.fw, err = firewall.New(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg,
+		LearnedFile: learnedFile(cfg)})
 	if err != nil {
 		return fmt.Errorf("open firewall: %w", err)
 	}
@@ -148,6 +150,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
 		Identities: &g.peerIdx,
+		Observer:   g.fw, // egress learning: the firewall's learned pairs
 	})
 	if err != nil {
 		return fmt.Errorf("configure dns proxy: %w", err)
@@ -189,6 +192,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		start("admin listener", func(ctx context.Context) error { return g.serveAdmin(ctx, admin) })
 	}
 	start("peer watch", g.watchPeers)
+	start("egress log", g.watchEgress)
 
 	g.mu.Lock()
 	g.ready = true

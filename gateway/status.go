@@ -18,6 +18,7 @@ type Status struct {
 	Peers     []PeerStatus                `json:"peers"`
 	DNS       dnsproxy.Stats              `json:"dns"`
 	Firewall  map[string]firewall.Counter `json:"firewall"`
+	Egress    EgressStatus                `json:"egress"`
 	Errors    []string                    `json:"errors,omitempty"`
 	Uptime    string                      `json:"uptime"`
 }
@@ -95,6 +96,7 @@ func (g *Gateway) Status() *Status {
 	for r, c := range counters {
 		s.Firewall[string(r)] = c
 	}
+	s.Egress = g.egressStatus(cfg, counters)
 	return s
 }
 
