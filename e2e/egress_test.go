@@ -137,7 +137,8 @@ func TestEgress(t *testing.T) {
 	tp := newTopology(t)
 	altQueries := startEgressServers(t, tp)
 	opts := sluiceOpts{mode: "full", offPolicy: "reject",
-		zonesYAML: "    - name: egress.test\n      upstreams: [" + uniqueDNS + "]\n"}
+		// The query-then-connect loop asks as fast as it can: no rate limit.
+		zonesYAML: "    - name: egress.test\n      upstreams: [" + uniqueDNS + "]\n  limits:\n    peer_qps: 0\n"}
 	g := tp.newSluice(opts)
 	g.start(t)
 	conf := g.addPeer(t, "alice", "laptop", "", "")
@@ -285,6 +286,18 @@ func TestEgress(t *testing.T) {
 // failures.
 func queryConnect(t *testing.T, ns *netnstest.NS, n int) (refused, other, done int) {
 	t.Helper()
+	var firstErr string
+	defer func() {
+		if firstErr != "" {
+			t.Logf("first failure: %s", firstErr)
+		}
+	}()
+	fail := func(format string, args ...any) {
+		other++
+		if firstErr == "" {
+			firstErr = fmt.Sprintf(format, args...)
+		}
+	}
 	deadline := time.Now().Add(5 * time.Minute)
 	err := ns.Do(func() error {
 		c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
@@ -294,12 +307,12 @@ func queryConnect(t *testing.T, ns *netnstest.NS, n int) (refused, other, done i
 			m.SetQuestion(fmt.Sprintf("h%d.egress.test.", i), dns.TypeA)
 			r, _, err := c.Exchange(m, net.JoinHostPort(resolver4, "53"))
 			if err != nil || len(r.Answer) != 1 {
-				other++
+				fail("query %d: %v %v", i, err, r)
 				continue
 			}
 			a, ok := r.Answer[0].(*dns.A)
 			if !ok {
-				other++
+				fail("query %d: answer %v", i, r.Answer[0])
 				continue
 			}
 			conn, err := d.Dial("tcp", net.JoinHostPort(a.A.String(), uniquePort))
@@ -309,7 +322,7 @@ func queryConnect(t *testing.T, ns *netnstest.NS, n int) (refused, other, done i
 			case errors.Is(err, syscall.ECONNREFUSED):
 				refused++
 			default:
-				other++
+				fail("connect %d: %v", i, err)
 			}
 			done++
 		}
