@@ -14,12 +14,18 @@ import (
 // hotProxy returns an unstarted proxy whose cache holds www.example.com/A,
 // with the rate limiter on (high limit) so the fast path pays for it.
 func hotProxy(tb testing.TB) (*Proxy, []byte) {
+	return hotProxyWith(tb, Options{})
+}
+
+// hotProxyWith is hotProxy with the given options (Registerer is set).
+func hotProxyWith(tb testing.TB, opts Options) (*Proxy, []byte) {
 	tb.Helper()
 	up := startFakeTB(tb, answerA("10.30.0.53", 3600))
 	cfg := testConfig(up)
 	cfg.Limits.PeerQPS = 1 << 30
 	cfg.Limits.PeerBurst = 1 << 30
-	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry()})
+	opts.Registerer = prometheus.NewRegistry()
+	p, err := New(cfg, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,8 @@ type cacheEntry struct {
 	group    string   // label of the group that answered
 	counters *groupCounters
 	rcode    int
+	addrs    []netip.Addr  // the A/AAAA addresses in the answer section, for the AnswerObserver
+	addrTTL  time.Duration // the longest TTL among them
 	gen      atomic.Uint64 // config generation the entry was last validated against
 	ref      atomic.Bool   // CLOCK reference bit
 	slot     int           // index in the shard's ring; guarded by the shard lock
@@ -218,7 +221,10 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 	if !ok {
 		return nil, false
 	}
+	addrs, addrTTL := answerAddrs(m.Answer)
 	return &cacheEntry{
+		addrs:    addrs,
+		addrTTL:  addrTTL,
 		key:      key,
 		wire:     wire,
 		ttlOffs:  offs,

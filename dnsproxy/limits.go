@@ -106,6 +106,25 @@ func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 	return b
 }
 
+// limitKey is the address src's queries are counted under: its peer's
+// IPv4 tunnel address (else its IPv6 one), so a dual-stack peer's queries
+// over either family share one budget; a source no identity knows counts
+// on its own.
+func (p *Proxy) limitKey(src netip.Addr) netip.Addr {
+	if p.idents == nil {
+		return src
+	}
+	if peer, ok := p.idents.Lookup(src); ok {
+		if peer.V4.IsValid() {
+			return peer.V4
+		}
+		if peer.V6.IsValid() {
+			return peer.V6
+		}
+	}
+	return src
+}
+
 // addrHash mixes the 16 bytes of a into a shard index source.
 func addrHash(a netip.Addr) uint64 {
 	b := a.As16()

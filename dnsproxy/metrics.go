@@ -177,6 +177,7 @@ type metrics struct {
 	ratelimited     prometheus.Counter
 	overload        prometheus.Counter
 	querylogDropped prometheus.Counter
+	observeErrors   prometheus.Counter
 
 	descQueries, descDuration, descHits, descMisses, descEntries *prometheus.Desc
 	registered                                                   []prometheus.Collector
@@ -216,6 +217,10 @@ func newMetrics(reg prometheus.Registerer, entries func() int) (*metrics, error)
 			Name: metricPrefix + "querylog_dropped_total",
 			Help: "Query log records dropped because the log writer fell behind.",
 		}),
+		observeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricPrefix + "observer_errors_total",
+			Help: "Answers whose addresses the answer observer (egress learning) failed to take before the answer was sent.",
+		}),
 		descQueries: prometheus.NewDesc(metricPrefix+"queries_total",
 			"Answered queries by response code, query type and group.", []string{"rcode", "qtype", "group"}, nil),
 		descDuration: prometheus.NewDesc(metricPrefix+"request_duration_seconds",
@@ -232,7 +237,7 @@ func newMetrics(reg prometheus.Registerer, entries func() int) (*metrics, error)
 	}
 	m.reg = reg
 	for _, c := range []prometheus.Collector{m, m.upstreamLatency, m.upstreamErrors, m.upstreamHealthy,
-		m.blocked, m.ratelimited, m.overload, m.querylogDropped} {
+		m.blocked, m.ratelimited, m.overload, m.querylogDropped, m.observeErrors} {
 		if err := reg.Register(c); err != nil {
 			m.unregister()
 			return nil, fmt.Errorf("register dns metrics: %w", err)

@@ -35,6 +35,7 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // may be nil: metrics are then kept but not exported
 	Identities Identities            // who a tunnel address belongs to; may be nil
+	Observer   AnswerObserver        // told every answered A/AAAA before it leaves; may be nil
 	Now        func() time.Time      // nil = time.Now
 }
 
@@ -63,7 +64,8 @@ func (st *state) allowed(a netip.Addr) bool {
 type Proxy struct {
 	log    *slog.Logger
 	now    func() time.Time
-	idents Identities // may be nil
+	idents Identities     // may be nil
+	obs    AnswerObserver // may be nil
 
 	st       atomic.Pointer[state]
 	reloadMu sync.Mutex // serializes Reload and Start/Close around listeners
@@ -109,6 +111,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		log:      opts.Logger,
 		now:      opts.Now,
 		idents:   opts.Identities,
+		obs:      opts.Observer,
 		flights:  map[string]*flight{},
 		slowJobs: make(chan slowJob),
 	}
@@ -477,7 +480,7 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 	if !st.allowed(src) {
 		return dns.RcodeRefused, false
 	}
-	if !p.lim.allow(src, now) {
+	if !p.lim.allow(p.limitKey(src), now) {
 		p.rateLimited.Add(1)
 		p.met.ratelimited.Inc()
 		return dns.RcodeRefused, false

@@ -46,6 +46,7 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 		resp.SetRcode(req, rc)
 	} else {
 		resp, info = p.serve(p.ctx, st, req, shard)
+		p.observe(p.ctx, a, resp)
 	}
 	p.account(shard, start, req, resp, info, src)
 	if err := w.WriteMsg(resp); err != nil {

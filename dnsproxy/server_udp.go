@@ -294,6 +294,13 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	if e == nil || e.gen.Load() != st.gen {
 		return nil, true
 	}
+	if p.obs != nil && len(e.addrs) > 0 {
+		// Egress learning: the slow path installs what is not there yet
+		// before it answers.
+		if v4, v6 := p.peerAddrs(a); !p.obs.Covered(v4, v6, e.addrs, e.addrTTL) {
+			return nil, true
+		}
+	}
 	maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
 	out := writeHit(ls.out, e, pkt[headerLen:headerLen+q.nameLen], q, now, st.cfg.EDNSBufferSize, maxSize)
 	ls.out = out
@@ -347,6 +354,9 @@ func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, 
 		}
 		resp.Extra = extra
 		out, err = resp.Pack()
+	}
+	if err == nil {
+		p.observe(ctx, src.Addr(), resp)
 	}
 	if err != nil {
 		p.log.Debug("pack dns answer", "error", err)

@@ -27,7 +27,9 @@ func TestEnforcement(t *testing.T) {
 	enforceSplit(t, tp)
 
 	// Full tunnel: everything from the client goes through the gateway.
-	g := tp.newSluice(sluiceOpts{mode: "full", offPolicy: "redirect"})
+	// Egress open: this test is about resolver ports and lists (it reaches
+	// the web server by address); egress_test.go covers the gate.
+	g := tp.newSluice(sluiceOpts{mode: "full", offPolicy: "redirect", enforceYAML: "  egress: open\n"})
 	g.start(t)
 	conf := g.addPeer(t, "alice", "laptop", "", "")
 	if aips := allowedIPs(conf); !contains(aips, "0.0.0.0/0") || !contains(aips, "::/0") {
@@ -96,7 +98,7 @@ func TestEnforcement(t *testing.T) {
 	})
 
 	t.Run("full reject", func(t *testing.T) {
-		g.restart(t, sluiceOpts{mode: "full", offPolicy: "reject"})
+		g.restart(t, sluiceOpts{mode: "full", offPolicy: "reject", enforceYAML: "  egress: open\n"})
 		// The restarted gateway has no session with the client: bring the
 		// client up again instead of waiting out WireGuard's rekey timer.
 		wc.down(t, tp.dir)

@@ -30,6 +30,9 @@ type sluiceOpts struct {
 	mode      string   // split | full
 	offPolicy string   // redirect | reject
 	routes    []string // peers.routes; default 10.30.0.0/16
+	// egress_test.go: extra YAML lines under enforce: and dns.zones.
+	enforceYAML string
+	zonesYAML   string
 }
 
 // sluiceGW is one `sluice up` in the gateway namespace.
@@ -120,6 +123,8 @@ admin:
 `, g.ifname, wgPort, keyFile, gwUnderlay, opts.mode, resolver4, resolver6, corpDNS1, corpDNS2,
 		defaults, g.queryLog, opts.offPolicy, dohFile, filepath.Join(g.dir, "state"), filepath.Join(g.dir, "ctl.sock"),
 		strings.Join(opts.routes, ", "))
+	cfg = strings.Replace(cfg, "  egress_interface: \"\"\n", "  egress_interface: \"\"\n"+opts.enforceYAML, 1)
+	cfg = strings.Replace(cfg, "  default:\n", opts.zonesYAML+"  default:\n", 1)
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatalf("write %s: %v", g.cfgPath, err)
 	}

@@ -140,6 +140,11 @@ var corpRecords = []string{
 	`local-data: "git.corp.example. 60 IN A ` + corpAnswer4 + `"`,
 	`local-data: "git.corp.example. 60 IN AAAA ` + corpAnswer6 + `"`,
 	`local-data: "wiki.corp.example. 60 IN A 10.30.1.11"`,
+	// What the corp resolvers forward for the internet in full mode (here:
+	// static), for egress_test.go.
+	`local-zone: "example.com." static`,
+	`local-data: "www.example.com. 60 IN A ` + httpIP4 + `"`,
+	`local-data: "www.example.com. 60 IN AAAA ` + httpIP6 + `"`,
 }
 
 // publicRecords is the public internet: it answers corp.example

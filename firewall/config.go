@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -34,6 +35,12 @@ type Config struct {
 	Egress       string         // full mode masquerade egress; "" = interface of the default route
 	PeerToPeer   bool           // false: peers cannot reach each other through the gateway
 	KeepOnStop   bool           // false: Close removes the table
+
+	// Resolution-gated egress and inbound (see learned.go).
+	EgressMode   EgressMode     // resolved | audit | open; "" = resolved in full mode, open in split mode
+	EgressAllow  []netip.Prefix // always reachable from peers, whatever was resolved
+	EgressMinTTL time.Duration  // floor of a learned pair's lifetime; 0 = DefaultEgressMinTTL
+	InboundAllow []netip.Prefix // sources outside the tunnel that may open connections to peers
 }
 
 // Spec is the whole desired state of the table.
@@ -52,6 +59,9 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // may be nil
 	NetNS      int                   // network namespace fd; 0 = the current one
+	// LearnedFile keeps learned egress pairs across restarts (written on
+	// Close and every learnedPersistEvery); "" = not kept.
+	LearnedFile string
 }
 
 // Reason names a counted verdict; each is one named counter in the table.
@@ -68,6 +78,8 @@ const (
 	ReasonPeerToPeerDropped  Reason = "peer_to_peer_dropped"
 	ReasonEgressAccepted     Reason = "egress_accepted" // full mode: peer traffic forwarded to the egress
 	ReasonEstablishedReturns Reason = "established_accepted"
+	ReasonEgressUnresolved   Reason = "egress_unresolved" // new peer flow to an address no answer gave it (refused, or allowed in audit)
+	ReasonInboundDropped     Reason = "inbound_dropped"   // new flow from outside toward a peer
 )
 
 // Reasons lists every counter the table carries, in rendering order.
@@ -76,6 +88,7 @@ func Reasons() []Reason {
 		ReasonDNSRedirected, ReasonDNSRejected, ReasonDNSAccepted,
 		ReasonDoTRejected, ReasonDoQRejected, ReasonDoHRejected,
 		ReasonPeerToPeerDropped, ReasonEgressAccepted, ReasonEstablishedReturns,
+		ReasonEgressUnresolved, ReasonInboundDropped,
 	}
 }
 
@@ -117,6 +130,9 @@ func (s Spec) normalize() (Spec, error) {
 	}
 	if len(s.Egress) > maxIfname {
 		return s, fmt.Errorf("invalid egress interface name %q", s.Egress)
+	}
+	if err := s.normalizeEgress(); err != nil {
+		return s, err
 	}
 	if len(s.Resolvers) == 0 {
 		return s, fmt.Errorf("no resolver addresses for interface %q", s.Interface)
@@ -163,6 +179,11 @@ type FileConfig struct {
 	PeerToPeer      bool     `yaml:"peer_to_peer" doc:"let peers reach each other through the gateway" default:"false"`
 	KeepOnStop      bool     `yaml:"keep_on_stop" doc:"leave the table in place when sluice stops (fail closed)" default:"false"`
 	Table           string   `yaml:"table" doc:"name of the nftables table (family inet)" default:"sluice"`
+
+	Egress       string   `yaml:"egress" doc:"resolved: a peer opens new connections only to addresses the gateway's resolver answered it (plus egress_allow); audit: allow but count and log what resolved would refuse; open: no gate" default:"resolved in full mode, open in split mode" allowed:"resolved, audit, open"`
+	EgressAllow  []string `yaml:"egress_allow" doc:"destinations always reachable from peers (NTP, hard-coded SaaS ranges, the corp network)" kind:"IP or CIDR"`
+	EgressMinTTL string   `yaml:"egress_min_ttl" doc:"least time a resolved destination stays reachable, whatever the record's TTL" kind:"duration" default:"1h"`
+	InboundAllow []string `yaml:"inbound_allow" doc:"sources outside the tunnel that may open connections to peers (all others are dropped)" kind:"IP or CIDR"`
 }
 
 // Build validates f into a Config and the table name. Each problem is
@@ -216,6 +237,7 @@ func (f FileConfig) Build(fullTunnel bool, report func(key, msg, fix string)) (C
 	}
 	c.PeerToPeer = f.PeerToPeer
 	c.KeepOnStop = f.KeepOnStop
+	f.buildEgress(fullTunnel, &c, report)
 	table := f.Table
 	if table == "" {
 		table = DefaultTable
@@ -224,6 +246,44 @@ func (f FileConfig) Build(fullTunnel bool, report func(key, msg, fix string)) (C
 		report("table", fmt.Sprintf("%q is not a valid table name", f.Table), "use 1-15 letters, digits, '_', '.' or '-'")
 	}
 	return c, table
+}
+
+// buildEgress reads egress, egress_allow, egress_min_ttl and inbound_allow.
+func (f FileConfig) buildEgress(fullTunnel bool, c *Config, report func(key, msg, fix string)) {
+	switch m := EgressMode(f.Egress); m {
+	case "":
+		c.EgressMode = EgressOpen
+		if fullTunnel {
+			c.EgressMode = EgressResolved
+		}
+	case EgressResolved, EgressAudit, EgressOpen:
+		c.EgressMode = m
+	default:
+		report("egress", fmt.Sprintf("unknown mode %q", f.Egress), "use resolved, audit or open")
+	}
+	for _, l := range []struct {
+		key  string
+		vals []string
+		dst  *[]netip.Prefix
+	}{{"egress_allow", f.EgressAllow, &c.EgressAllow}, {"inbound_allow", f.InboundAllow, &c.InboundAllow}} {
+		for i, s := range l.vals {
+			p, err := parsePrefixOrAddr(s)
+			if err != nil {
+				report(fmt.Sprintf("%s[%d]", l.key, i), fmt.Sprintf("%q is not an IP or CIDR", s), "write it like 192.0.2.10, 10.30.0.0/16 or 2001:db8::/48")
+				continue
+			}
+			*l.dst = append(*l.dst, p)
+		}
+	}
+	c.EgressMinTTL = DefaultEgressMinTTL
+	if f.EgressMinTTL != "" {
+		d, err := time.ParseDuration(f.EgressMinTTL)
+		if err != nil || d < 0 {
+			report("egress_min_ttl", fmt.Sprintf("%q is not a duration", f.EgressMinTTL), "write it like 1h or 30m")
+		} else if d > 0 {
+			c.EgressMinTTL = d
+		}
+	}
 }
 
 // Preflight opens the files c names, as Apply will, so that a bad file is

@@ -46,6 +46,14 @@ type Firewall struct {
 
 	reapplied atomic.Uint64
 
+	// Learned egress pairs (learner.go).
+	learn       *learner
+	learnedFile string
+	gating      atomic.Bool  // the applied table has learned sets
+	minTTL      atomic.Int64 // floor of a learned pair's lifetime, nanoseconds
+	learnMu     sync.Mutex   // serializes learned-set writes with table writes; protects learnTable
+	learnTable  string       // table whose learned sets the writer fills; "" when none
+
 	stop      chan struct{} // closed by Close; ends Run
 	closeOnce sync.Once
 	runs      sync.WaitGroup // Run calls in flight
@@ -64,8 +72,12 @@ func New(opts Options) (*Firewall, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	f := &Firewall{log: log, netns: opts.NetNS, stop: make(chan struct{})}
+	f := &Firewall{log: log, netns: opts.NetNS, stop: make(chan struct{}), learn: newLearner(), learnedFile: opts.LearnedFile}
 	f.cleanFlows = f.cleanConntrack
+	f.minTTL.Store(int64(DefaultEgressMinTTL))
+	if err := f.loadLearned(); err != nil {
+		log.Warn("learned egress pairs not restored", "err", err)
+	}
 	f.metrics = newMetrics(f)
 	if opts.Registerer != nil {
 		if err := f.metrics.register(opts.Registerer); err != nil {
@@ -91,6 +103,7 @@ func (f *Firewall) Apply(spec Spec) error {
 		}
 	}
 	rs := build(s, eg)
+	f.minTTL.Store(int64(s.EgressMinTTL))
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -321,6 +334,10 @@ func (f *Firewall) removeLocked() error {
 	if f.desired == nil {
 		return nil
 	}
+	f.learnMu.Lock()
+	f.learnTable = ""
+	f.gating.Store(false)
+	f.learnMu.Unlock()
 	if err := f.deleteTable(name); err != nil {
 		return err
 	}
@@ -339,6 +356,10 @@ func (f *Firewall) Close() error {
 		f.mu.Unlock()
 		close(f.stop)
 		f.runs.Wait()
+		f.learn.wg.Wait()
+		if perr := f.persistLearned(); perr != nil {
+			f.log.Warn("persist learned egress pairs", "err", perr)
+		}
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.desired != nil && !f.spec.KeepOnStop {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -73,9 +74,19 @@ func nfTable(name string) *nftables.Table {
 // batch atomically, so packets see either the old table or the new one, and
 // a table left behind by a killed process is replaced, never duplicated.
 func (f *Firewall) send(rs *ruleset, seed map[Reason]Counter) error {
+	// The learned pairs are re-installed in the same batch from the
+	// userspace map; the learned-set writer waits meanwhile.
+	f.learnMu.Lock()
+	defer f.learnMu.Unlock()
+	now := time.Now().UnixNano()
+	learned := map[string][]nftables.SetElement{}
 	elems := 0
 	for _, s := range rs.sets {
 		elems += 2 * len(s.ranges)
+		if s.learned {
+			learned[s.name] = f.learnedElements(s.v6, now)
+			elems += len(learned[s.name])
+		}
 	}
 	c, err := f.conn(max(minSocketBuffer, elems*bytesPerElement*2))
 	if err != nil {
@@ -97,10 +108,13 @@ func (f *Firewall) send(rs *ruleset, seed map[Reason]Counter) error {
 		if s.v6 {
 			ns.KeyType = nftables.TypeIP6Addr
 		}
+		els := s.elements()
+		if s.learned {
+			ns, els = learnedSet(t, s), learned[s.name]
+		}
 		if err := c.AddSet(ns, nil); err != nil {
 			return fmt.Errorf("add set %q: %w", s.name, err)
 		}
-		els := s.elements()
 		for i := 0; i < len(els); i += elementsPerMessage {
 			if err := c.SetAddElements(ns, els[i:min(i+elementsPerMessage, len(els))]); err != nil {
 				return fmt.Errorf("add elements to set %q: %w", s.name, err)
@@ -124,6 +138,11 @@ func (f *Firewall) send(rs *ruleset, seed map[Reason]Counter) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply firewall table %q: %w", rs.table, err)
 	}
+	f.learnTable = ""
+	if len(learned) > 0 {
+		f.learnTable = rs.table
+	}
+	f.gating.Store(len(learned) > 0)
 	return nil
 }
 

@@ -343,9 +343,16 @@ func TestKernelReapply(t *testing.T) {
 // traffic is only answered quickly by rules.
 func gatewayPair(t *testing.T) (gw, peer *netnstest.NS, wg string) {
 	t.Helper()
+	gw, peer, _, wg = gatewaySink(t)
+	return gw, peer, wg
+}
+
+// gatewaySink is gatewayPair that also returns the sink namespace.
+func gatewaySink(t *testing.T) (gw, peer, sink *netnstest.NS, wg string) {
+	t.Helper()
 	netnstest.RequirePrivileged(t, "nft", "sysctl")
 	gw, peer = netnstest.New(t, "gw"), netnstest.New(t, "pe")
-	sink := netnstest.New(t, "sk")
+	sink = netnstest.New(t, "sk")
 	wg = netnstest.Unique("wg")
 	netnstest.Veth(t, gw, wg, peer, "eth0")
 	netnstest.Veth(t, gw, "hole0", sink, "eth0")
@@ -375,7 +382,7 @@ func gatewayPair(t *testing.T) (gw, peer *netnstest.NS, wg string) {
 	} {
 		peer.Run(c...)
 	}
-	return gw, peer, wg
+	return gw, peer, sink, wg
 }
 
 // udpEcho listens on addr in ns and echoes datagrams until cleanup.
@@ -731,7 +738,9 @@ func TestKernelPeerCounters(t *testing.T) {
 	f := nsFirewallIn(t, gw)
 	udpEcho(t, gw, "10.20.0.53:53")
 	udpEcho(t, gw, "[fd20::53]:53")
-	if err := f.Apply(testSpec(wg)); err != nil {
+	spec := testSpec(wg)
+	spec.EgressMode = EgressAudit // every per-peer reason is counted
+	if err := f.Apply(spec); err != nil {
 		t.Fatal(err)
 	}
 	peer4, peer6 := netip.MustParseAddr("10.20.0.2"), netip.MustParseAddr("fd20::2")

@@ -15,6 +15,10 @@ type metrics struct {
 	reapplied prometheus.Counter
 	applySecs prometheus.Gauge
 	flushed   prometheus.Counter
+
+	learnSecs   prometheus.Histogram // Learn: call to kernel ack
+	learnErrors prometheus.Counter
+	learned     prometheus.GaugeFunc
 }
 
 func newMetrics(f *Firewall) *metrics {
@@ -36,11 +40,24 @@ func newMetrics(f *Firewall) *metrics {
 			Name: "sluice_firewall_conntrack_flushed_total",
 			Help: "Existing peer DNS/DoT flows to other resolvers deleted from conntrack after an apply.",
 		}),
+		learnSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sluice_firewall_egress_learn_seconds",
+			Help:    "Time from an answer's addresses handed to the firewall to the learned pairs acknowledged by the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
+		learnErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_firewall_egress_learn_errors_total",
+			Help: "Answers whose learned egress pairs could not be installed.",
+		}),
+		learned: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sluice_firewall_egress_learned_pairs",
+			Help: "Live learned (peer, destination) pairs.",
+		}, func() float64 { return float64(f.LearnedPairs()) }),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m, m.reapplied, m.applySecs, m.flushed} {
+	for _, c := range []prometheus.Collector{m, m.reapplied, m.applySecs, m.flushed, m.learnSecs, m.learnErrors, m.learned} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("register firewall metrics: %w", err)
 		}

@@ -37,6 +37,11 @@ func (rs *ruleset) render(counters map[Reason]Counter, peers map[string][]string
 		if s.v6 {
 			typ = "ipv6_addr"
 		}
+		if s.learned {
+			// Thousands of pairs: listed by `sluice status`, not here.
+			fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s . %s\n\t\tflags timeout\n\t}\n", s.name, typ, typ)
+			continue
+		}
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, typ)
 		if s.peer != "" {
 			fmt.Fprintf(&b, "\t\tsize %d\n\t\tflags dynamic,timeout\n\t\ttimeout %s\n", peerSetSize, nftDuration(peerSetTimeout))

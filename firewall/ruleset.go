@@ -95,6 +95,9 @@ type set struct {
 	// peer is set for the dynamic per-peer accounting sets: the reason
 	// whose packets they count per peer source address. They start empty.
 	peer Reason
+	// learned marks the learned egress sets: (peer . destination) pairs
+	// with per-element timeouts, filled from userspace (see learned.go).
+	learned bool
 }
 
 // ruleset is the whole desired table, built in memory.
@@ -131,6 +134,7 @@ func PeerReasons() []Reason {
 	return []Reason{
 		ReasonDNSRedirected, ReasonDNSRejected, ReasonDNSAccepted,
 		ReasonDoTRejected, ReasonDoQRejected, ReasonDoHRejected,
+		ReasonEgressUnresolved,
 	}
 }
 
@@ -286,6 +290,7 @@ func build(s Spec, eg egress) *ruleset {
 		fwd.rules = append(fwd.rules, rule{[]stmt{iifname(wg), oifname(wg), counterRef(ReasonPeerToPeerDropped), verdict(expr.VerdictDrop, "")}})
 	}
 	rs.chains = []*chain{pre, in, fwd, dns}
+	buildEgress(rs, s, fwd, addSet, counted)
 
 	if s.FullTunnel {
 		outs := []string{eg.v4}
@@ -306,6 +311,7 @@ func build(s Spec, eg egress) *ruleset {
 		)
 		rs.chains = append(rs.chains, post)
 	}
+	buildInbound(rs, s, fwd, addSet)
 	return rs
 }
 

@@ -66,6 +66,12 @@ type table interface {
 	AppliedAt() time.Time
 	// Close stops Run and removes the table (unless kept on stop).
 	Close() error
+
+	// The resolution-gated egress: the proxy's answers are learned into
+	// the table (dnsproxy.AnswerObserver), refused flows are reported.
+	dnsproxy.AnswerObserver
+	LearnedPairs() int
+	EgressEvents(ctx context.Context, fn func(firewall.EgressEvent)) error
 }
 
 // host is what the gateway reads and changes on the host besides its own

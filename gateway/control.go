@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/firewall"
 	"github.com/sluice-vpn/sluice/peers"
 )
 
@@ -202,7 +203,8 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 		return nil, nil, fmt.Errorf("%w: %w", errBadPeer, err)
 	}
 	var records <-chan dnsproxy.QueryRecord
-	var stopTap func()
+	var refusals <-chan firewall.EgressEvent
+	var stopTap, stopEgress func()
 	err = g.use(func() error {
 		list, err := g.store.List()
 		if err != nil {
@@ -218,6 +220,7 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 			return fmt.Errorf("%w %q (see sluice peer list)", errNoPeer, peer)
 		}
 		records, stopTap = g.proxy.Tap(addrs, buf)
+		refusals, stopEgress = g.egress.tap(addrs, buf)
 		return nil
 	})
 	if err != nil {
@@ -235,6 +238,13 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 				case out <- TraceRecord{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}:
 				default: // the reader lags: drop, like the tap
 				}
+			case ev := <-refusals:
+				line := TraceRecord{Peer: g.peerName(ev.Src), Egress: &EgressTrace{Dst: ev.Dst.String(), Proto: ev.Proto, Port: ev.Port, Refused: ev.Refused}}
+				line.Time, line.Client = ev.Time, netip.AddrPortFrom(ev.Src, 0)
+				select {
+				case out <- line:
+				default:
+				}
 			case <-done:
 				return
 			}
@@ -246,6 +256,7 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 			close(done)
 			<-finished
 			stopTap()
+			stopEgress()
 		})
 	}
 	return out, stop, nil
@@ -255,6 +266,7 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 type TraceRecord struct {
 	Peer string `json:"peer"`
 	dnsproxy.QueryRecord
+	Egress *EgressTrace `json:"egress,omitempty"` // set for a refused (or audited) flow, not a query
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

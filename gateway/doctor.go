@@ -268,6 +268,7 @@ func (g *Gateway) doctorPeer(r *Report, id string) {
 	}
 	r.add(Check{Name: name + " handshake", OK: true, Detail: "last handshake " + humanTime(hs)})
 	g.doctorPeerTraffic(r, p)
+	g.doctorPeerEgress(r, p)
 }
 
 func humanTime(t time.Time) string {
@@ -298,7 +299,7 @@ func (g *Gateway) doctorPeerTraffic(r *Report, p peers.Peer) {
 	var rejected []string
 	for _, reason := range firewall.PeerReasons() {
 		n := counters[reason].Packets
-		if reason == firewall.ReasonDNSAccepted || reason == firewall.ReasonDNSRedirected || n == 0 {
+		if reason == firewall.ReasonDNSAccepted || reason == firewall.ReasonDNSRedirected || reason == firewall.ReasonEgressUnresolved || n == 0 {
 			continue
 		}
 		rejected = append(rejected, fmt.Sprintf("%s %d", reason, n))

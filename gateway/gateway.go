@@ -50,7 +50,8 @@ type Gateway struct {
 	lastSync string     // store version last applied; protected by syncMu
 	nextSync time.Time  // when the active set changes by itself (an expiry); protected by syncMu
 
-	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
+	peerIdx peerIndex  // tunnel address → peer, for the proxy, status and doctor
+	egress  egressTaps // refused egress flows, for peer trace
 
 	// life is the lifecycle's one owner. Run's transitions and Reload hold
 	// it for writing; every other use of the components below (status,
@@ -198,7 +199,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The table goes in before the interface exists and comes out after it
 	// is gone, so no peer packet ever passes without it (it matches the
 	// interface by name). Forwarding is only turned on once it is in place.
-	fw, err := g.parts.firewall(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg})
+	fw, err := g.parts.firewall(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg,
+		LearnedFile: learnedFile(cfg)})
 	if err != nil {
 		return fmt.Errorf("open firewall: %w", err)
 	}
@@ -240,6 +242,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
 		Identities: &g.peerIdx,
+		Observer:   g.fw, // egress learning: the firewall's learned pairs
 	})
 	if err != nil {
 		return fmt.Errorf("configure dns proxy: %w", err)
@@ -280,6 +283,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		start("admin listener", func(ctx context.Context) error { return g.serveAdmin(ctx, admin) })
 	}
 	start("peer watch", g.watchPeers)
+	start("egress log", g.watchEgress)
 
 	g.setPhase(phaseReady)
 	g.log.Info("ready", "interface", cfg.Interface.Name, "resolvers", cfg.Resolvers(), "mode", cfg.Mode, "admin", cfg.Admin.Listen, "control", cfg.ControlSocket())

@@ -18,6 +18,7 @@ type Status struct {
 	Peers     []PeerStatus                `json:"peers"`
 	DNS       dnsproxy.Stats              `json:"dns"`
 	Firewall  map[string]firewall.Counter `json:"firewall"`
+	Egress    EgressStatus                `json:"egress"`
 	Errors    []string                    `json:"errors,omitempty"`
 	Uptime    string                      `json:"uptime"`
 	// NotReady lists why /readyz fails (no healthy upstream in a group,
@@ -109,6 +110,7 @@ func (g *Gateway) statusLocked() *Status {
 		s.Firewall[string(r)] = c
 	}
 	s.NotReady = g.readinessLocked(s.DNS.Upstreams)
+	s.Egress = g.egressStatus(cfg, counters)
 	return s
 }
 

@@ -175,6 +175,10 @@ func printStatus(w io.Writer, st *gateway.Status) {
 	}
 	fmt.Fprintf(w, "\ndns:\n")
 	printDNSStats(w, st)
+	if eg := st.Egress; eg.Mode != "" {
+		fmt.Fprintf(w, "\negress: %s, %d learned pairs (at least %s each), %d new flows to unresolved addresses, %d inbound dropped\n",
+			eg.Mode, eg.LearnedPairs, eg.MinTTL, eg.Unresolved, eg.InboundDrops)
+	}
 	fmt.Fprintf(w, "\nfirewall counters (packets):\n")
 	for _, k := range sortedKeys(st.Firewall) {
 		fmt.Fprintf(w, "  %-22s %d\n", k, st.Firewall[k].Packets)

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -62,6 +64,9 @@ look for (see also 'sluice doctor --peer'). Ends after --for, or on Ctrl-C.`,
 
 // printTraceLine prints one traced query on one line.
 func printTraceLine(w io.Writer, r gateway.TraceRecord) error {
+	if r.Egress != nil {
+		return printEgressLine(w, r)
+	}
 	via := r.Group
 	switch {
 	case r.Blocked != "":
@@ -77,5 +82,24 @@ func printTraceLine(w io.Writer, r gateway.TraceRecord) error {
 	}
 	_, err := fmt.Fprintf(w, "%s  %-16s %-40s %-6s %-9s %-36s %s\n", r.Time.Local().Format("15:04:05.000"), peer, r.Name, r.Type, r.Rcode, via,
 		r.Latency.Round(time.Microsecond))
+	return err
+}
+
+// printEgressLine prints one refused (or audited) flow of a traced peer.
+func printEgressLine(w io.Writer, r gateway.TraceRecord) error {
+	e := r.Egress
+	peer := r.Peer
+	if peer == "" {
+		peer = r.Client.Addr().String()
+	}
+	verdict := "refused: not resolved by the gateway"
+	if !e.Refused {
+		verdict = "allowed (audit): not resolved by the gateway"
+	}
+	dst := e.Dst
+	if e.Port != 0 {
+		dst = net.JoinHostPort(e.Dst, strconv.Itoa(int(e.Port)))
+	}
+	_, err := fmt.Fprintf(w, "%s  %-16s %s %s %s\n", r.Time.Local().Format("15:04:05.000"), peer, verdict, e.Proto, dst)
 	return err
 }
