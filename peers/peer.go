@@ -52,6 +52,8 @@ type Peer struct {
 	// the zero Addr when the pool has no prefix of that family.
 	IPv4, IPv6 netip.Addr
 	Created    time.Time
+	// Group is the peer's group (see `groups:`); "" is the default group.
+	Group string
 }
 
 // ID is "user/device".

@@ -55,6 +55,7 @@ func (e *DamagedError) Unwrap() error { return ErrDamaged }
 type AddRequest struct {
 	User, Device string
 	PublicKey    *wgtypes.Key
+	Group        string // "" = the default group
 }
 
 // Store is the peer registry on disk. It is safe for concurrent use by
@@ -134,6 +135,11 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 		if err := ValidateName("device", reqs[i].Device); err != nil {
 			return nil, fmt.Errorf("add peer: %w", err)
 		}
+		if reqs[i].Group != "" {
+			if err := ValidateName("group", reqs[i].Group); err != nil {
+				return nil, fmt.Errorf("add peer: %w", err)
+			}
+		}
 		if reqs[i].PublicKey != nil && *reqs[i].PublicKey == (wgtypes.Key{}) {
 			return nil, fmt.Errorf("add peer %s/%s: public key is all zeros", reqs[i].User, reqs[i].Device)
 		}
@@ -156,7 +162,7 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 		now := s.now().UTC().Truncate(time.Second)
 		added = make([]Peer, 0, len(reqs))
 		for _, r := range reqs {
-			p := Peer{User: r.User, Device: r.Device, Created: now}
+			p := Peer{User: r.User, Device: r.Device, Created: now, Group: r.Group}
 			if _, dup := ids[p.ID()]; dup {
 				return nil, fmt.Errorf("add peer %s: %w", p.ID(), ErrExists)
 			}
@@ -408,6 +414,7 @@ type peerRecord struct {
 	IPv4         string    `json:"ipv4,omitempty"`
 	IPv6         string    `json:"ipv6,omitempty"`
 	Created      time.Time `json:"created"`
+	Group        string    `json:"group,omitempty"` // "" = the default group
 }
 
 func sortPeers(list []Peer) {
@@ -422,7 +429,7 @@ func sortPeers(list []Peer) {
 func encodeStore(list []Peer) ([]byte, error) {
 	f := storeFile{Version: StoreFormat, Peers: make([]peerRecord, len(list))}
 	for i, p := range list {
-		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created}
+		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created, Group: p.Group}
 		if p.PrivateKey != nil {
 			r.PrivateKey = p.PrivateKey.String()
 		}
@@ -505,9 +512,14 @@ func decodeStore(data []byte) (list []Peer, reason string) {
 }
 
 func (r peerRecord) peer() (Peer, error) {
-	p := Peer{User: r.User, Device: r.Device, Created: r.Created}
+	p := Peer{User: r.User, Device: r.Device, Created: r.Created, Group: r.Group}
 	if err := ValidateName("user", r.User); err != nil {
 		return p, err
+	}
+	if r.Group != "" {
+		if err := ValidateName("group", r.Group); err != nil {
+			return p, err
+		}
 	}
 	if err := ValidateName("device", r.Device); err != nil {
 		return p, err
