@@ -85,6 +85,7 @@ type Config struct {
 	Enforce          firewall.Config
 	FirewallTable    string
 	Peers            peers.Config
+	Groups           GroupsConfig // groups.go
 	Admin            AdminConfig
 
 	pos positions
@@ -575,6 +576,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		bad("peers.routes", "routes one family's default route but not the other's: the other family leaks around the tunnel",
 			"add both 0.0.0.0/0 and ::/0, or use dns.mode: full")
 	}
+	buildGroups(c, fc, bad)
 	if len(errs) == 0 {
 		if err := c.Pool().Validate(); err != nil {
 			bad("interface.addresses", err.Error(), "use larger prefixes, e.g. /24 for IPv4 and /64 for IPv6")

@@ -80,7 +80,9 @@ type fileConfig struct {
 		StateDir            string   `yaml:"state_dir"`
 		Routes              []string `yaml:"routes"`
 		PersistentKeepalive string   `yaml:"persistent_keepalive"`
+		DefaultGroup        string   `yaml:"default_group"` // groups.go
 	} `yaml:"peers"`
+	Groups map[string]fileGroup `yaml:"groups"` // groups.go
 	Admin struct {
 		Listen        string `yaml:"listen"`
 		ControlSocket string `yaml:"control_socket"`

@@ -56,6 +56,9 @@ type Gateway struct {
 
 	peerIdx peerIndex // tunnel address → peer, for the proxy, status and doctor
 
+	groupMu    sync.Mutex   // protects groupPeers
+	groupPeers []peers.Peer // peers of the last sync, for the firewall's group rules
+
 	mu    sync.RWMutex // protects cfg, ready
 	cfg   *Config
 	ready bool
@@ -253,6 +256,8 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 		FullTunnel:     cfg.FullTunnel(),
 		Config:         cfg.Enforce,
 		DoHSet:         firewall.NormalizePrefixes(doh, cfg.Enforce.DoHAllow),
+		Groups:         g.groupRulesNow(cfg),
+		GroupBound:     cfg.groupBound(),
 	}
 }
 
@@ -295,6 +300,7 @@ func (g *Gateway) syncPeers() error {
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
+	cfg := g.Config()
 	want := make([]wgdev.PeerConfig, 0, len(list))
 	idx := make(map[netip.Addr]*dnsproxy.Peer, 2*len(list))
 	for _, p := range list {
@@ -303,7 +309,7 @@ func (g *Gateway) syncPeers() error {
 			PresharedKey: p.PresharedKey,
 			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(p.IPv4, 32), netip.PrefixFrom(p.IPv6, 128)},
 		})
-		who := &dnsproxy.Peer{Name: p.ID(), V4: p.IPv4, V6: p.IPv6}
+		who := &dnsproxy.Peer{Name: p.ID(), Group: cfg.GroupOf(p), V4: p.IPv4, V6: p.IPv6}
 		idx[p.IPv4] = who
 		idx[p.IPv6] = who
 	}
@@ -313,6 +319,9 @@ func (g *Gateway) syncPeers() error {
 		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
 	}
 	g.peerIdx.set(idx)
+	if err := g.applyGroupPeers(cfg, list); err != nil {
+		return fmt.Errorf("apply group members to the firewall: %w", err)
+	}
 	g.lastSync = ver
 	g.metrics.peers.Set(float64(len(list)))
 	if added+removed+updated > 0 {
