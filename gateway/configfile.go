@@ -83,7 +83,7 @@ type fileConfig struct {
 		DefaultGroup        string   `yaml:"default_group"` // groups.go
 	} `yaml:"peers"`
 	Groups map[string]fileGroup `yaml:"groups"` // groups.go
-	Admin struct {
+	Admin  struct {
 		Listen        string `yaml:"listen"`
 		ControlSocket string `yaml:"control_socket"`
 	} `yaml:"admin"`
