@@ -24,7 +24,7 @@ func newPeerCmd(g *globals) *cobra.Command {
 one IPv4 /32 and one IPv6 /128 from the interface prefixes. Changes apply to
 the running daemon within a second, and at the next 'sluice up' otherwise.`,
 	}
-	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd(), newPeerTraceCmd(g))
+	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd(), newPeerTraceCmd(g), newPeerSetGroupCmd(g))
 	return cmd
 }
 
@@ -57,7 +57,8 @@ func notifyDaemon(cmd *cobra.Command, cfg *gateway.Config) {
 }
 
 func newPeerAddCmd(g *globals) *cobra.Command {
-	var device, pub string
+	var device, pub, group string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "add USER",
 		Short: "Add a device for a user and allocate its addresses",
@@ -80,7 +81,10 @@ rendered config then carries a placeholder for it).`,
 					return err
 				}
 			}
-			req := peers.AddRequest{User: user, Device: dev}
+			if err := checkGroup(cfg, group); err != nil {
+				return err
+			}
+			req := peers.AddRequest{User: user, Device: dev, Group: group}
 			if pub != "" {
 				k, err := wgtypes.ParseKey(pub)
 				if err != nil {
@@ -92,7 +96,17 @@ rendered config then carries a placeholder for it).`,
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), withGroup(viewOf(p), cfg, p)); err != nil {
+					return err
+				}
+				notifyDaemon(cmd, cfg)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added %s: %s, %s, public key %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
+			if cfg.Groups.Enabled() {
+				fmt.Fprintf(cmd.OutOrStdout(), "group: %s\n", cfg.GroupOf(p))
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "client config: sluice peer config %s [--format conf|qr|png|nrpt|mobileconfig|resolved]\n", p.ID())
 			notifyDaemon(cmd, cfg)
 			return nil
@@ -100,6 +114,8 @@ rendered config then carries a placeholder for it).`,
 	}
 	cmd.Flags().StringVarP(&device, "device", "d", "", "device name (default \"default\")")
 	cmd.Flags().StringVar(&pub, "public-key", "", "the device's own public key (its private key never leaves it)")
+	cmd.Flags().StringVarP(&group, "group", "g", "", "the device's group (default: peers.default_group)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the new peer as JSON (no private keys)")
 	return cmd
 }
 
@@ -110,7 +126,7 @@ func newPeerListCmd(g *globals) *cobra.Command {
 		Short: "List peers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, _, err := g.store()
+			st, cfg, err := g.store()
 			if err != nil {
 				return err
 			}
@@ -121,14 +137,18 @@ func newPeerListCmd(g *globals) *cobra.Command {
 			if asJSON {
 				out := make([]peerView, len(list))
 				for i, p := range list {
-					out[i] = viewOf(p)
+					out[i] = withGroup(viewOf(p), cfg, p)
 				}
 				return printJSON(cmd.OutOrStdout(), out)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", "PEER", "IPV4", "IPV6", "PUBLIC KEY")
+			fmt.Fprintf(w, "%-32s %-16s %-28s %-16s %s\n", "PEER", "IPV4", "IPV6", "GROUP", "PUBLIC KEY")
 			for _, p := range list {
-				fmt.Fprintf(w, "%-32s %-16s %-28s %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
+				group := cfg.GroupOf(p)
+				if group == "" {
+					group = "-"
+				}
+				fmt.Fprintf(w, "%-32s %-16s %-28s %-16s %s\n", p.ID(), p.IPv4, p.IPv6, group, p.PublicKey)
 			}
 			return nil
 		},
@@ -147,6 +167,7 @@ type peerView struct {
 	PublicKey string    `json:"public_key"`
 	OwnKey    bool      `json:"user_brought_key"`
 	Created   time.Time `json:"created"`
+	Group     string    `json:"group,omitempty"` // effective group; omitted when no groups are configured
 }
 
 func viewOf(p peers.Peer) peerView {
@@ -176,11 +197,11 @@ func newPeerShowCmd(g *globals) *cobra.Command {
 		Short: "Show one peer (without its private key)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, _, p, err := g.peerByID(args[0])
+			_, cfg, p, err := g.peerByID(args[0])
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), viewOf(p))
+			return printJSON(cmd.OutOrStdout(), withGroup(viewOf(p), cfg, p))
 		},
 	}
 }
@@ -252,7 +273,7 @@ Formats:
 				Endpoint:        endpoint,
 				MTU:             cfg.Interface.MTU,
 				FullTunnel:      cfg.FullTunnel(),
-				Routes:          cfg.Peers.Routes,
+				Routes:          cfg.PeerRoutes(p), // the group's routes (groups)
 				Resolvers:       cfg.Resolvers(),
 				SearchDomains:   cfg.SearchDomains,
 				Zones:           cfg.ZoneNames(),
