@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Loopback sources standing for two peers (all of 127/8 is local on Linux).
@@ -351,5 +352,64 @@ func TestGroupFastPathNoAlloc(t *testing.T) {
 	pkt, _ = m.Pack()
 	if resp, slow := s.p.handlePacket(ls, pkt, netip.AddrPortFrom(contractorSrc, 5353)); resp != nil || !slow {
 		t.Error("a contractor's hit on the hr zone was answered on the fast path")
+	}
+}
+
+// BenchmarkCacheHitGroups is BenchmarkCacheHit's fast path with 10 groups
+// and 1,000 peer identities; "without" runs the same proxy setup with no
+// groups, side by side. The hit is in an internal zone the peer's group sees.
+func BenchmarkCacheHitGroups(b *testing.B) {
+	for _, withGroups := range []bool{false, true} {
+		name := "without"
+		if withGroups {
+			name = "with_10_groups_1000_peers"
+		}
+		b.Run(name, func(b *testing.B) {
+			up := startFakeTB(b, answerA("10.30.0.53", 3600))
+			cfg := testConfig(up)
+			cfg.Zones = []Zone{{Name: "corp.example", Upstreams: []string{up}}}
+			var ids IdentityMap
+			src := netip.MustParseAddr("127.0.0.1")
+			if withGroups {
+				for i := range 10 {
+					z := fmtName("z%d.internal", i)
+					cfg.Zones = append(cfg.Zones, Zone{Name: z, Upstreams: []string{up}})
+					cfg.Groups = append(cfg.Groups, PeerGroup{Name: fmtName("g%d", i), Zones: []string{"corp.example", z}})
+				}
+				cfg.DefaultGroup = "g0"
+				ids = IdentityMap{}
+				a := src
+				for i := range 1000 {
+					ids[a] = &Peer{Name: fmtName("u%d/default", i), Group: fmtName("g%d", i%10), V4: a}
+					a = a.Next()
+				}
+			}
+			opts := Options{Registerer: prometheus.NewRegistry()}
+			if ids != nil {
+				opts.Identities = ids
+			}
+			p, err := New(cfg, opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { p.Close() })
+			m := new(dns.Msg)
+			m.SetQuestion("git.corp.example.", dns.TypeA)
+			if r, err := p.Exchange(b.Context(), m, src); err != nil || len(r.Answer) != 1 {
+				b.Fatalf("warm cache: %v %v", r, err)
+			}
+			m.SetEdns0(1232, false)
+			pkt, _ := m.Pack()
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				ls := newLoopState(int(time.Now().UnixNano()))
+				from := netip.AddrPortFrom(src, 40000)
+				for pb.Next() {
+					if resp, _ := p.handlePacket(ls, pkt, from); resp == nil {
+						b.Fatal("miss")
+					}
+				}
+			})
+		})
 	}
 }
