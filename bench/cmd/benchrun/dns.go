@@ -135,7 +135,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	}
 	direct50, direct99 := &series{}, &series{}
 	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
-	ratioGroups, ratioGroupsDD := &series{}, &series{} // groups row: sluice with groups / without, / dnsdist
+	ratioGroups, ratioGroupsDD, effGroups := &series{}, &series{}, &series{} // groups rows: with groups / without (QPS, per CPU-second), / dnsdist
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -153,7 +153,8 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits per server CPU-second — " + s.name, s: hitEff[s.name], rounds: R})
 		}
-		out = append(out, row{figure: "DNS hits per CPU-second ratio sluice / dnsdist", unit: "×", s: effDD, rounds: R})
+		out = append(out, row{figure: "DNS hits per CPU-second ratio sluice / dnsdist", unit: "×", s: effDD, rounds: R},
+			row{figure: fmt.Sprintf("DNS hits per CPU-second ratio sluice with %d groups, %d peers / without", benchGroups, benchPeers), unit: "×", s: effGroups, rounds: R})
 		for _, s := range servers {
 			out = append(out,
 				row{figure: "DNS hit latency p50 — " + s.name, unit: " µs", s: hitP50[s.name], rounds: R},
@@ -244,8 +245,10 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			ratioUB.fail(s.na)
 			effDD.fail(s.na)
 			ratioGroups.fail(s.na)
+			effGroups.fail(s.na)
 		case groupsServer:
 			ratioGroups.fail(s.na)
+			effGroups.fail(s.na)
 			ratioGroupsDD.fail(s.na)
 		case "dnsdist":
 			ratioDD.fail(s.na)
@@ -306,6 +309,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		if qps[groupsServer] > 0 && qps["sluice"] > 0 {
 			ratioGroups.add(qps[groupsServer] / qps["sluice"])
+		}
+		if eff[groupsServer] > 0 && eff["sluice"] > 0 {
+			effGroups.add(eff[groupsServer] / eff["sluice"])
 		}
 		if qps[groupsServer] > 0 && qps["dnsdist"] > 0 {
 			ratioGroupsDD.add(qps[groupsServer] / qps["dnsdist"])
