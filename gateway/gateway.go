@@ -313,6 +313,9 @@ func (g *Gateway) syncPeers() error {
 		idx[p.IPv4] = who
 		idx[p.IPv6] = who
 	}
+	if err := g.groupsBeforeSync(cfg, list, idx); err != nil {
+		return fmt.Errorf("apply group members to the firewall: %w", err)
+	}
 	start := time.Now()
 	added, removed, updated, err := g.dev.SyncPeers(want)
 	if err != nil {

@@ -267,3 +267,40 @@ func (g *Gateway) resyncPeers() error {
 	g.syncMu.Unlock()
 	return g.syncPeers()
 }
+
+// groupsBeforeSync runs before the device learns the peers of list: a new
+// peer's identity (its group) and firewall membership are in place before
+// it can send a packet, and a removed peer keeps its own until the device
+// has dropped it, so neither falls into the default group in between. The
+// sync publishes the exact state after the device (applyGroupPeers).
+func (g *Gateway) groupsBeforeSync(cfg *Config, list []peers.Peer, idx map[netip.Addr]*dnsproxy.Peer) error {
+	if !cfg.Groups.Enabled() {
+		return nil
+	}
+	merged := make(map[netip.Addr]*dnsproxy.Peer, len(idx))
+	for a, p := range idx {
+		merged[a] = p
+	}
+	if old := g.peerIdx.m.Load(); old != nil {
+		for a, p := range *old {
+			if _, ok := merged[a]; !ok {
+				merged[a] = p
+			}
+		}
+	}
+	g.peerIdx.set(merged)
+	g.groupMu.Lock()
+	prev := g.groupPeers
+	g.groupMu.Unlock()
+	union := slices.Clone(list)
+	ids := make(map[string]bool, len(list))
+	for _, p := range list {
+		ids[p.ID()] = true
+	}
+	for _, p := range prev {
+		if !ids[p.ID()] {
+			union = append(union, p)
+		}
+	}
+	return g.applyGroupPeers(cfg, union)
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluice-vpn/sluice/dnsproxy"
 	"github.com/sluice-vpn/sluice/peers"
 )
 
@@ -155,5 +156,38 @@ func TestParseGroupsErrors(t *testing.T) {
 	ok := strings.Replace(groupsConfig, "  lab:\n", "  lab:\n    blocklist_file: "+block+"\n", 1)
 	if _, err := Parse("groups.yaml", []byte(ok)); err != nil {
 		t.Errorf("group with blocklist: %v", err)
+	}
+}
+
+// Before the device sync, a new peer already has its group and a removed
+// one keeps its own: neither is ever "no identity" (the default group).
+func TestGroupsBeforeSync(t *testing.T) {
+	c, err := Parse("groups.yaml", []byte(groupsConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{}
+	old := peers.Peer{User: "old", Device: "d", Group: "contractors", IPv4: netip.MustParseAddr("10.20.0.7")}
+	g.peerIdx.set(map[netip.Addr]*dnsproxy.Peer{old.IPv4: {Name: old.ID(), Group: "contractors", V4: old.IPv4}})
+	g.groupPeers = []peers.Peer{old}
+	bob := peers.Peer{User: "bob", Device: "d", Group: "contractors", IPv4: netip.MustParseAddr("10.20.0.8")}
+	idx := map[netip.Addr]*dnsproxy.Peer{bob.IPv4: {Name: bob.ID(), Group: c.GroupOf(bob), V4: bob.IPv4}}
+	if err := g.groupsBeforeSync(c, []peers.Peer{bob}, idx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []peers.Peer{old, bob} {
+		who, ok := g.peerIdx.Lookup(p.IPv4)
+		if !ok || who.Group != "contractors" {
+			t.Errorf("%s during the sync: %+v, %v; want group contractors", p.ID(), who, ok)
+		}
+	}
+	if len(g.groupPeers) != 2 {
+		t.Errorf("firewall members during the sync: %d peers, want both", len(g.groupPeers))
+	}
+	if err := g.applyGroupPeers(c, []peers.Peer{bob}); err != nil {
+		t.Fatal(err)
+	}
+	if rules := g.groupRulesNow(c); len(rules[0].Peers) != 1 || rules[0].Peers[0] != bob.IPv4 {
+		t.Errorf("after the sync: %+v", rules)
 	}
 }
