@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -22,12 +23,7 @@ func TestGroups(t *testing.T) {
 	requireSluice(t)
 	tp := newTopology(t)
 	g := tp.newSluice(sluiceOpts{mode: "split", offPolicy: "redirect"})
-	cfg := readFile(g.cfgPath)
-	cfg = strings.Replace(cfg, "  routes: [10.30.0.0/16]\n", "  routes: [10.30.0.0/16]\n  default_group: employees\n", 1)
-	cfg += "groups:\n  employees: {}\n  contractors:\n    zones: []\n    routes: [" + contractorRoute + "]\n"
-	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	withGroups(t, g)
 	g.start(t)
 
 	aliceConf := g.addPeer(t, "alice", "laptop", "", "")
@@ -131,4 +127,61 @@ func TestGroups(t *testing.T) {
 			t.Errorf("back in contractors the peer still resolves %s or reaches %s:\n%s", internalFQ, corpDNS2, last)
 		}
 	})
+}
+
+// withGroups adds groups to the sluice configuration: employees (the
+// default, no restriction) and contractors (no internal zone, one route).
+func withGroups(t *testing.T, g *sluiceGW) {
+	t.Helper()
+	cfg := readFile(g.cfgPath)
+	cfg = strings.Replace(cfg, "  routes: [10.30.0.0/16]\n", "  routes: [10.30.0.0/16]\n  default_group: employees\n", 1)
+	cfg += "groups:\n  employees: {}\n  contractors:\n    zones: []\n    routes: [" + contractorRoute + "]\n"
+	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGroupsFullMode: in full mode both clients route everything; the
+// contractor's group routes bound what internal prefixes it reaches, while
+// its internet egress is untouched.
+func TestGroupsFullMode(t *testing.T) {
+	requireSluice(t)
+	tp := newTopology(t)
+	g := tp.newSluice(sluiceOpts{mode: "full", offPolicy: "reject"})
+	withGroups(t, g)
+	g.start(t)
+	aliceConf := g.addPeer(t, "alice", "laptop", "", "")
+	g.mustCLI(t, "peer", "add", "bob", "--device", "laptop", "--group", "contractors")
+	bobConf := g.mustCLI(t, "peer", "config", "bob/laptop")
+	if aips := allowedIPs(bobConf); !contains(aips, "0.0.0.0/0") || !contains(aips, "::/0") {
+		t.Fatalf("full mode contractor config AllowedIPs %v, want everything", aips)
+	}
+	alice, bob := tp.newClientNS("fa"), tp.newClientNS("fb")
+	tp.wgQuickUp(t, alice, aliceConf)
+	tp.wgQuickUp(t, bob, bobConf)
+	mustPing(t, alice, resolver4, 5*time.Second)
+	mustPing(t, bob, resolver4, 5*time.Second)
+
+	if ok, out := ping(alice, corpDNS2); !ok {
+		t.Errorf("employee cannot reach %s:\n%s", corpDNS2, out)
+	}
+	if ok, out := ping(bob, corpDNS1); !ok {
+		t.Errorf("contractor cannot reach %s, inside its group's routes:\n%s", corpDNS1, out)
+	}
+	if ok, out := ping(bob, corpDNS2); ok {
+		t.Errorf("contractor reached %s, an internal address outside its group's routes:\n%s", corpDNS2, out)
+	}
+	if c := curl(bob, "http://"+net.JoinHostPort(httpIP4, "80")+"/"); c.err != nil || c.body != httpBody {
+		t.Errorf("contractor's internet egress (full mode) refused: %q %v", c.body, c.err)
+	}
+	if r := dig(bob, "@"+resolver4, internalFQ); r.status != "NXDOMAIN" || !strings.Contains(r.out, "EDE: 18") {
+		t.Errorf("contractor dig %s in full mode: %q:\n%s", internalFQ, r.status, r.out)
+	}
+	if r := dig(alice, "@"+resolver4, internalFQ); !r.has(corpAnswer4) {
+		t.Errorf("employee dig %s in full mode: %q %v", internalFQ, r.status, r.answers)
+	}
+	if n := g.firewallCounter(t, "group_route"); n < 1 {
+		t.Errorf(`sluice_firewall_packets_total{reason="group_route"} = %v in full mode`, n)
+		logFirewall(t, g, tp.gw)
+	}
 }
