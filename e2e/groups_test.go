@@ -102,6 +102,11 @@ func TestGroups(t *testing.T) {
 			t.Errorf(`sluice_firewall_packets_total{reason="group_route"} = %v after a refused packet`, n)
 			logFirewall(t, g, tp.gw)
 		}
+		// Counted per peer: the doctor names the contractor's refusals.
+		out, err := g.cli("doctor", "--peer", "bob/laptop")
+		if !strings.Contains(out, "contractors, routes "+contractorRoute) || strings.Contains(out, "; 0 packets beyond them refused") {
+			t.Errorf("doctor --peer bob/laptop (err %v) does not report the refused packets:\n%s", err, out)
+		}
 	})
 
 	t.Run("set-group live", func(t *testing.T) {

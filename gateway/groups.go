@@ -304,3 +304,43 @@ func (g *Gateway) groupsBeforeSync(cfg *Config, list []peers.Peer, idx map[netip
 	}
 	return g.applyGroupPeers(cfg, union)
 }
+
+// doctorPeerGroup reports the peer's group and, when its routes are
+// restricted, how many packets beyond them the firewall refused. Refused
+// packets are a warning, not a failure: the device tries to reach what its
+// group may not (an edited AllowedIPs, or a stale client config).
+func (g *Gateway) doctorPeerGroup(r *Report, p peers.Peer) {
+	cfg := g.Config()
+	if !cfg.Groups.Enabled() {
+		return
+	}
+	name := "peer " + p.ID() + " group"
+	group := cfg.GroupOf(p)
+	grp, ok := cfg.Groups.Find(group)
+	if !ok {
+		r.add(Check{Name: name, Detail: fmt.Sprintf("group %q is not configured: the peer sees no internal zone and reaches nothing", group),
+			Action: "move it to a configured group with `sluice peer set-group " + p.ID() + " GROUP`"})
+		return
+	}
+	if grp.AllRoutes {
+		r.add(Check{Name: name, OK: true, Detail: group + " (every route)"})
+		return
+	}
+	var addrs []netip.Addr
+	for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+		if a.IsValid() {
+			addrs = append(addrs, a)
+		}
+	}
+	counters, err := g.fw.PeerCounters(addrs...)
+	if err != nil {
+		r.add(Check{Name: name, Detail: err.Error(), Action: "check the firewall table with `sluice firewall show`"})
+		return
+	}
+	n := counters[firewall.ReasonGroupRoute].Packets
+	c := Check{Name: name, OK: true, Detail: fmt.Sprintf("%s, routes %s; %d packets beyond them refused", group, prefixList(grp.Routes), n)}
+	if n > 0 {
+		c.Action = "the device reaches for more than its group's routes: re-send its config (`sluice peer config " + p.ID() + "`) or move it with `sluice peer set-group`"
+	}
+	r.add(c)
+}
