@@ -23,6 +23,7 @@ type cacheEntry struct {
 	stored   int64    // unix nanoseconds when wire's TTLs were current
 	expires  int64    // unix nanoseconds
 	group    string   // label of the group that answered
+	zidx     uint32   // stable index of that group's zone (groups.go)
 	counters *groupCounters
 	rcode    int
 	addrs    []netip.Addr  // the A/AAAA addresses in the answer section, for the AnswerObserver
@@ -231,6 +232,7 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 		stored:   now,
 		expires:  now + int64(ttl),
 		group:    g.label,
+		zidx:     g.zidx,
 		counters: g.counters,
 		rcode:    m.Rcode,
 	}, true

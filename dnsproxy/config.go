@@ -267,6 +267,8 @@ type Config struct {
 	Policy          PolicyConfig
 	Limits          LimitsConfig
 	QueryLog        QueryLogConfig
+	Groups          []PeerGroup // none: every peer sees every zone
+	DefaultGroup    string      // group of peers without one; must be in Groups when Groups is set
 }
 
 // DefaultConfig returns a Config with every default filled.
@@ -368,6 +370,9 @@ func (c Config) normalize() (Config, error) {
 		if err := u.check(); err != nil {
 			errs = append(errs, fmt.Errorf("check default group: %w", err))
 		}
+	}
+	if err := c.normalizeGroups(); err != nil {
+		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)
 }

@@ -229,7 +229,7 @@ func newMetrics(reg prometheus.Registerer, entries func() int) (*metrics, error)
 		descMisses:  prometheus.NewDesc(metricPrefix+"cache_misses_total", "Cache lookups that missed.", nil, nil),
 		descEntries: prometheus.NewDesc(metricPrefix+"cache_entries", "Entries in the cache.", nil, nil),
 	}
-	for _, r := range []string{reasonCanary, reasonDDR, reasonDoH, reasonBlocklist} {
+	for _, r := range []string{reasonCanary, reasonDDR, reasonDoH, reasonBlocklist, reasonGroupZone, reasonGroupBlocklist} {
 		m.blocked.WithLabelValues(r)
 	}
 	if reg == nil {

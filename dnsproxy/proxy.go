@@ -48,6 +48,7 @@ type state struct {
 	router  *router
 	groups  []*group
 	tlsConf *tls.Config
+	grp     *groupState // peer groups; nil when none are configured
 }
 
 func (st *state) allowed(a netip.Addr) bool {
@@ -98,6 +99,7 @@ type Proxy struct {
 	cancel context.CancelFunc
 
 	// Guarded by reloadMu.
+	zoneIdx   map[string]uint32 // stable zone indexes (groups.go)
 	listeners []*listenerSet
 	started   bool
 	closed    bool
@@ -211,6 +213,9 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 	}
 	st.router.def = def
 	st.groups = append(st.groups, def)
+	if st.grp, err = p.buildGroups(st, cfg); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -470,7 +475,7 @@ func (p *Proxy) Exchange(ctx context.Context, q *dns.Msg, src netip.Addr) (*dns.
 		p.account(shard, start, q, resp, answerInfo{group: localGroup}, netip.AddrPortFrom(src, 0))
 		return resp, nil
 	}
-	resp, info := p.serve(ctx, st, q, shard)
+	resp, info := p.serve(ctx, st, q, shard, src)
 	p.account(shard, start, q, resp, info, netip.AddrPortFrom(src, 0))
 	return resp, nil
 }
@@ -491,6 +496,7 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 // answerInfo says how a query was answered, for metrics and the query log.
 type answerInfo struct {
 	group     string
+	peerGroup string // the asking peer's group; "" when none are configured
 	upstream  string
 	blocked   string
 	cacheHit  bool
@@ -523,13 +529,16 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 	p.met.duration.observe(shard, lat)
 	if p.wantRecord(src.Addr().Unmap()) {
 		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
-			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked})
+			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked,
+			peerGroup: info.peerGroup})
 	}
 }
 
-// serve is the slow path for one admitted query.
-func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (*dns.Msg, answerInfo) {
-	info := answerInfo{group: localGroup}
+// serve is the slow path for one admitted query from src: every transport
+// (UDP slow path, TCP, Exchange) answers through it.
+func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int, src netip.Addr) (*dns.Msg, answerInfo) {
+	view := p.view(st, src)
+	info := answerInfo{group: localGroup, peerGroup: view.label()}
 	resp := new(dns.Msg)
 	if req.Response || req.Opcode != dns.OpcodeQuery {
 		resp.SetRcode(req, dns.RcodeNotImplemented)
@@ -551,6 +560,14 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 		info.blocked = reason
 		return p.finish(st, policyAnswer(req, reason), req, blockedEDE(reason)), info
 	}
+	g := st.router.route(q.Name)
+	if reason := view.check(q.Name, g); reason != "" {
+		// Before the cache and the upstream: never served, never forwarded.
+		p.blockedN.Add(1)
+		p.met.blocked.WithLabelValues(reason).Inc()
+		info.blocked = reason
+		return p.finish(st, policyAnswer(req, reason), req, groupEDE(reason, view, g)), info
+	}
 	if q.Qtype == dns.TypeANY {
 		resp.SetReply(req)
 		resp.Answer = []dns.RR{&dns.HINFO{
@@ -559,7 +576,6 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 		}}
 		return p.finish(st, resp, req, nil), info
 	}
-	g := st.router.route(q.Name)
 	info.group = g.label
 	var key [keyMax]byte
 	var name [maxNameWire]byte

@@ -26,6 +26,8 @@ type logRecord struct {
 	cacheHit bool
 	latency  time.Duration
 	blocked  string
+	// peerGroup is the asking peer's group ("" when none are configured).
+	peerGroup string
 }
 
 // queryLog writes records as slog JSON lines from one goroutine. Producers
@@ -162,6 +164,9 @@ func (l *queryLog) write(r logRecord) {
 		slog.Float64("latency_ms", float64(r.latency.Microseconds())/1000),
 		slog.String("blocked", q.Blocked),
 	)
+	if q.PeerGroup != "" {
+		rec.AddAttrs(slog.String("peer_group", q.PeerGroup))
+	}
 	l.out.Handle(context.Background(), rec) //nolint:errcheck // nowhere to report a failed log write
 }
 

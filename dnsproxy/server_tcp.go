@@ -45,7 +45,7 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 		resp = new(dns.Msg)
 		resp.SetRcode(req, rc)
 	} else {
-		resp, info = p.serve(p.ctx, st, req, shard)
+		resp, info = p.serve(p.ctx, st, req, shard, a)
 		p.observe(p.ctx, a, resp)
 	}
 	p.account(shard, start, req, resp, info, src)

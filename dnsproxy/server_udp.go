@@ -294,6 +294,10 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	if e == nil || e.gen.Load() != st.gen {
 		return nil, true
 	}
+	view := p.view(st, a)
+	if !view.hitAllowed(e, ls.key[:q.nameLen]) {
+		return nil, true // the slow path refuses it (groups.go)
+	}
 	if p.obs != nil && len(e.addrs) > 0 {
 		// Egress learning: the slow path installs what is not there yet
 		// before it answers.
@@ -310,7 +314,7 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	p.met.duration.observe(ls.shard, lat)
 	if p.wantRecord(a) {
 		p.record(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
-			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat})
+			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat, peerGroup: view.label()})
 	}
 	return out, false
 }
@@ -336,7 +340,7 @@ func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, 
 	if req.Response {
 		return nil
 	}
-	resp, info := p.serve(ctx, st, req, shard)
+	resp, info := p.serve(ctx, st, req, shard, src.Addr().Unmap())
 	size := minEDNSBufferSize
 	if opt := req.IsEdns0(); opt != nil {
 		size = maxUDPSize(true, opt.UDPSize(), st.cfg.EDNSBufferSize)

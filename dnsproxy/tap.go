@@ -23,6 +23,8 @@ type QueryRecord struct {
 	CacheHit bool           `json:"cache_hit"`
 	Blocked  string         `json:"blocked,omitempty"` // policy reason when the name was blocked
 	Latency  time.Duration  `json:"latency_ns"`
+	// PeerGroup is the asking peer's group, "" when no groups are configured.
+	PeerGroup string `json:"peer_group,omitempty"`
 }
 
 // tap is one subscriber to the queries of some source addresses.
@@ -133,5 +135,5 @@ func (r logRecord) export() QueryRecord {
 		rcode = fmt.Sprintf("RCODE%d", r.rcode)
 	}
 	return QueryRecord{Time: r.time, Client: r.src, Name: r.name, Type: qtype, Rcode: rcode, Group: r.group,
-		Upstream: r.upstream, CacheHit: r.cacheHit, Blocked: r.blocked, Latency: r.latency}
+		Upstream: r.upstream, CacheHit: r.cacheHit, Blocked: r.blocked, Latency: r.latency, PeerGroup: r.peerGroup}
 }

@@ -389,6 +389,7 @@ func (u *upstream) putIdle(c net.Conn) {
 type group struct {
 	zone     string // canonical zone name, "" for the default group
 	label    string
+	zidx     uint32 // stable zone index (groups.go)
 	ups      []*upstream
 	counters *groupCounters
 }

@@ -52,6 +52,11 @@ type Spec struct {
 	FullTunnel     bool
 	Config
 	DoHSet []netip.Prefix // builtin + file − allow; Apply normalizes again
+	// Groups restrict what their peers reach through the gateway (groups.go).
+	Groups []GroupRule
+	// GroupBound limits the group rules to these destinations (full mode:
+	// the internal prefixes); empty: every destination.
+	GroupBound []netip.Prefix
 }
 
 // Options configure a Firewall.
@@ -154,7 +159,7 @@ func (s Spec) normalize() (Spec, error) {
 	}
 	s.TunnelPrefixes = NormalizePrefixes(tp, nil)
 	s.DoHSet = NormalizePrefixes(s.DoHSet, s.DoHAllow)
-	return s, nil
+	return s.normalizeGroups()
 }
 
 // DefaultOffPolicy is the off-policy DNS action when the operator sets none:

@@ -80,7 +80,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		m.fw.log.Debug("read firewall counters for metrics", "err", err)
 		return
 	}
-	for _, r := range Reasons() {
+	for _, r := range append(Reasons(), ReasonGroupRoute) {
 		c, ok := cs[r]
 		if !ok {
 			continue

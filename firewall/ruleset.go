@@ -286,6 +286,7 @@ func build(s Spec, eg egress) *ruleset {
 
 	fwd := &chain{name: chainForward, base: filterBase(nftables.ChainHookForward, "forward")}
 	fwd.rules = append(fwd.rules, rule{[]stmt{iifname(wg), verdict(expr.VerdictJump, chainPeerDNS)}})
+	fwd.rules = append(fwd.rules, groupRules(rs, s, addSet, counted)...)
 	if !s.PeerToPeer {
 		fwd.rules = append(fwd.rules, rule{[]stmt{iifname(wg), oifname(wg), counterRef(ReasonPeerToPeerDropped), verdict(expr.VerdictDrop, "")}})
 	}

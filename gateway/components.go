@@ -72,6 +72,9 @@ type table interface {
 	dnsproxy.AnswerObserver
 	LearnedPairs() int
 	EgressEvents(ctx context.Context, fn func(firewall.EgressEvent)) error
+	// SetGroupPeers changes the members of the restricted groups in one
+	// batch (groups.go).
+	SetGroupPeers(rules []firewall.GroupRule) error
 }
 
 // host is what the gateway reads and changes on the host besides its own

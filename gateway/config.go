@@ -117,6 +117,7 @@ type Config struct {
 	Enforce          firewall.Config
 	FirewallTable    string
 	Peers            peers.Config
+	Groups           GroupsConfig // groups.go
 	Admin            AdminConfig
 
 	pos positions
@@ -307,6 +308,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	b.buildDNS(&fc.DNS)
 	c.Enforce, c.FirewallTable = fc.Enforce.Build(c.FullTunnel(), b.in("enforce"))
 	b.buildPeers(&fc.Peers)
+	buildGroups(c, fc, b.bad)
 	b.buildAdmin(&fc.Admin)
 	if len(b.errs) > 0 {
 		return nil, b.errs

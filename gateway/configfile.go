@@ -33,11 +33,12 @@ import (
 // rule in that section's build function. `sluice config reference`, unknown
 // key suggestions and type errors all come from these types.
 type fileConfig struct {
-	Interface interfaceFile       `yaml:"interface" doc:"the WireGuard interface"`
-	DNS       dnsFile             `yaml:"dns" doc:"the in-tunnel resolver"`
-	Enforce   firewall.FileConfig `yaml:"enforce" doc:"the nftables table that stops peers resolving around the gateway"`
-	Peers     peers.FileConfig    `yaml:"peers" doc:"the peer store and what clients route"`
-	Admin     adminFile           `yaml:"admin" doc:"metrics, health and the CLI's control socket"`
+	Interface interfaceFile        `yaml:"interface" doc:"the WireGuard interface"`
+	DNS       dnsFile              `yaml:"dns" doc:"the in-tunnel resolver"`
+	Enforce   firewall.FileConfig  `yaml:"enforce" doc:"the nftables table that stops peers resolving around the gateway"`
+	Peers     peers.FileConfig     `yaml:"peers" doc:"the peer store and what clients route"`
+	Admin     adminFile            `yaml:"admin" doc:"metrics, health and the CLI's control socket"`
+	Groups    map[string]fileGroup `yaml:"groups" doc:"peer groups by name: the internal zones and routes each may reach (absent: every peer sees every zone and route)"`
 }
 
 type interfaceFile struct {

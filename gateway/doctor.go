@@ -269,6 +269,7 @@ func (g *Gateway) doctorPeer(r *Report, id string) {
 	r.add(Check{Name: name + " handshake", OK: true, Detail: "last handshake " + humanTime(hs)})
 	g.doctorPeerTraffic(r, p)
 	g.doctorPeerEgress(r, p)
+	g.doctorPeerGroup(r, p) // groups.go
 }
 
 func humanTime(t time.Time) string {

@@ -137,6 +137,8 @@ func (f *fakeTable) Learn(context.Context, netip.Addr, netip.Addr, []netip.Addr,
 
 func (f *fakeTable) LearnedPairs() int { return 0 }
 
+func (f *fakeTable) SetGroupPeers([]firewall.GroupRule) error { return nil }
+
 func (f *fakeTable) EgressEvents(ctx context.Context, _ func(firewall.EgressEvent)) error {
 	<-ctx.Done()
 	return nil

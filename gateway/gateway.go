@@ -67,6 +67,9 @@ type Gateway struct {
 	proxy   resolver
 	fw      table
 
+	groupMu    sync.Mutex   // protects groupPeers
+	groupPeers []peers.Peer // peers of the last sync, for the firewall's group rules
+
 	mu  sync.RWMutex // protects cfg
 	cfg *Config
 }
@@ -337,6 +340,8 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 		FullTunnel:     cfg.FullTunnel(),
 		Config:         cfg.Enforce,
 		DoHSet:         firewall.NormalizePrefixes(doh, cfg.Enforce.DoHAllow),
+		Groups:         g.groupRulesNow(cfg),
+		GroupBound:     cfg.groupBound(),
 	}
 }
 

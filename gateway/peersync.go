@@ -54,6 +54,7 @@ func (g *Gateway) syncPeers() error {
 	if err != nil {
 		return fmt.Errorf("read peer store: %w", err)
 	}
+	cfg := g.Config()
 	want := make([]wgdev.PeerConfig, 0, len(list))
 	idx := make(map[netip.Addr]*dnsproxy.Peer, 2*len(list))
 	for _, p := range list {
@@ -62,9 +63,12 @@ func (g *Gateway) syncPeers() error {
 			PresharedKey: p.PresharedKey,
 			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(p.IPv4, 32), netip.PrefixFrom(p.IPv6, 128)},
 		})
-		who := &dnsproxy.Peer{Name: p.ID(), V4: p.IPv4, V6: p.IPv6}
+		who := &dnsproxy.Peer{Name: p.ID(), Group: cfg.GroupOf(p), V4: p.IPv4, V6: p.IPv6}
 		idx[p.IPv4] = who
 		idx[p.IPv6] = who
+	}
+	if err := g.groupsBeforeSync(cfg, list, idx); err != nil {
+		return fmt.Errorf("apply group members to the firewall: %w", err)
 	}
 	start := time.Now()
 	added, removed, updated, err := g.dev.SyncPeers(want)
@@ -72,6 +76,9 @@ func (g *Gateway) syncPeers() error {
 		return fmt.Errorf("configure peers on %s: %w", g.dev.Name(), err)
 	}
 	g.peerIdx.set(idx)
+	if err := g.applyGroupPeers(cfg, list); err != nil {
+		return fmt.Errorf("apply group members to the firewall: %w", err)
+	}
 	g.lastSync, g.nextSync = ver, next
 	g.metrics.peers.Set(float64(len(list)))
 	if added+removed+updated > 0 {

@@ -16,6 +16,7 @@ type FileConfig struct {
 	StateDir            string   `yaml:"state_dir" doc:"the peer store (peers.json) and the default key file; one per interface, never shared by two configs" kind:"directory" default:"/var/lib/sluice/<interface.name>"`
 	Routes              []string `yaml:"routes" doc:"split mode: prefixes clients route into the tunnel (the resolvers are always added)" kind:"CIDR"`
 	PersistentKeepalive string   `yaml:"persistent_keepalive" doc:"keepalive written into client configs" kind:"duration" default:"25s" allowed:"1s-65535s"`
+	DefaultGroup        string   `yaml:"default_group" doc:"the group of peers added without --group (needs a groups: section)" default:"none"`
 	AddressQuarantine   string   `yaml:"address_quarantine" doc:"how long a removed peer's addresses are not handed out again" kind:"duration" default:"168h"`
 }
 

@@ -63,6 +63,8 @@ type Peer struct {
 	// Expires, when not zero, is when the peer stops being configured on
 	// the device; it then stays in the store, shown as expired.
 	Expires time.Time
+	// Group is the peer's group (see `groups:`); "" is the default group.
+	Group string
 }
 
 // Peer states as State reports them.

@@ -57,6 +57,7 @@ type AddRequest struct {
 	PublicKey    *wgtypes.Key
 	// Expires, when not zero, is when the device stops being configured.
 	Expires time.Time
+	Group   string // "" = the default group
 }
 
 // Store is the peer registry on disk. It is safe for concurrent use by
@@ -138,6 +139,11 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 		if err := ValidateName("device", reqs[i].Device); err != nil {
 			return nil, fmt.Errorf("add peer: %w", err)
 		}
+		if reqs[i].Group != "" {
+			if err := ValidateName("group", reqs[i].Group); err != nil {
+				return nil, fmt.Errorf("add peer: %w", err)
+			}
+		}
 		if reqs[i].PublicKey != nil && *reqs[i].PublicKey == (wgtypes.Key{}) {
 			return nil, fmt.Errorf("add peer %s/%s: public key is all zeros", reqs[i].User, reqs[i].Device)
 		}
@@ -162,7 +168,7 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 		held := s.holdQuarantined(st, al, now)
 		added = make([]Peer, 0, len(reqs))
 		for _, r := range reqs {
-			p := Peer{User: r.User, Device: r.Device, Created: now, Expires: r.Expires}
+			p := Peer{User: r.User, Device: r.Device, Created: now, Expires: r.Expires, Group: r.Group}
 			if _, dup := ids[p.ID()]; dup {
 				return fmt.Errorf("add peer %s: %w", p.ID(), ErrExists)
 			}
@@ -449,6 +455,7 @@ type peerRecord struct {
 	Created      time.Time `json:"created"`
 	Disabled     bool      `json:"disabled,omitempty"`
 	Expires      time.Time `json:"expires,omitzero"`
+	Group        string    `json:"group,omitempty"` // "" = the default group
 }
 
 func sortPeers(list []Peer) {
@@ -472,7 +479,7 @@ func encodeState(st storeState) ([]byte, error) {
 	}
 	for i, p := range list {
 		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
-			Disabled: p.Disabled, Expires: p.Expires}
+			Disabled: p.Disabled, Expires: p.Expires, Group: p.Group}
 		if p.PrivateKey != nil {
 			r.PrivateKey = p.PrivateKey.String()
 		}
@@ -579,9 +586,14 @@ func decodePeers(data []byte) (list []Peer, reason string) {
 }
 
 func (r peerRecord) peer() (Peer, error) {
-	p := Peer{User: r.User, Device: r.Device, Created: r.Created, Disabled: r.Disabled, Expires: r.Expires}
+	p := Peer{User: r.User, Device: r.Device, Created: r.Created, Disabled: r.Disabled, Expires: r.Expires, Group: r.Group}
 	if err := ValidateName("user", r.User); err != nil {
 		return p, err
+	}
+	if r.Group != "" {
+		if err := ValidateName("group", r.Group); err != nil {
+			return p, err
+		}
 	}
 	if err := ValidateName("device", r.Device); err != nil {
 		return p, err

@@ -26,7 +26,7 @@ the running daemon within a second, and at the next 'sluice up' otherwise.`,
 	}
 	cmd.AddCommand(newPeerAddCmd(g), newPeerListCmd(g), newPeerShowCmd(g), newPeerRemoveCmd(g), newPeerConfigCmd(g), newPeerLintCmd(), newPeerTraceCmd(g))
 	cmd.AddCommand(newPeerDisableCmd(g, true), newPeerDisableCmd(g, false), newPeerExpireCmd(g), newPeerRenameCmd(g),
-		newPeerRotateCmd(g), newPeerImportCmd(g), newPeerExportCmd(g))
+		newPeerRotateCmd(g), newPeerImportCmd(g), newPeerExportCmd(g), newPeerSetGroupCmd(g))
 	cmd.Long += "\n\n" + exitCodesHelp
 	usageFlagErrors(cmd)
 	return cmd
@@ -61,7 +61,7 @@ func notifyDaemon(cmd *cobra.Command, cfg *gateway.Config) {
 }
 
 func newPeerAddCmd(g *globals) *cobra.Command {
-	var device, pub, expires string
+	var device, pub, expires, group string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "add USER",
@@ -85,7 +85,10 @@ rendered config then carries a placeholder for it).`,
 					return err
 				}
 			}
-			req := peers.AddRequest{User: user, Device: dev}
+			if err := checkGroup(cfg, group); err != nil {
+				return err
+			}
+			req := peers.AddRequest{User: user, Device: dev, Group: group}
 			gwPub := gatewayPublicKey(cfg)
 			if err := checkDaemon(cmd, cfg, gwPub); err != nil {
 				return err
@@ -111,13 +114,16 @@ rendered config then carries a placeholder for it).`,
 				return err
 			}
 			if asJSON {
-				if err := printJSON(cmd.OutOrStdout(), []peerJSON{peerJSONOf(p, time.Now())}); err != nil {
+				if err := printJSON(cmd.OutOrStdout(), []peerJSON{peerJSONOf(cfg, p, time.Now())}); err != nil {
 					return err
 				}
 				notifyDaemon(cmd, cfg)
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added %s: %s, %s, public key %s\n", p.ID(), p.IPv4, p.IPv6, p.PublicKey)
+			if cfg.Groups.Enabled() {
+				fmt.Fprintf(cmd.OutOrStdout(), "group: %s\n", cfg.GroupOf(p))
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "client config: sluice peer config %s [--format conf|qr|png|nrpt|mobileconfig|resolved]\n", p.ID())
 			notifyDaemon(cmd, cfg)
 			return nil
@@ -126,6 +132,7 @@ rendered config then carries a placeholder for it).`,
 	cmd.Flags().StringVarP(&device, "device", "d", "", "device name (default \"default\")")
 	cmd.Flags().StringVar(&pub, "public-key", "", "the device's own public key (its private key never leaves it)")
 	cmd.Flags().StringVar(&expires, "expires", "", "expire the device after a duration (90d, 2w, 12h) or on a date (2026-12-31); see 'peer expire'")
+	cmd.Flags().StringVarP(&group, "group", "g", "", "the device's group (default: peers.default_group)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the added peer as a JSON array")
 	return cmd
 }
@@ -190,7 +197,7 @@ Formats:
 				Endpoint:        endpoint,
 				MTU:             cfg.Interface.MTU,
 				FullTunnel:      cfg.FullTunnel(),
-				Routes:          cfg.Peers.Routes,
+				Routes:          cfg.PeerRoutes(p), // the group's routes (groups)
 				Resolvers:       cfg.Resolvers(),
 				SearchDomains:   cfg.SearchDomains,
 				Zones:           cfg.ZoneNames(),

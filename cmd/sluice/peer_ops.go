@@ -30,6 +30,9 @@ type peerJSON struct {
 	IPv4      string `json:"ipv4"`
 	IPv6      string `json:"ipv6"`
 	PublicKey string `json:"public_key"`
+	// Group is the peer's group (peers.default_group when it has none);
+	// omitted when no groups are configured.
+	Group string `json:"group,omitempty"`
 	// OwnKey: the user brought their own key pair; sluice has no private key.
 	OwnKey  bool      `json:"user_brought_key"`
 	Created time.Time `json:"created"`
@@ -44,8 +47,8 @@ type peerJSON struct {
 	TxBytes                   *int64 `json:"tx_bytes,omitempty"`
 }
 
-func peerJSONOf(p peers.Peer, now time.Time) peerJSON {
-	v := peerJSON{ID: p.ID(), User: p.User, Device: p.Device, State: p.State(now),
+func peerJSONOf(cfg *gateway.Config, p peers.Peer, now time.Time) peerJSON {
+	v := peerJSON{ID: p.ID(), User: p.User, Device: p.Device, State: p.State(now), Group: cfg.GroupOf(p),
 		IPv4: addrString(p.IPv4), IPv6: addrString(p.IPv6), PublicKey: p.PublicKey.String(),
 		OwnKey: p.PrivateKey == nil, Created: p.Created.UTC()}
 	if !p.Expires.IsZero() {
@@ -56,10 +59,10 @@ func peerJSONOf(p peers.Peer, now time.Time) peerJSON {
 	return v
 }
 
-func peersJSON(list []peers.Peer, now time.Time) []peerJSON {
+func peersJSON(cfg *gateway.Config, list []peers.Peer, now time.Time) []peerJSON {
 	out := make([]peerJSON, len(list))
 	for i, p := range list {
-		out[i] = peerJSONOf(p, now)
+		out[i] = peerJSONOf(cfg, p, now)
 	}
 	return out
 }
@@ -207,7 +210,7 @@ func newPeerListCmd(g *globals) *cobra.Command {
 		Short: "List peers with their state (active, disabled, expired)",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, _, err := g.openStore()
+			st, cfg, err := g.openStore()
 			if err != nil {
 				return err
 			}
@@ -217,16 +220,27 @@ func newPeerListCmd(g *globals) *cobra.Command {
 			}
 			now := time.Now()
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), peersJSON(list, now))
+				return printJSON(cmd.OutOrStdout(), peersJSON(cfg, list, now))
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %-20s %s\n", "PEER", "IPV4", "IPV6", "STATE", "EXPIRES", "PUBLIC KEY")
+			groups := cfg.Groups.Enabled() // a GROUP column only where groups exist
+			group := func(p peers.Peer) string {
+				if !groups {
+					return ""
+				}
+				return fmt.Sprintf("%-16s ", cfg.GroupOf(p))
+			}
+			head := ""
+			if groups {
+				head = fmt.Sprintf("%-16s ", "GROUP")
+			}
+			fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %s%-20s %s\n", "PEER", "IPV4", "IPV6", "STATE", head, "EXPIRES", "PUBLIC KEY")
 			for _, p := range list {
 				exp := "never"
 				if !p.Expires.IsZero() {
 					exp = p.Expires.UTC().Format(time.RFC3339)
 				}
-				fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %-20s %s\n", p.ID(), addrString(p.IPv4), addrString(p.IPv6), p.State(now), exp, p.PublicKey)
+				fmt.Fprintf(w, "%-32s %-16s %-28s %-8s %s%-20s %s\n", p.ID(), addrString(p.IPv4), addrString(p.IPv6), p.State(now), group(p), exp, p.PublicKey)
 			}
 			return nil
 		},
@@ -259,7 +273,7 @@ and transfer counters. --json prints an array in both cases.`,
 			}
 			now := time.Now()
 			live := liveStats(cmd, cfg)
-			out := peersJSON(list, now)
+			out := peersJSON(cfg, list, now)
 			for i := range out {
 				addLive(&out[i], live, now)
 			}
@@ -360,7 +374,7 @@ peers.address_quarantine (default 7 days).`,
 				return notFound(err, user, device)
 			}
 			if asJSON {
-				if err := printJSON(cmd.OutOrStdout(), peersJSON(removed, time.Now())); err != nil {
+				if err := printJSON(cmd.OutOrStdout(), peersJSON(cfg, removed, time.Now())); err != nil {
 					return err
 				}
 			} else {
@@ -378,10 +392,10 @@ peers.address_quarantine (default 7 days).`,
 }
 
 // printPeers prints what a command changed.
-func printPeers(cmd *cobra.Command, asJSON bool, verb string, list []peers.Peer) error {
+func printPeers(cmd *cobra.Command, cfg *gateway.Config, asJSON bool, verb string, list []peers.Peer) error {
 	now := time.Now()
 	if asJSON {
-		return printJSON(cmd.OutOrStdout(), peersJSON(list, now))
+		return printJSON(cmd.OutOrStdout(), peersJSON(cfg, list, now))
 	}
 	for _, p := range list {
 		fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%s, expires %s)\n", verb, p.ID(), p.State(now), expiryText(p, now))
@@ -416,7 +430,7 @@ brings it back with the same client config.`,
 			if err != nil {
 				return notFound(err, user, device)
 			}
-			if err := printPeers(cmd, asJSON, verb, list); err != nil {
+			if err := printPeers(cmd, cfg, asJSON, verb, list); err != nil {
 				return err
 			}
 			notifyDaemon(cmd, cfg)
@@ -456,7 +470,7 @@ bring it back.`,
 			if err != nil {
 				return notFound(err, user, device)
 			}
-			if err := printPeers(cmd, asJSON, "updated", list); err != nil {
+			if err := printPeers(cmd, cfg, asJSON, "updated", list); err != nil {
 				return err
 			}
 			notifyDaemon(cmd, cfg)
@@ -497,7 +511,7 @@ moves). Keys and addresses stay, so client configs keep working.`,
 			if err != nil {
 				return notFound(err, fu, fd)
 			}
-			if err := printPeers(cmd, asJSON, "renamed to", list); err != nil {
+			if err := printPeers(cmd, cfg, asJSON, "renamed to", list); err != nil {
 				return err
 			}
 			notifyDaemon(cmd, cfg)
@@ -578,7 +592,7 @@ at once. A device that brought its own key gives its new public key with
 			}
 			notifyDaemon(cmd, cfg)
 			if asJSON {
-				if err := printJSON(cmd.OutOrStdout(), []peerJSON{peerJSONOf(p, time.Now())}); err != nil {
+				if err := printJSON(cmd.OutOrStdout(), []peerJSON{peerJSONOf(cfg, p, time.Now())}); err != nil {
 					return err
 				}
 			} else {
@@ -658,7 +672,7 @@ interface.private_key_file before 'sluice up'.`,
 			}
 			now := time.Now()
 			if asJSON {
-				v := importJSON{Added: peersJSON(res.Added, now), Unchanged: peersJSON(res.Unchanged, now), Readdressed: res.Readdressed}
+				v := importJSON{Added: peersJSON(cfg, res.Added, now), Unchanged: peersJSON(cfg, res.Unchanged, now), Readdressed: res.Readdressed}
 				if v.Readdressed == nil {
 					v.Readdressed = []string{}
 				}
@@ -726,7 +740,7 @@ preshared keys, so -o writes it with mode 0600.`,
 			if format != "json" && format != "wg" {
 				return usageError{fmt.Errorf("--format %q: use json or wg", format)}
 			}
-			st, _, err := g.openStore()
+			st, cfg, err := g.openStore()
 			if err != nil {
 				return err
 			}
@@ -738,7 +752,7 @@ preshared keys, so -o writes it with mode 0600.`,
 			var data []byte
 			if format == "json" {
 				var b strings.Builder
-				if err := printJSON(&b, peersJSON(list, now)); err != nil {
+				if err := printJSON(&b, peersJSON(cfg, list, now)); err != nil {
 					return err
 				}
 				data = []byte(b.String())

@@ -22,6 +22,11 @@ const (
 	sluicePort   = 5401
 	dnsdistPort  = 5402
 	unboundPort  = 5403
+	// groupsPort is sluice's proxy with peer groups configured (groups bench row).
+	groupsPort = 5404
+	// benchGroups and benchPeers size the groups row: 10 groups, 1,000 peers.
+	benchGroups = 10
+	benchPeers  = 1000
 
 	// hitNames is the size of the cache-hit query set.
 	hitNames = 1000
@@ -34,6 +39,10 @@ const (
 	// answerA is what the upstream answers for every name under bench.
 	answerA = "192.0.2.1"
 )
+
+// groupsServer labels sluice's proxy with peer groups configured: the
+// groups row compares it with plain sluice in the same rounds.
+const groupsServer = "sluice-groups"
 
 // dnsServer is one contender in the DNS sections.
 type dnsServer struct {
@@ -110,7 +119,8 @@ func render(tmpl string, port int, dir string) string {
 func (b *bench) dnsSection(ctx context.Context) []row {
 	m := b.mode
 	dir := filepath.Join(b.work, "dns")
-	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort}}
+	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort},
+		{name: groupsServer, port: groupsPort}}
 	hitQPS := map[string]*series{}
 	hitCPU := map[string]*series{}
 	hitEff := map[string]*series{}
@@ -125,6 +135,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	}
 	direct50, direct99 := &series{}, &series{}
 	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
+	ratioGroups, ratioGroupsDD, effGroups := &series{}, &series{}, &series{} // groups rows: with groups / without (QPS, per CPU-second), / dnsdist
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -133,14 +144,17 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		out = append(out,
 			row{figure: "DNS hits QPS ratio sluice / dnsdist", unit: "×", s: ratioDD, rounds: R, goal: atLeast(1.0, "×")},
-			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R})
+			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R},
+			row{figure: fmt.Sprintf("DNS hits QPS ratio sluice with %d groups, %d peers / without", benchGroups, benchPeers), unit: "×", s: ratioGroups, rounds: R, goal: atLeast(0.95, "×")},
+			row{figure: fmt.Sprintf("DNS hits QPS ratio sluice with %d groups, %d peers / dnsdist", benchGroups, benchPeers), unit: "×", s: ratioGroupsDD, rounds: R, goal: atLeast(1.0, "×")})
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits server CPU under dnsperf — " + s.name, unit: " %", s: hitCPU[s.name], rounds: R})
 		}
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits per server CPU-second — " + s.name, s: hitEff[s.name], rounds: R})
 		}
-		out = append(out, row{figure: "DNS hits per CPU-second ratio sluice / dnsdist", unit: "×", s: effDD, rounds: R})
+		out = append(out, row{figure: "DNS hits per CPU-second ratio sluice / dnsdist", unit: "×", s: effDD, rounds: R},
+			row{figure: fmt.Sprintf("DNS hits per CPU-second ratio sluice with %d groups, %d peers / without", benchGroups, benchPeers), unit: "×", s: effGroups, rounds: R})
 		for _, s := range servers {
 			out = append(out,
 				row{figure: "DNS hit latency p50 — " + s.name, unit: " µs", s: hitP50[s.name], rounds: R},
@@ -187,13 +201,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	for _, s := range servers {
 		var err error
 		switch s.name {
-		case "sluice":
+		case "sluice", groupsServer:
 			if !b.have("dnsproxy-bench") {
 				s.na = b.why("dnsproxy-bench")
 				continue
 			}
-			s.p, err = b.r.start("dnsproxy-bench", b.dnsns, b.cpus.server, nil, filepath.Join(b.bin, "dnsproxy-bench"),
-				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort))
+			args := []string{filepath.Join(b.bin, "dnsproxy-bench"), "-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort)}
+			if s.name == groupsServer {
+				args = append(args, "-groups", strconv.Itoa(benchGroups), "-peers", strconv.Itoa(benchPeers))
+			}
+			s.p, err = b.r.start("dnsproxy-bench-"+s.name, b.dnsns, b.cpus.server, nil, args...)
 			if err == nil {
 				err = b.waitDNS(ctx, s.port, s.p)
 			}
@@ -227,9 +244,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			ratioDD.fail(s.na)
 			ratioUB.fail(s.na)
 			effDD.fail(s.na)
+			ratioGroups.fail(s.na)
+			effGroups.fail(s.na)
+		case groupsServer:
+			ratioGroups.fail(s.na)
+			effGroups.fail(s.na)
+			ratioGroupsDD.fail(s.na)
 		case "dnsdist":
 			ratioDD.fail(s.na)
 			effDD.fail(s.na)
+			ratioGroupsDD.fail(s.na)
 		case "unbound":
 			ratioUB.fail(s.na)
 		}
@@ -282,6 +306,15 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		if qps["sluice"] > 0 && qps["unbound"] > 0 {
 			ratioUB.add(qps["sluice"] / qps["unbound"])
+		}
+		if qps[groupsServer] > 0 && qps["sluice"] > 0 {
+			ratioGroups.add(qps[groupsServer] / qps["sluice"])
+		}
+		if eff[groupsServer] > 0 && eff["sluice"] > 0 {
+			effGroups.add(eff[groupsServer] / eff["sluice"])
+		}
+		if qps[groupsServer] > 0 && qps["dnsdist"] > 0 {
+			ratioGroupsDD.add(qps[groupsServer] / qps["dnsdist"])
 		}
 
 		// latency of hits: one query at a time over the (now cached) set

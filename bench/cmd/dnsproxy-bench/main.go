@@ -39,6 +39,8 @@ func run() error {
 		port       = flag.Uint("port", defaultPort, "port to listen on (udp and tcp)")
 		upstream   = flag.String("upstream", defaultUpstream, "upstream resolver host:port of the default group")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		groups     = flag.Int("groups", 0, "configure this many peer groups (groups.go); 0: none")
+		peers      = flag.Int("peers", 0, "with -groups: this many peer identities (127.0.0.1 is the first)")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -64,7 +66,11 @@ func run() error {
 	// cap stays at its default.
 	cfg.Limits.PeerQPS = 0
 
-	p, err := dnsproxy.New(cfg, dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()})
+	var idents dnsproxy.Identities
+	if *groups > 0 {
+		idents = withGroups(&cfg, *groups, *peers, *upstream)
+	}
+	p, err := dnsproxy.New(cfg, dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry(), Identities: idents})
 	if err != nil {
 		return fmt.Errorf("create proxy: %w", err)
 	}
