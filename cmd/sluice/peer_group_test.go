@@ -86,7 +86,7 @@ func TestPeerGroups(t *testing.T) {
 		t.Errorf("set-group of a missing peer: %d %q", code, errs)
 	}
 	show, _, _ := run(t, "peer", "show", "bob/laptop", "-c", cfg)
-	if !strings.Contains(show, `"group": "contractors"`) {
+	if !strings.Contains(show, "group: contractors") {
 		t.Errorf("peer show:\n%s", show)
 	}
 

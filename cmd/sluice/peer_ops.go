@@ -286,6 +286,9 @@ and transfer counters. --json prints an array in both cases.`,
 					fmt.Fprintln(w)
 				}
 				fmt.Fprintf(w, "peer: %s\n  state: %s\n  addresses: %s %s\n  public key: %s\n", p.ID(), p.State(now), addrString(p.IPv4), addrString(p.IPv6), p.PublicKey)
+				if out[i].Group != "" {
+					fmt.Fprintf(w, "  group: %s\n", out[i].Group)
+				}
 				if p.PrivateKey == nil {
 					fmt.Fprintln(w, "  key pair: brought by the user (sluice has no private key)")
 				}
