@@ -171,6 +171,7 @@ type Config struct {
 	Policy          PolicyConfig
 	Limits          LimitsConfig
 	QueryLog        QueryLogConfig
+	Encrypted       EncryptedConfig // DoT and DoH on the Listen addresses
 }
 
 // DefaultConfig returns a Config with every default filled.
@@ -197,7 +198,8 @@ func DefaultConfig() Config {
 			PeerBurst:   DefaultPeerBurst,
 			MaxInflight: DefaultMaxInflight,
 		},
-		QueryLog: QueryLogConfig{Buffer: DefaultQueryLogBuffer},
+		QueryLog:  QueryLogConfig{Buffer: DefaultQueryLogBuffer},
+		Encrypted: EncryptedConfig{DoTPort: DefaultDoTPort, DoHPort: DefaultDoHPort},
 	}
 }
 
@@ -241,6 +243,10 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.QueryLog.Buffer <= 0 {
 		c.QueryLog.Buffer = DefaultQueryLogBuffer
+	}
+	var err error
+	if c.Encrypted, err = c.Encrypted.normalize(); err != nil {
+		errs = append(errs, err)
 	}
 	for i, a := range c.Listen {
 		if !a.IsValid() {

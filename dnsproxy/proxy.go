@@ -47,6 +47,7 @@ type state struct {
 	router  *router
 	groups  []*group
 	tlsConf *tls.Config
+	cert    *serverCert // DoT and DoH; nil when they are off
 }
 
 func (st *state) allowed(a netip.Addr) bool {
@@ -77,6 +78,7 @@ type Proxy struct {
 	slowJobs    chan slowJob
 	slowWorkers atomic.Int64
 	met         *metrics
+	enc         *encMetrics
 	// localCounters are queries_total for answers given without a group.
 	localCounters *groupCounters
 	qlog          *queryLog
@@ -94,9 +96,10 @@ type Proxy struct {
 	cancel context.CancelFunc
 
 	// Guarded by reloadMu.
-	listeners []*listenerSet
-	started   bool
-	closed    bool
+	listeners    []*listenerSet
+	encListeners []*encListener // DoT and DoH
+	started      bool
+	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
 }
@@ -123,9 +126,14 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	}
 	p.met = met
 	p.localCounters = met.group(localGroup)
+	if p.enc, err = newEncMetrics(opts.Registerer, p.certNotAfter); err != nil {
+		met.unregister()
+		return nil, err
+	}
 	st, err := p.buildState(cfg, nil)
 	if err != nil {
 		met.unregister()
+		p.enc.unregister()
 		return nil, err
 	}
 	p.lim = newLimiter(st.cfg.Limits.PeerQPS, st.cfg.Limits.PeerBurst)
@@ -133,6 +141,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p.cache.resize(st.cfg.Cache.Size)
 	if p.qlog, err = openQueryLog(st.cfg.QueryLog, p.peerName, met.querylogDropped); err != nil {
 		met.unregister()
+		p.enc.unregister()
 		return nil, err
 	}
 	p.st.Store(st)
@@ -157,6 +166,11 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 	}
 	if st.policy, err = newPolicy(cfg.Policy); err != nil {
 		return nil, err
+	}
+	if cfg.Encrypted.Enabled() {
+		if st.cert, err = loadServerCert(cfg.Encrypted); err != nil {
+			return nil, err
+		}
 	}
 	if prev != nil && prev.tlsConf != nil && prev.cfg.TLSCAFile == cfg.TLSCAFile {
 		st.tlsConf = prev.tlsConf
@@ -267,6 +281,15 @@ func (p *Proxy) Start(ctx context.Context) error {
 	}
 	p.listeners = sets
 	p.started = true
+	if err := p.syncEncrypted(ctx, st.cfg); err != nil {
+		p.closeEncrypted()
+		for _, s := range sets {
+			s.close()
+		}
+		p.listeners = nil
+		p.started = false
+		return err
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -376,6 +399,11 @@ func (p *Proxy) Reload(cfg Config) error {
 	for _, ls := range stale {
 		ls.close()
 	}
+	if p.started {
+		// After the new state is in place: a kept listener hands out the
+		// reloaded certificate from its next handshake on.
+		return p.syncEncrypted(context.Background(), st.cfg)
+	}
 	return nil
 }
 
@@ -390,9 +418,10 @@ func (p *Proxy) Close() error {
 	p.closed = true
 	sets := p.listeners
 	p.listeners = nil
+	encErr := p.closeEncrypted()
 	p.reloadMu.Unlock()
 
-	var errs []error
+	errs := []error{encErr}
 	for _, ls := range sets {
 		if err := ls.close(); err != nil {
 			errs = append(errs, err)
@@ -409,6 +438,7 @@ func (p *Proxy) Close() error {
 		p.qlog.closer.Close()
 	}
 	p.met.unregister()
+	p.enc.unregister()
 	return errors.Join(errs...)
 }
 
@@ -472,10 +502,11 @@ func (p *Proxy) Exchange(ctx context.Context, q *dns.Msg, src netip.Addr) (*dns.
 	if rc, ok := p.admit(st, src, start.UnixNano()); !ok {
 		resp := new(dns.Msg)
 		resp.SetRcode(q, rc)
-		p.account(shard, start, q, resp, answerInfo{group: localGroup}, netip.AddrPortFrom(src, 0))
+		p.account(shard, start, q, resp, answerInfo{group: localGroup, transport: TransportTCP}, netip.AddrPortFrom(src, 0))
 		return resp, nil
 	}
 	resp, info := p.serve(ctx, st, q, shard)
+	info.transport = TransportTCP
 	p.account(shard, start, q, resp, info, netip.AddrPortFrom(src, 0))
 	return resp, nil
 }
@@ -495,10 +526,11 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 
 // answerInfo says how a query was answered, for metrics and the query log.
 type answerInfo struct {
-	group    string
-	upstream string
-	blocked  string
-	cacheHit bool
+	transport Transport
+	group     string
+	upstream  string
+	blocked   string
+	cacheHit  bool
 }
 
 // account records one answered query (slow path) in metrics and the query log.
@@ -512,7 +544,7 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 	p.met.group(info.group).inc(shard, qtype, resp.Rcode)
 	p.met.duration.observe(shard, lat)
 	if p.wantRecord(src.Addr().Unmap()) {
-		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
+		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode, transport: info.transport,
 			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked})
 	}
 }
@@ -542,6 +574,9 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int) (
 		p.met.blocked.WithLabelValues(reason).Inc()
 		info.blocked = reason
 		return p.finish(st, policyAnswer(req, reason), req, blockedEDE(reason)), info
+	}
+	if r := st.serverNameAnswer(req); r != nil {
+		return p.finish(st, r, req, nil), info
 	}
 	if q.Qtype == dns.TypeANY {
 		resp.SetReply(req)

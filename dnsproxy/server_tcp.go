@@ -41,12 +41,14 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 	if req.Response {
 		return
 	}
+	p.enc.requests[TransportTCP].inc(shard)
 	if rc, ok := p.admit(st, a, start.UnixNano()); !ok {
 		resp = new(dns.Msg)
 		resp.SetRcode(req, rc)
 	} else {
 		resp, info = p.serve(p.ctx, st, req, shard)
 	}
+	info.transport = TransportTCP
 	if err := w.WriteMsg(resp); err != nil {
 		p.log.Debug("write dns tcp answer", "client", src.String(), "error", err)
 	}
