@@ -25,7 +25,7 @@ const (
 // YAML `enforce:` section. Empty actions take the defaults named below.
 type Config struct {
 	OffPolicyDNS Action         // redirect | reject; "" = redirect in split mode, reject in full mode
-	DoT          Action         // reject (default) | allow; covers TCP 853 (DoT) and UDP 853 (DoQ)
+	DoT          Action         // reject (default) | allow | redirect (TCP 853 DNATed to the resolver's DoT, UDP 853 rejected); covers TCP 853 (DoT) and UDP 853 (DoQ)
 	DoH          Action         // reject (default) | allow
 	DoHIPsFile   string         // extra DoH IPs/CIDRs, one per line, # comments
 	DoHAllow     []netip.Prefix // removed from the DoH set
@@ -43,6 +43,9 @@ type Spec struct {
 	FullTunnel     bool
 	Config
 	DoHSet []netip.Prefix // builtin + file − allow; Apply normalizes again
+	// Encrypted are the resolver's DoT/DoH listeners, accepted on the
+	// resolver addresses (see encrypted.go).
+	Encrypted EncryptedListeners
 }
 
 // Options configure a Firewall.
@@ -57,9 +60,9 @@ type Reason string
 
 // Reasons, one named counter object each.
 const (
-	ReasonDNSRedirected      Reason = "dns_redirected" // flows DNATed to the proxy (first packet of each flow)
+	ReasonDNSRedirected      Reason = "dns_redirected" // flows DNATed to the proxy (first packet of each flow; DoT with enforce.dot: redirect)
 	ReasonDNSRejected        Reason = "dns_rejected"   // port 53 to anything but the proxy, rejected
-	ReasonDNSAccepted        Reason = "dns_accepted"   // packets to the proxy on port 53
+	ReasonDNSAccepted        Reason = "dns_accepted"   // packets to the proxy on port 53 (and 853/443 with encrypted DNS)
 	ReasonDoTRejected        Reason = "dot_rejected"   // TCP 853
 	ReasonDoQRejected        Reason = "doq_rejected"   // UDP 853
 	ReasonDoHRejected        Reason = "doh_rejected"   // TCP/UDP 443 to a known DoH address
@@ -112,8 +115,8 @@ func (s Spec) normalize() (Spec, error) {
 		return s, fmt.Errorf("invalid off-policy dns action %q: want redirect or reject", s.OffPolicyDNS)
 	}
 	for name, a := range map[string]Action{"dot": s.DoT, "doh": s.DoH} {
-		if a != ActionReject && a != ActionAllow {
-			return s, fmt.Errorf("invalid %s action %q: want reject or allow", name, a)
+		if a != ActionReject && a != ActionAllow && !(name == "dot" && a == ActionRedirect && s.Encrypted.DoT) {
+			return s, fmt.Errorf("invalid %s action %q: want reject or allow (or redirect with a DoT listener)", name, a)
 		}
 	}
 	if len(s.Egress) > maxIfname {

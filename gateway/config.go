@@ -86,6 +86,9 @@ type Config struct {
 	FirewallTable    string
 	Peers            peers.Config
 	Admin            AdminConfig
+	// OwnDNSCA is set when DoT/DoH use sluice's own CA and certificate in
+	// the state directory (no dns.tls.cert_file).
+	OwnDNSCA bool
 
 	pos positions
 }
@@ -486,6 +489,8 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		c.DNS.Limits.MaxInflight = *d.Limits.MaxInflight
 	}
 
+	buildEncrypted(c, fc, stateDir, bad)
+
 	// enforce
 	e := fc.Enforce
 	defOff := firewall.Action("redirect")
@@ -499,7 +504,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		dst      *firewall.Action
 	}{
 		{"enforce.off_policy_dns", e.OffPolicyDNS, defOff, []string{"redirect", "reject"}, &c.Enforce.OffPolicyDNS},
-		{"enforce.dot", e.DoT, "reject", []string{"reject", "allow"}, &c.Enforce.DoT},
+		{"enforce.dot", e.DoT, "reject", []string{"reject", "allow", "redirect"}, &c.Enforce.DoT},
 		{"enforce.doh", e.DoH, "reject", []string{"reject", "allow"}, &c.Enforce.DoH},
 	}
 	for _, a := range actions {
@@ -524,6 +529,7 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 		}
 		bad(key, "full mode must reject DoT, DoQ and DoH", "remove the key or set it to reject")
 	}
+	checkEncryptedEnforce(c, bad)
 	c.Enforce.DoHIPsFile = e.DoHIPsFile
 	if e.DoHIPsFile != "" {
 		if _, err := firewall.LoadDoHFile(e.DoHIPsFile); err != nil {

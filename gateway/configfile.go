@@ -64,6 +64,9 @@ type fileConfig struct {
 			PeerBurst   *int `yaml:"peer_burst"`
 			MaxInflight *int `yaml:"max_inflight"`
 		} `yaml:"limits"`
+		// Encrypted DNS on the resolver addresses (config_encrypted.go).
+		Encrypted []string   `yaml:"encrypted"`
+		TLS       fileDNSTLS `yaml:"tls"`
 	} `yaml:"dns"`
 	Enforce struct {
 		OffPolicyDNS    string   `yaml:"off_policy_dns"`

@@ -63,6 +63,7 @@ func (g *Gateway) Doctor(ctx context.Context, peer string) *Report {
 		}
 	}
 	g.doctorProxy(ctx, r, cfg)
+	g.doctorEncrypted(ctx, r, cfg)
 	if peer != "" {
 		g.doctorPeer(r, peer)
 	}

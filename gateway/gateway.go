@@ -144,6 +144,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if _, err := g.ensureDNSCert(cfg); err != nil {
+		return err
+	}
 	g.proxy, err = dnsproxy.New(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
@@ -189,6 +192,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		start("admin listener", func(ctx context.Context) error { return g.serveAdmin(ctx, admin) })
 	}
 	start("peer watch", g.watchPeers)
+	if cfg.OwnDNSCA {
+		start("dns certificate renewal", g.renewDNSCert)
+	}
 
 	g.mu.Lock()
 	g.ready = true
@@ -253,6 +259,7 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 		FullTunnel:     cfg.FullTunnel(),
 		Config:         cfg.Enforce,
 		DoHSet:         firewall.NormalizePrefixes(doh, cfg.Enforce.DoHAllow),
+		Encrypted:      firewallEncrypted(cfg),
 	}
 }
 

@@ -40,6 +40,10 @@ func (g *Gateway) Reload() reloadResult {
 		next.Admin = old.Admin
 		next.FirewallTable = old.FirewallTable
 	}
+	if _, err := g.ensureDNSCert(next); err != nil {
+		g.metrics.reloads.WithLabelValues("refused").Inc()
+		return reloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}
+	}
 	if err := g.proxy.Reload(next.DNS); err != nil {
 		g.metrics.reloads.WithLabelValues("refused").Inc()
 		return reloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}
