@@ -1,13 +1,17 @@
 package gateway
 
 import (
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 
 	"github.com/sluice-vpn/sluice/firewall"
+	"github.com/sluice-vpn/sluice/peers"
 	"github.com/sluice-vpn/sluice/tlsca"
 )
 
@@ -77,4 +81,39 @@ func checkEncryptedEnforce(c *Config, bad func(key, msg, fix string)) {
 // firewallEncrypted is the firewall's view of the encrypted listeners.
 func firewallEncrypted(cfg *Config) firewall.EncryptedListeners {
 	return firewall.EncryptedListeners{DoT: cfg.DNS.Encrypted.DoT, DoH: cfg.DNS.Encrypted.DoH}
+}
+
+// DNSCA returns sluice's own DNS CA certificate (PEM and parsed), creating
+// the CA and server certificate in the state directory if they do not exist
+// yet. It fails when encrypted DNS is off or uses the operator's
+// certificate.
+func (c *Config) DNSCA() ([]byte, *x509.Certificate, error) {
+	if !c.DNS.Encrypted.Enabled() {
+		return nil, nil, errors.New("encrypted dns is off: set dns.encrypted: [dot, doh]")
+	}
+	if !c.OwnDNSCA {
+		return nil, nil, fmt.Errorf("dns.tls.cert_file is set (%s): sluice's own CA is not in use; hand out the CA that issued it", c.DNS.Encrypted.CertFile)
+	}
+	if _, _, err := tlsca.Ensure(c.Peers.StateDir, c.DNS.Encrypted.ServerName, c.Resolvers(), time.Now()); err != nil {
+		return nil, nil, err
+	}
+	return tlsca.ReadCA(c.Peers.StateDir)
+}
+
+// ClientEncryptedDNS describes the encrypted listeners for client configs,
+// nil when encrypted DNS is off.
+func (c *Config) ClientEncryptedDNS() (*peers.EncryptedDNS, error) {
+	enc := c.DNS.Encrypted
+	if !enc.Enabled() {
+		return nil, nil
+	}
+	e := &peers.EncryptedDNS{ServerName: enc.ServerName, DoT: enc.DoT, DoH: enc.DoH, DoTPort: enc.DoTPort, DoHPort: enc.DoHPort}
+	if c.OwnDNSCA {
+		_, ca, err := c.DNSCA()
+		if err != nil {
+			return nil, err
+		}
+		e.CACert = ca.Raw
+	}
+	return e, nil
 }

@@ -68,6 +68,7 @@ split mode, the host's current resolvers as the default DNS group, state in
 		newDoctorCmd(g),
 		newReloadCmd(g),
 		newFirewallCmd(g),
+		newCACmd(g),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print the version",

@@ -246,7 +246,12 @@ Formats:
 			if err != nil {
 				return err
 			}
+			encDNS, err := cfg.ClientEncryptedDNS()
+			if err != nil {
+				return err
+			}
 			data, err := peers.Render(format, peers.ClientParams{
+				Encrypted:       encDNS,
 				Peer:            p,
 				ServerPublicKey: key.PublicKey(),
 				Endpoint:        endpoint,
