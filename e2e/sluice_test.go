@@ -30,6 +30,8 @@ type sluiceOpts struct {
 	mode      string   // split | full
 	offPolicy string   // redirect | reject
 	routes    []string // peers.routes; default 10.30.0.0/16
+	encrypted bool     // dns.encrypted: [dot, doh] with sluice's own CA (encryptedServerName)
+	dot       string   // enforce.dot; default reject
 }
 
 // sluiceGW is one `sluice up` in the gateway namespace.
@@ -106,9 +108,9 @@ dns:
   default:
     upstreams: %[10]s
   query_log: %[11]s
-enforce:
+%[17]senforce:
   off_policy_dns: %[12]s
-  dot: reject
+  dot: %[18]s
   doh_ips_file: %[13]s
   egress_interface: ""
 peers:
@@ -119,7 +121,7 @@ admin:
   control_socket: %[15]s
 `, g.ifname, wgPort, keyFile, gwUnderlay, opts.mode, resolver4, resolver6, corpDNS1, corpDNS2,
 		defaults, g.queryLog, opts.offPolicy, dohFile, filepath.Join(g.dir, "state"), filepath.Join(g.dir, "ctl.sock"),
-		strings.Join(opts.routes, ", "))
+		strings.Join(opts.routes, ", "), encryptedYAML(opts), orDefault(opts.dot, "reject"))
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatalf("write %s: %v", g.cfgPath, err)
 	}
