@@ -55,11 +55,6 @@ type EncryptedConfig struct {
 // Enabled reports whether any encrypted transport is on.
 func (c EncryptedConfig) Enabled() bool { return c.DoT || c.DoH }
 
-// listenEqual reports whether a and b bind the same listeners.
-func (c EncryptedConfig) listenEqual(o EncryptedConfig) bool {
-	return c.DoT == o.DoT && c.DoH == o.DoH && c.DoTPort == o.DoTPort && c.DoHPort == o.DoHPort
-}
-
 func (c EncryptedConfig) normalize() (EncryptedConfig, error) {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = DefaultEncryptedIdle

@@ -293,4 +293,3 @@ func writeAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	return os.Rename(tmp, path)
 }
-
