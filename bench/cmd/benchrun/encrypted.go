@@ -273,4 +273,3 @@ func (b *bench) dnsperfEnc(ctx context.Context, s *encContender, tr string, port
 	}
 	return res, 100 * (c1 - c0) / res.RunTime, nil
 }
-
