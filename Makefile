@@ -67,6 +67,7 @@ unit:
 # fuzz runs each fuzz target briefly on top of its committed seed corpus.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzDoHRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
 	$(GO) test -run='^$$' -fuzz='^FuzzLint$$' -fuzztime=$(FUZZTIME) ./peers
 
 demo: deps build

@@ -12,7 +12,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
 usage() {
-	echo "usage: bench/run.sh [--quick] [--sections=dns,tunnel,scale,profile] [-v]" >&2
+	echo "usage: bench/run.sh [--quick] [--sections=dns,encrypted,tunnel,scale,profile] [-v]" >&2
 	exit 2
 }
 args=()
@@ -80,6 +80,7 @@ if ! go build ./... 2>"$work/build-all.err"; then
 fi
 go build -o "$bin/benchrun" ./bench/cmd/benchrun
 go build -o "$bin/dnslat" ./bench/cmd/dnslat
+go build -o "$bin/enclat" ./bench/cmd/enclat
 # standalone wireguard-go from the very module version sluice embeds (go.mod)
 go build -o "$bin/wireguard-go-same" golang.zx2c4.com/wireguard
 

@@ -267,8 +267,9 @@ type Config struct {
 	Policy          PolicyConfig
 	Limits          LimitsConfig
 	QueryLog        QueryLogConfig
-	Groups          []PeerGroup // none: every peer sees every zone
-	DefaultGroup    string      // group of peers without one; must be in Groups when Groups is set
+	Groups          []PeerGroup     // none: every peer sees every zone
+	DefaultGroup    string          // group of peers without one; must be in Groups when Groups is set
+	Encrypted       EncryptedConfig // DoT and DoH on the Listen addresses
 }
 
 // DefaultConfig returns a Config with every default filled.
@@ -295,7 +296,8 @@ func DefaultConfig() Config {
 			PeerBurst:   DefaultPeerBurst,
 			MaxInflight: DefaultMaxInflight,
 		},
-		QueryLog: QueryLogConfig{Buffer: DefaultQueryLogBuffer},
+		QueryLog:  QueryLogConfig{Buffer: DefaultQueryLogBuffer},
+		Encrypted: EncryptedConfig{DoTPort: DefaultDoTPort, DoHPort: DefaultDoHPort},
 	}
 }
 
@@ -339,6 +341,10 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.QueryLog.Buffer <= 0 {
 		c.QueryLog.Buffer = DefaultQueryLogBuffer
+	}
+	var err error
+	if c.Encrypted, err = c.Encrypted.normalize(); err != nil {
+		errs = append(errs, err)
 	}
 	for i, a := range c.Listen {
 		if !a.IsValid() {

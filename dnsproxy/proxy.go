@@ -49,6 +49,7 @@ type state struct {
 	groups  []*group
 	tlsConf *tls.Config
 	grp     *groupState // peer groups; nil when none are configured
+	cert    *serverCert // DoT and DoH; nil when they are off
 }
 
 func (st *state) allowed(a netip.Addr) bool {
@@ -80,6 +81,7 @@ type Proxy struct {
 	slowJobs    chan slowJob
 	slowWorkers atomic.Int64
 	met         *metrics
+	enc         *encMetrics
 	// localCounters are queries_total for answers given without a group.
 	localCounters *groupCounters
 	qlog          *queryLog
@@ -99,10 +101,11 @@ type Proxy struct {
 	cancel context.CancelFunc
 
 	// Guarded by reloadMu.
-	zoneIdx   map[string]uint32 // stable zone indexes (groups.go)
-	listeners []*listenerSet
-	started   bool
-	closed    bool
+	zoneIdx      map[string]uint32 // stable zone indexes (groups.go)
+	listeners    []*listenerSet
+	encListeners []*encListener // DoT and DoH
+	started      bool
+	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
 }
@@ -130,9 +133,14 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	}
 	p.met = met
 	p.localCounters = met.group(localGroup)
+	if p.enc, err = newEncMetrics(opts.Registerer, p.certNotAfter); err != nil {
+		met.unregister()
+		return nil, err
+	}
 	st, err := p.buildState(cfg, nil)
 	if err != nil {
 		met.unregister()
+		p.enc.unregister()
 		return nil, err
 	}
 	p.lim = newLimiter(st.cfg.Limits.PeerQPS, st.cfg.Limits.PeerBurst)
@@ -140,6 +148,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p.cache.resize(st.cfg.Cache.Size)
 	if p.qlog, err = openQueryLog(st.cfg.QueryLog, p.peerName, met.querylogDropped); err != nil {
 		met.unregister()
+		p.enc.unregister()
 		return nil, err
 	}
 	p.st.Store(st)
@@ -164,6 +173,11 @@ func (p *Proxy) buildState(cfg Config, prev *state) (*state, error) {
 	}
 	if st.policy, err = newPolicy(cfg.Policy); err != nil {
 		return nil, err
+	}
+	if cfg.Encrypted.Enabled() {
+		if st.cert, err = loadServerCert(cfg.Encrypted); err != nil {
+			return nil, err
+		}
 	}
 	if prev != nil && prev.tlsConf != nil && prev.cfg.TLSCAFile == cfg.TLSCAFile {
 		st.tlsConf = prev.tlsConf
@@ -273,6 +287,15 @@ func (p *Proxy) Start(ctx context.Context) error {
 	}
 	p.listeners = sets
 	p.started = true
+	if err := p.syncEncrypted(ctx, st.cfg); err != nil {
+		p.closeEncrypted()
+		for _, s := range sets {
+			s.close()
+		}
+		p.listeners = nil
+		p.started = false
+		return err
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -382,6 +405,11 @@ func (p *Proxy) Reload(cfg Config) error {
 	for _, ls := range stale {
 		ls.close()
 	}
+	if p.started {
+		// After the new state is in place: a kept listener hands out the
+		// reloaded certificate from its next handshake on.
+		return p.syncEncrypted(context.Background(), st.cfg)
+	}
 	return nil
 }
 
@@ -396,9 +424,10 @@ func (p *Proxy) Close() error {
 	p.closed = true
 	sets := p.listeners
 	p.listeners = nil
+	encErr := p.closeEncrypted()
 	p.reloadMu.Unlock()
 
-	var errs []error
+	errs := []error{encErr}
 	for _, ls := range sets {
 		if err := ls.close(); err != nil {
 			errs = append(errs, err)
@@ -415,6 +444,7 @@ func (p *Proxy) Close() error {
 		p.qlog.closer.Close()
 	}
 	p.met.unregister()
+	p.enc.unregister()
 	return errors.Join(errs...)
 }
 
@@ -472,10 +502,11 @@ func (p *Proxy) Exchange(ctx context.Context, q *dns.Msg, src netip.Addr) (*dns.
 	if rc, ok := p.admit(st, src, start.UnixNano()); !ok {
 		resp := new(dns.Msg)
 		resp.SetRcode(q, rc)
-		p.account(shard, start, q, resp, answerInfo{group: localGroup}, netip.AddrPortFrom(src, 0))
+		p.account(shard, start, q, resp, answerInfo{group: localGroup, transport: TransportTCP}, netip.AddrPortFrom(src, 0))
 		return resp, nil
 	}
 	resp, info := p.serve(ctx, st, q, shard, src)
+	info.transport = TransportTCP
 	p.account(shard, start, q, resp, info, netip.AddrPortFrom(src, 0))
 	return resp, nil
 }
@@ -495,6 +526,7 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 
 // answerInfo says how a query was answered, for metrics and the query log.
 type answerInfo struct {
+	transport Transport
 	group     string
 	peerGroup string // the asking peer's group; "" when none are configured
 	upstream  string
@@ -528,7 +560,7 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 	p.met.group(info.group).inc(shard, qtype, resp.Rcode)
 	p.met.duration.observe(shard, lat)
 	if p.wantRecord(src.Addr().Unmap()) {
-		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode,
+		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode, transport: info.transport,
 			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked,
 			peerGroup: info.peerGroup})
 	}
@@ -567,6 +599,9 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int, s
 		p.met.blocked.WithLabelValues(reason).Inc()
 		info.blocked = reason
 		return p.finish(st, policyAnswer(req, reason), req, groupEDE(reason, view, g)), info
+	}
+	if r := st.serverNameAnswer(req); r != nil {
+		return p.finish(st, r, req, nil), info
 	}
 	if q.Qtype == dns.TypeANY {
 		resp.SetReply(req)

@@ -16,16 +16,17 @@ import (
 
 // logRecord is one answered query, queued for the query log writer.
 type logRecord struct {
-	time     time.Time
-	src      netip.AddrPort
-	name     string
-	qtype    uint16
-	rcode    int
-	group    string
-	upstream string
-	cacheHit bool
-	latency  time.Duration
-	blocked  string
+	time      time.Time
+	src       netip.AddrPort
+	name      string
+	qtype     uint16
+	rcode     int
+	group     string
+	upstream  string
+	cacheHit  bool
+	latency   time.Duration
+	blocked   string
+	transport Transport
 	// peerGroup is the asking peer's group ("" when none are configured).
 	peerGroup string
 }
@@ -155,6 +156,7 @@ func (l *queryLog) write(r logRecord) {
 	rec.AddAttrs(
 		slog.String("peer", peer),
 		slog.String("client", r.src.String()),
+		slog.String("transport", r.transport.String()),
 		slog.String("name", q.Name),
 		slog.String("type", q.Type),
 		slog.String("rcode", q.Rcode),

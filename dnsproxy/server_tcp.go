@@ -41,6 +41,7 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 	if req.Response {
 		return
 	}
+	p.enc.requests[TransportTCP].inc(shard)
 	if rc, ok := p.admit(st, a, start.UnixNano()); !ok {
 		resp = new(dns.Msg)
 		resp.SetRcode(req, rc)
@@ -48,6 +49,7 @@ func (p *Proxy) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 		resp, info = p.serve(p.ctx, st, req, shard, a)
 		p.observe(p.ctx, a, resp)
 	}
+	info.transport = TransportTCP
 	p.account(shard, start, req, resp, info, src)
 	if err := w.WriteMsg(resp); err != nil {
 		p.log.Debug("write dns tcp answer", "client", src.String(), "error", err)

@@ -266,10 +266,18 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	if p.probing(src) {
 		return nil, true // the proxy's own probe: answered and left out of the counters on the slow path
 	}
+	return p.handleWire(ls, pkt, src, TransportUDP)
+}
+
+// handleWire is the fast path of every transport that hands the proxy a
+// wire-format query (UDP, DoT, DoH): ACL, rate limit, cache hit. Stream
+// transports (tr.stream()) are never truncated.
+func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Transport) (resp []byte, slow bool) {
 	start := p.now()
 	now := start.UnixNano()
 	st := p.st.Load()
 	a := src.Addr().Unmap()
+	p.enc.requests[tr].inc(ls.shard)
 	q := &ls.q
 	kn, ok := parseQuery(pkt, q, &ls.key)
 	if rc, admitted := p.admit(st, a, now); !admitted {
@@ -283,7 +291,7 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 		p.localCounters.inc(ls.shard, q.qtype, rc)
 		if p.tapped(a) { // a peer's address passes the ACL: it was rate-limited
 			p.offer(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
-				rcode: rc, group: localGroup, blocked: "rate_limit", latency: p.now().Sub(start)})
+				rcode: rc, group: localGroup, blocked: "rate_limit", latency: p.now().Sub(start), transport: tr})
 		}
 		return out, false
 	}
@@ -306,6 +314,9 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 		}
 	}
 	maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
+	if tr.stream() {
+		maxSize = dns.MaxMsgSize
+	}
 	out := writeHit(ls.out, e, pkt[headerLen:headerLen+q.nameLen], q, now, st.cfg.EDNSBufferSize, maxSize)
 	ls.out = out
 	p.met.cacheHits.inc(ls.shard)
@@ -314,7 +325,7 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 	p.met.duration.observe(ls.shard, lat)
 	if p.wantRecord(a) {
 		p.record(logRecord{time: start, src: src, name: wireName(pkt[headerLen:]), qtype: q.qtype,
-			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat, peerGroup: view.label()})
+			rcode: e.rcode, group: e.group, cacheHit: true, latency: lat, peerGroup: view.label(), transport: tr})
 	}
 	return out, false
 }
@@ -323,6 +334,12 @@ func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (res
 // serve, pack, truncate to the client's buffer. The packet was admitted
 // (ACL, rate limit) by handlePacket, or is one of the proxy's own probes.
 func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, shard int) []byte {
+	return p.slowWire(ctx, pkt, src, shard, TransportUDP)
+}
+
+// slowWire is slowPacket for any wire transport; stream transports are
+// never truncated.
+func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, shard int, tr Transport) []byte {
 	start := p.now()
 	st := p.st.Load()
 	req := new(dns.Msg)
@@ -341,12 +358,13 @@ func (p *Proxy) slowPacket(ctx context.Context, pkt []byte, src netip.AddrPort, 
 		return nil
 	}
 	resp, info := p.serve(ctx, st, req, shard, src.Addr().Unmap())
+	info.transport = tr
 	size := minEDNSBufferSize
 	if opt := req.IsEdns0(); opt != nil {
 		size = maxUDPSize(true, opt.UDPSize(), st.cfg.EDNSBufferSize)
 	}
 	out, err := resp.Pack()
-	if err == nil && len(out) > size {
+	if err == nil && len(out) > size && !tr.stream() {
 		// Like the fast path: header, question, OPT, TC; the client retries over TCP.
 		resp.Truncated = true
 		resp.Answer, resp.Ns = nil, nil

@@ -13,16 +13,17 @@ import (
 // QueryRecord is one answered query as a tap sees it: the query log's
 // fields, for `sluice peer trace`.
 type QueryRecord struct {
-	Time     time.Time      `json:"time"`
-	Client   netip.AddrPort `json:"client"`
-	Name     string         `json:"name"`
-	Type     string         `json:"type"`
-	Rcode    string         `json:"rcode"`
-	Group    string         `json:"group"`
-	Upstream string         `json:"upstream,omitempty"` // "" for cache hits and local answers
-	CacheHit bool           `json:"cache_hit"`
-	Blocked  string         `json:"blocked,omitempty"` // policy reason when the name was blocked
-	Latency  time.Duration  `json:"latency_ns"`
+	Time      time.Time      `json:"time"`
+	Client    netip.AddrPort `json:"client"`
+	Transport string         `json:"transport"` // udp, tcp, dot, doh
+	Name      string         `json:"name"`
+	Type      string         `json:"type"`
+	Rcode     string         `json:"rcode"`
+	Group     string         `json:"group"`
+	Upstream  string         `json:"upstream,omitempty"` // "" for cache hits and local answers
+	CacheHit  bool           `json:"cache_hit"`
+	Blocked   string         `json:"blocked,omitempty"` // policy reason when the name was blocked
+	Latency   time.Duration  `json:"latency_ns"`
 	// PeerGroup is the asking peer's group, "" when no groups are configured.
 	PeerGroup string `json:"peer_group,omitempty"`
 }
@@ -134,6 +135,6 @@ func (r logRecord) export() QueryRecord {
 	if !ok {
 		rcode = fmt.Sprintf("RCODE%d", r.rcode)
 	}
-	return QueryRecord{Time: r.time, Client: r.src, Name: r.name, Type: qtype, Rcode: rcode, Group: r.group,
+	return QueryRecord{Time: r.time, Client: r.src, Transport: r.transport.String(), Name: r.name, Type: qtype, Rcode: rcode, Group: r.group,
 		Upstream: r.upstream, CacheHit: r.cacheHit, Blocked: r.blocked, Latency: r.latency, PeerGroup: r.peerGroup}
 }

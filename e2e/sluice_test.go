@@ -33,6 +33,8 @@ type sluiceOpts struct {
 	// egress_test.go: extra YAML lines under enforce: and dns.zones.
 	enforceYAML string
 	zonesYAML   string
+	encrypted   bool   // dns.encrypted: [dot, doh] with sluice's own CA (encryptedServerName)
+	dot         string // enforce.dot; default reject
 }
 
 // sluiceGW is one `sluice up` in the gateway namespace.
@@ -109,9 +111,9 @@ dns:
   default:
     upstreams: %[10]s
   query_log: %[11]s
-enforce:
+%[17]senforce:
   off_policy_dns: %[12]s
-  dot: reject
+  dot: %[18]s
   doh_ips_file: %[13]s
   egress_interface: ""
 peers:
@@ -122,7 +124,7 @@ admin:
   control_socket: %[15]s
 `, g.ifname, wgPort, keyFile, gwUnderlay, opts.mode, resolver4, resolver6, corpDNS1, corpDNS2,
 		defaults, g.queryLog, opts.offPolicy, dohFile, filepath.Join(g.dir, "state"), filepath.Join(g.dir, "ctl.sock"),
-		strings.Join(opts.routes, ", "))
+		strings.Join(opts.routes, ", "), encryptedYAML(opts), orDefault(opts.dot, "reject"))
 	cfg = strings.Replace(cfg, "  egress_interface: \"\"\n", "  egress_interface: \"\"\n"+opts.enforceYAML, 1)
 	cfg = strings.Replace(cfg, "  default:\n", opts.zonesYAML+"  default:\n", 1)
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {

@@ -28,7 +28,7 @@ const (
 // YAML `enforce:` section. Empty actions take the defaults named below.
 type Config struct {
 	OffPolicyDNS Action         // redirect | reject; "" = redirect in split mode, reject in full mode
-	DoT          Action         // reject (default) | allow; covers TCP 853 (DoT) and UDP 853 (DoQ)
+	DoT          Action         // reject (default) | allow | redirect (TCP 853 DNATed to the resolver's DoT, UDP 853 rejected); covers TCP 853 (DoT) and UDP 853 (DoQ)
 	DoH          Action         // reject (default) | allow
 	DoHIPsFile   string         // extra DoH IPs/CIDRs, one per line, # comments
 	DoHAllow     []netip.Prefix // removed from the DoH set
@@ -57,6 +57,9 @@ type Spec struct {
 	// GroupBound limits the group rules to these destinations (full mode:
 	// the internal prefixes); empty: every destination.
 	GroupBound []netip.Prefix
+	// Encrypted are the resolver's DoT/DoH listeners, accepted on the
+	// resolver addresses (see encrypted.go).
+	Encrypted EncryptedListeners
 }
 
 // Options configure a Firewall.
@@ -74,9 +77,9 @@ type Reason string
 
 // Reasons, one named counter object each.
 const (
-	ReasonDNSRedirected      Reason = "dns_redirected" // flows DNATed to the proxy (first packet of each flow)
+	ReasonDNSRedirected      Reason = "dns_redirected" // flows DNATed to the proxy (first packet of each flow; DoT with enforce.dot: redirect)
 	ReasonDNSRejected        Reason = "dns_rejected"   // port 53 to anything but the proxy, rejected
-	ReasonDNSAccepted        Reason = "dns_accepted"   // packets to the proxy on port 53
+	ReasonDNSAccepted        Reason = "dns_accepted"   // packets to the proxy on port 53 (and 853/443 with encrypted DNS)
 	ReasonDoTRejected        Reason = "dot_rejected"   // TCP 853
 	ReasonDoQRejected        Reason = "doq_rejected"   // UDP 853
 	ReasonDoHRejected        Reason = "doh_rejected"   // TCP/UDP 443 to a known DoH address
@@ -129,8 +132,8 @@ func (s Spec) normalize() (Spec, error) {
 		return s, fmt.Errorf("invalid off-policy dns action %q: want redirect or reject", s.OffPolicyDNS)
 	}
 	for name, a := range map[string]Action{"dot": s.DoT, "doh": s.DoH} {
-		if a != ActionReject && a != ActionAllow {
-			return s, fmt.Errorf("invalid %s action %q: want reject or allow", name, a)
+		if a != ActionReject && a != ActionAllow && !(name == "dot" && a == ActionRedirect && s.Encrypted.DoT) {
+			return s, fmt.Errorf("invalid %s action %q: want reject or allow (or redirect with a DoT listener)", name, a)
 		}
 	}
 	if len(s.Egress) > maxIfname {
@@ -176,7 +179,7 @@ func DefaultOffPolicy(fullTunnel bool) Action {
 // To add a key: a field here, its rule in Build.
 type FileConfig struct {
 	OffPolicyDNS    string   `yaml:"off_policy_dns" doc:"what happens to a peer's DNS (port 53) sent anywhere but the in-tunnel resolver" default:"redirect in split mode, reject in full mode" allowed:"redirect, reject"`
-	DoT             string   `yaml:"dot" doc:"DNS over TLS (TCP 853) and DNS over QUIC (UDP 853) from peers" default:"reject" allowed:"reject, allow (split mode only)"`
+	DoT             string   `yaml:"dot" doc:"DNS over TLS (TCP 853) and DNS over QUIC (UDP 853) from peers to other addresses than the resolvers" default:"reject" allowed:"reject, allow (split mode only), redirect (to sluice's own DoT: needs dot in dns.encrypted)"`
 	DoH             string   `yaml:"doh" doc:"HTTPS (TCP/UDP 443) from peers to known DoH resolver addresses" default:"reject" allowed:"reject, allow (split mode only)"`
 	DoHIPsFile      string   `yaml:"doh_ips_file" doc:"extra DoH resolver addresses, one IP or CIDR per line, # comments; the built-in list is always loaded" kind:"file" default:"none"`
 	DoHAllow        []string `yaml:"doh_allow" doc:"IPs or CIDRs removed from the DoH set (e.g. your own DoH server)" kind:"IP or CIDR"`
@@ -202,7 +205,7 @@ func (f FileConfig) Build(fullTunnel bool, report func(key, msg, fix string)) (C
 		dst      *Action
 	}{
 		{"off_policy_dns", f.OffPolicyDNS, DefaultOffPolicy(fullTunnel), []Action{ActionRedirect, ActionReject}, &c.OffPolicyDNS},
-		{"dot", f.DoT, ActionReject, []Action{ActionReject, ActionAllow}, &c.DoT},
+		{"dot", f.DoT, ActionReject, []Action{ActionReject, ActionAllow, ActionRedirect}, &c.DoT},
 		{"doh", f.DoH, ActionReject, []Action{ActionReject, ActionAllow}, &c.DoH},
 	}
 	for _, a := range actions {

@@ -47,7 +47,12 @@ func goldenSpecs(t *testing.T) map[string]Spec {
 	v4Only := base()
 	v4Only.Resolvers = []netip.Addr{netip.MustParseAddr("10.20.0.53"), netip.MustParseAddr("10.20.0.54")}
 
+	encrypted := base()
+	encrypted.Encrypted = EncryptedListeners{DoT: true, DoH: true}
+	encrypted.DoT = ActionRedirect
+
 	return map[string]Spec{
+		"encrypted":      encrypted,
 		"split_redirect": splitRedirect,
 		"split_reject":   splitReject,
 		"full_reject":    fullReject,

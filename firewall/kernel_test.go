@@ -164,6 +164,10 @@ func TestKernelApplyMatchesRender(t *testing.T) {
 		"split_reject":   func(s *Spec) { s.OffPolicyDNS = ActionReject; s.DoT = ActionAllow; s.PeerToPeer = true },
 		"full_reject":    func(s *Spec) { s.FullTunnel = true }, // egress from the default route
 		"full_egress":    func(s *Spec) { s.FullTunnel = true; s.Egress = "eth9" },
+		"encrypted": func(s *Spec) {
+			s.Encrypted = EncryptedListeners{DoT: true, DoH: true}
+			s.DoT = ActionRedirect
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := testSpec("wg0")

@@ -224,11 +224,12 @@ func build(s Spec, eg egress) *ruleset {
 		typ: nftables.ChainTypeNAT, hook: nftables.ChainHookPrerouting, hookName: "prerouting",
 		prio: priorityDstNAT, prioText: "dstnat",
 	}}
+	fams := []struct {
+		set    *set
+		target netip.Addr
+	}{{r4, first4}, {r6, first6}}
 	if s.OffPolicyDNS == ActionRedirect {
-		for _, fam := range []struct {
-			set    *set
-			target netip.Addr
-		}{{r4, first4}, {r6, first6}} {
+		for _, fam := range fams {
 			if !fam.target.IsValid() {
 				continue // no resolver of this family: the reject backstop in peer_dns applies
 			}
@@ -240,8 +241,11 @@ func build(s Spec, eg egress) *ruleset {
 		}
 	}
 
+	pre.rules = append(pre.rules, dotRedirect(s, counted, fams)...)
+
 	// peer_dns: what a peer may send to port 53/853/443, from input and forward.
 	dns := &chain{name: chainPeerDNS}
+	dns.rules = append(dns.rules, encryptedAccept(s, []*set{r4, r6})...)
 	for _, st := range []*set{r4, r6} {
 		for _, proto := range []uint8{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 			dns.rules = append(dns.rules, counted(ReasonDNSAccepted, familyOf(st),
@@ -255,7 +259,7 @@ func build(s Spec, eg egress) *ruleset {
 		[]stmt{dport(unix.IPPROTO_UDP, portDNS)}, counterRef(ReasonDNSRejected), rejectICMPX())...)
 	dns.rules = append(dns.rules, counted(ReasonDNSRejected, famBoth,
 		[]stmt{dport(unix.IPPROTO_TCP, portDNS)}, counterRef(ReasonDNSRejected), rejectTCPReset())...)
-	if s.DoT == ActionReject {
+	if s.DoT != ActionAllow { // redirect: the backstop for what NAT did not catch, and DoQ
 		dns.rules = append(dns.rules, counted(ReasonDoTRejected, famBoth,
 			[]stmt{dport(unix.IPPROTO_TCP, portDoT)}, counterRef(ReasonDoTRejected), rejectTCPReset())...)
 		dns.rules = append(dns.rules, counted(ReasonDoQRejected, famBoth,

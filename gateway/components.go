@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
@@ -49,6 +50,9 @@ type resolver interface {
 	CheckUpstreams(ctx context.Context) []dnsproxy.UpstreamCheck
 	// Probe asks one of the proxy's own listeners, uncounted.
 	Probe(ctx context.Context, server netip.AddrPort, q *dns.Msg) (*dns.Msg, time.Duration, error)
+	// TLSCertificate is the DoT/DoH server certificate in use, nil when
+	// encrypted DNS is off.
+	TLSCertificate() *x509.Certificate
 	// Close stops serving and waits for every goroutine.
 	Close() error
 }

@@ -119,6 +119,9 @@ type Config struct {
 	Peers            peers.Config
 	Groups           GroupsConfig // groups.go
 	Admin            AdminConfig
+	// OwnDNSCA is set when DoT/DoH use sluice's own CA and certificate in
+	// the state directory (no dns.tls.cert_file).
+	OwnDNSCA bool
 
 	pos positions
 }
@@ -306,7 +309,9 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	b := &builder{c: c, pos: pos}
 	b.buildInterface(&fc.Interface, fc.Peers.StateDir)
 	b.buildDNS(&fc.DNS)
+	buildEncrypted(c, fc, c.Peers.StateDir, b.bad)
 	c.Enforce, c.FirewallTable = fc.Enforce.Build(c.FullTunnel(), b.in("enforce"))
+	checkEncryptedEnforce(c, b.bad)
 	b.buildPeers(&fc.Peers)
 	buildGroups(c, fc, b.bad)
 	b.buildAdmin(&fc.Admin)

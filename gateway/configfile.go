@@ -61,6 +61,9 @@ type dnsFile struct {
 	} `yaml:"default" doc:"the default resolver group"`
 	InternalPrefixes []string `yaml:"internal_prefixes" doc:"full mode: upstreams must be inside these; never a default route" kind:"CIDR" default:"[10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7]"`
 
+	Encrypted []string   `yaml:"encrypted" doc:"also serve DNS over TLS (853) and DNS over HTTPS (443, /dns-query) on the resolver addresses" allowed:"dot, doh"`
+	TLS       fileDNSTLS `yaml:"tls" doc:"the certificate of the DoT/DoH listeners"`
+
 	dnsproxy.FileConfig `yaml:",inline"`
 }
 

@@ -71,6 +71,7 @@ func (g *Gateway) doctorLocked(ctx context.Context, peer string) *Report {
 		}
 	}
 	g.doctorProxy(ctx, r, cfg)
+	g.doctorEncrypted(ctx, r, cfg)
 	if peer != "" {
 		g.doctorPeer(r, peer)
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -161,6 +162,8 @@ type fakeProxy struct {
 	dead    map[string]bool // upstream addresses whose checks fail
 	probes  int
 }
+
+func (p *fakeProxy) TLSCertificate() *x509.Certificate { return nil }
 
 func (p *fakeProxy) Start(context.Context) error {
 	p.mu.Lock()

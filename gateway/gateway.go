@@ -241,6 +241,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if _, err := g.ensureDNSCert(cfg); err != nil {
+		return err
+	}
 	proxy, err := g.parts.resolver(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.reg,
@@ -287,6 +290,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	start("peer watch", g.watchPeers)
 	start("egress log", g.watchEgress)
+	if cfg.OwnDNSCA {
+		start("dns certificate renewal", g.renewDNSCert)
+	}
 
 	g.setPhase(phaseReady)
 	g.log.Info("ready", "interface", cfg.Interface.Name, "resolvers", cfg.Resolvers(), "mode", cfg.Mode, "admin", cfg.Admin.Listen, "control", cfg.ControlSocket())
@@ -342,6 +348,7 @@ func (g *Gateway) firewallSpec(cfg *Config) firewall.Spec {
 		DoHSet:         firewall.NormalizePrefixes(doh, cfg.Enforce.DoHAllow),
 		Groups:         g.groupRulesNow(cfg),
 		GroupBound:     cfg.groupBound(),
+		Encrypted:      firewallEncrypted(cfg),
 	}
 }
 

@@ -69,6 +69,10 @@ func (g *Gateway) reloadLocked() ReloadResult {
 		next.Admin = old.Admin
 		next.FirewallTable = old.FirewallTable
 	}
+	if _, err := g.ensureDNSCert(next); err != nil {
+		g.metrics.reloads.WithLabelValues("refused").Inc()
+		return ReloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}
+	}
 	if err := g.proxy.Reload(next.DNS); err != nil {
 		g.metrics.reloads.WithLabelValues("refused").Inc()
 		return ReloadResult{Errors: []string{"dns: " + err.Error()}, Notes: notes}

@@ -65,6 +65,9 @@ type ClientParams struct {
 	// ApplePlatform selects the WireGuard app a mobileconfig is for: "ios"
 	// (DefaultApplePlatform) or "macos".
 	ApplePlatform string
+	// Encrypted, when set, points the device's encrypted DNS at the DoT/DoH
+	// listeners of the in-tunnel resolvers (mobileconfig, nrpt, resolved).
+	Encrypted *EncryptedDNS
 
 	rand io.Reader // UUID source for mobileconfig; nil = crypto/rand
 }
@@ -146,6 +149,9 @@ var (
 func (p *ClientParams) normalize() error {
 	if p.Endpoint == "" {
 		return ErrNoEndpoint
+	}
+	if err := p.Encrypted.check(); err != nil {
+		return err
 	}
 	host, port, err := net.SplitHostPort(p.Endpoint)
 	if err != nil {

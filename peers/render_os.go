@@ -86,6 +86,7 @@ func renderNRPT(p ClientParams) string {
 		line("$current = @((Get-DnsClientGlobalSetting).SuffixSearchList | Where-Object { $_ })")
 		line("Set-DnsClientGlobalSetting -SuffixSearchList @($current + $sluiceSuffixes | Select-Object -Unique)")
 	}
+	writeNRPTDoH(line, p)
 	line("# To remove these rules:")
 	line("#   Get-DnsClientNrptRule | Where-Object { $_.Comment -eq %s } | ForEach-Object { Remove-DnsClientNrptRule -Name $_.Name -Force }", comment)
 	if len(p.SearchDomains) > 0 {
@@ -128,8 +129,13 @@ func writeResolvedHooks(b *strings.Builder, p ClientParams) {
 		defaultRoute = "true"
 	}
 	fmt.Fprintf(b, "# systemd-resolved: per-link DNS for this tunnel (no DNS line, so wg-quick does not call resolvconf).\n")
+	servers, dot := resolvedServers(p)
+	if dot {
+		fmt.Fprintf(b, "# DNS over TLS to the in-tunnel resolvers, verified for %s (the CA must be in the system store: sluice ca).\n", p.Encrypted.ServerName)
+		defaultRoute += "; resolvectl dnsovertls %i yes"
+	}
 	fmt.Fprintf(b, "PostUp = resolvectl dns %%i %s; resolvectl domain %%i %s; resolvectl default-route %%i %s\n",
-		joinAddrs(p.Resolvers, " "), strings.Join(domains, " "), defaultRoute)
+		servers, strings.Join(domains, " "), defaultRoute)
 	fmt.Fprintf(b, "PreDown = resolvectl revert %%i\n")
 }
 
@@ -233,6 +239,9 @@ func renderMobileconfig(p ClientParams) ([]byte, error) {
 	w.str("AuthenticationMethod", "Password")
 	w.close("dict")
 	w.close("dict")
+	if err := writeMobileconfigDNS(w, p, ident); err != nil {
+		return nil, err
+	}
 	w.close("array")
 	w.close("dict")
 	w.raw(`</plist>`)

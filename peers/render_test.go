@@ -107,6 +107,10 @@ func TestRenderGolden(t *testing.T) {
 		{"split.mobileconfig", "mobileconfig", testParams(false)},
 		{"split.resolved.conf", "resolved", testParams(false)},
 		{"full.resolved.conf", "resolved", testParams(true)},
+		{"encrypted.mobileconfig", "mobileconfig", encryptedParams(true)},
+		{"encrypted-dot.mobileconfig", "mobileconfig", encryptedParams(false)},
+		{"encrypted.nrpt.ps1", "nrpt", encryptedParams(true)},
+		{"encrypted.resolved.conf", "resolved", encryptedParams(true)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := Render(tc.format, tc.p)

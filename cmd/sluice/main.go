@@ -111,6 +111,7 @@ resolvers as the default DNS group, state in /var/lib/sluice/sluice0.
 		newReloadCmd(g),
 		newFirewallCmd(g),
 		newConfigCmd(),
+		newCACmd(g),
 		&cobra.Command{
 			Use:         "version",
 			Short:       "Print the version",

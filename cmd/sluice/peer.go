@@ -177,34 +177,7 @@ Formats:
 			if err != nil {
 				return err
 			}
-			if endpoint == "" {
-				endpoint = cfg.Interface.Endpoint
-			}
-			if endpoint == "" {
-				return cfg.EndpointError()
-			}
-			key, err := gateway.LoadOrCreateKey(cfg.Interface.PrivateKeyFile)
-			if err != nil {
-				return err
-			}
-			serverPub := key.PublicKey()
-			if err := checkDaemon(cmd, cfg, &serverPub); err != nil {
-				return err
-			}
-			data, err := peers.Render(format, peers.ClientParams{
-				Peer:            p,
-				ServerPublicKey: serverPub,
-				Endpoint:        endpoint,
-				MTU:             cfg.Interface.MTU,
-				FullTunnel:      cfg.FullTunnel(),
-				Routes:          cfg.PeerRoutes(p), // the group's routes (groups)
-				Resolvers:       cfg.Resolvers(),
-				SearchDomains:   cfg.SearchDomains,
-				Zones:           cfg.ZoneNames(),
-				Keepalive:       cfg.Peers.PersistentKeepalive,
-				TunnelName:      cfg.Interface.Name,
-				ApplePlatform:   platform,
-			})
+			data, err := renderFor(cmd, cfg, p, format, endpoint, platform)
 			if err != nil {
 				return err
 			}

@@ -525,8 +525,11 @@ moves). Keys and addresses stay, so client configs keep working.`,
 	return cmd
 }
 
-// renderFor renders p's client config the way `peer config` does.
-func renderFor(cfg *gateway.Config, p peers.Peer, format, endpoint, platform string) ([]byte, error) {
+// renderFor renders p's client config: the one renderer of `peer config`
+// and `peer rotate`. When the daemon runs with another key, interface or
+// mode than cfg, it refuses (see checkDaemon) rather than render a config
+// that can never handshake.
+func renderFor(cmd *cobra.Command, cfg *gateway.Config, p peers.Peer, format, endpoint, platform string) ([]byte, error) {
 	if endpoint == "" {
 		endpoint = cfg.Interface.Endpoint
 	}
@@ -537,13 +540,22 @@ func renderFor(cfg *gateway.Config, p peers.Peer, format, endpoint, platform str
 	if err != nil {
 		return nil, err
 	}
+	serverPub := key.PublicKey()
+	if err := checkDaemon(cmd, cfg, &serverPub); err != nil {
+		return nil, err
+	}
+	encDNS, err := cfg.ClientEncryptedDNS()
+	if err != nil {
+		return nil, err
+	}
 	return peers.Render(format, peers.ClientParams{
+		Encrypted:       encDNS,
 		Peer:            p,
-		ServerPublicKey: key.PublicKey(),
+		ServerPublicKey: serverPub,
 		Endpoint:        endpoint,
 		MTU:             cfg.Interface.MTU,
 		FullTunnel:      cfg.FullTunnel(),
-		Routes:          cfg.Peers.Routes,
+		Routes:          cfg.PeerRoutes(p), // the group's routes (groups)
 		Resolvers:       cfg.Resolvers(),
 		SearchDomains:   cfg.SearchDomains,
 		Zones:           cfg.ZoneNames(),
@@ -605,7 +617,7 @@ at once. A device that brought its own key gives its new public key with
 				fmt.Fprintf(cmd.ErrOrStderr(), "new client config: sluice peer config %s\n", p.ID())
 				return nil
 			}
-			data, err := renderFor(cfg, p, format, endpoint, platform)
+			data, err := renderFor(cmd, cfg, p, format, endpoint, platform)
 			if err != nil {
 				return fmt.Errorf("the keys were rotated, but the config cannot be rendered (fix this, then run sluice peer config %s): %w", p.ID(), err)
 			}

@@ -88,7 +88,7 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,tunnel,scale", "comma-separated sections to run: dns, tunnel, scale, profile (CPU profile of the proxy, not in the default)")
+		sections = flag.String("sections", "dns,encrypted,tunnel,scale", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -144,6 +144,9 @@ func run() error {
 	}
 	if want["dns"] {
 		rows = append(rows, b.dnsSection(ctx)...)
+	}
+	if want["encrypted"] && ctx.Err() == nil {
+		rows = append(rows, b.encryptedSection(ctx)...)
 	}
 	if want["tunnel"] && ctx.Err() == nil {
 		rows = append(rows, b.tunnelSection(ctx)...)

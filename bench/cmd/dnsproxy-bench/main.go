@@ -41,6 +41,11 @@ func run() error {
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		groups     = flag.Int("groups", 0, "configure this many peer groups (groups.go); 0: none")
 		peers      = flag.Int("peers", 0, "with -groups: this many peer identities (127.0.0.1 is the first)")
+		dotPort    = flag.Uint("dot-port", 0, "also serve DoT on this port (needs -cert, -key, -server-name)")
+		dohPort    = flag.Uint("doh-port", 0, "also serve DoH on this port (needs -cert, -key, -server-name)")
+		certFile   = flag.String("cert", "", "PEM certificate of the DoT/DoH listeners")
+		keyFile    = flag.String("key", "", "PEM key of the DoT/DoH listeners")
+		serverName = flag.String("server-name", "", "the name the certificate is for")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -65,6 +70,16 @@ func run() error {
 	// anchors (dnsdist, unbound) have none configured either. The in-flight
 	// cap stays at its default.
 	cfg.Limits.PeerQPS = 0
+	if *dotPort != 0 || *dohPort != 0 {
+		if *dotPort > 65535 || *dohPort > 65535 {
+			return fmt.Errorf("bad dot or doh port")
+		}
+		cfg.Encrypted = dnsproxy.EncryptedConfig{
+			DoT: *dotPort != 0, DoH: *dohPort != 0,
+			DoTPort: uint16(*dotPort), DoHPort: uint16(*dohPort),
+			ServerName: *serverName, CertFile: *certFile, KeyFile: *keyFile,
+		}
+	}
 
 	var idents dnsproxy.Identities
 	if *groups > 0 {

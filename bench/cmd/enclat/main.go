@@ -1,0 +1,206 @@
+// Command enclat measures DNS-over-TLS and DNS-over-HTTPS round-trip latency
+// one query at a time, each target over one connection kept open for the
+// whole run (the reused-connection case). It is dnslat's counterpart for the
+// encrypted transports of sluice's benchmark and prints the same JSON lines.
+//
+// Targets are queried in turn (query i goes to every target before query
+// i+1), so that all see the same machine state. Names cycle through a fixed
+// set, so after the warm-up every answer is a cache hit.
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const (
+	defaultCount  = 5000
+	defaultSet    = 1000
+	warmupQueries = 200
+	maxErrors     = 1000
+)
+
+type target struct {
+	name, url string
+	ask       func(wire []byte) ([]byte, error)
+	rtts      []time.Duration
+	errs      int
+}
+
+// result is one JSON line, in dnslat's format.
+type result struct {
+	Name   string  `json:"name"`
+	Addr   string  `json:"addr"`
+	Count  int     `json:"count"`
+	Errors int     `json:"errors"`
+	P50us  float64 `json:"p50_us"`
+	P90us  float64 `json:"p90_us"`
+	P99us  float64 `json:"p99_us"`
+	MeanUs float64 `json:"mean_us"`
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "enclat:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		targetsFlag = flag.String("targets", "", "comma-separated name=dot://host:port or name=https://host:port/dns-query")
+		count       = flag.Int("n", defaultCount, "measured queries per target")
+		setSize     = flag.Int("set-size", defaultSet, "names cycled (qN.bench.)")
+		caFile      = flag.String("ca", "", "CA certificate (PEM) the servers' certificates are verified against")
+		serverName  = flag.String("server-name", "", "name the certificates are verified for")
+		timeout     = flag.Duration("timeout", time.Second, "per-query timeout")
+	)
+	flag.Parse()
+	roots := x509.NewCertPool()
+	if *caFile != "" {
+		pemData, err := os.ReadFile(*caFile)
+		if err != nil {
+			return err
+		}
+		roots.AppendCertsFromPEM(pemData)
+	}
+	tlsConf := &tls.Config{RootCAs: roots, ServerName: *serverName, MinVersion: tls.VersionTLS12}
+	var targets []*target
+	for _, spec := range strings.Split(*targetsFlag, ",") {
+		name, url, ok := strings.Cut(spec, "=")
+		if !ok {
+			return fmt.Errorf("target %q: want name=url", spec)
+		}
+		t := &target{name: name, url: url}
+		switch {
+		case strings.HasPrefix(url, "dot://"):
+			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: *timeout}, "tcp", strings.TrimPrefix(url, "dot://"), tlsConf)
+			if err != nil {
+				return fmt.Errorf("dial %s: %w", url, err)
+			}
+			defer conn.Close()
+			t.ask = dotAsk(conn, *timeout)
+		case strings.HasPrefix(url, "https://"):
+			hc := &http.Client{Timeout: *timeout, Transport: &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, MaxConnsPerHost: 1}}
+			t.ask = dohAsk(hc, url)
+		default:
+			return fmt.Errorf("target %q: want dot:// or https://", spec)
+		}
+		targets = append(targets, t)
+	}
+	if len(targets) == 0 {
+		return errors.New("no targets")
+	}
+	for i := range warmupQueries + *count {
+		name := fmt.Sprintf("q%d.bench.", i%*setSize)
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.Id = uint16(i)
+		wire, _ := m.Pack()
+		for k := range targets {
+			t := targets[(i+k)%len(targets)]
+			if t.errs > maxErrors {
+				continue
+			}
+			start := time.Now()
+			resp, err := t.ask(wire)
+			rtt := time.Since(start)
+			if err == nil {
+				err = check(resp, m.Id)
+			}
+			if err != nil {
+				t.errs++
+				continue
+			}
+			if i >= warmupQueries {
+				t.rtts = append(t.rtts, rtt)
+			}
+		}
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for _, t := range targets {
+		if err := enc.Encode(summarize(t)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dotAsk(c *tls.Conn, timeout time.Duration) func([]byte) ([]byte, error) {
+	buf := make([]byte, 65535)
+	return func(wire []byte) ([]byte, error) {
+		c.SetDeadline(time.Now().Add(timeout)) //nolint:errcheck // a failing read reports it
+		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(wire))), wire...)); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, buf[:2]); err != nil {
+			return nil, err
+		}
+		n := int(binary.BigEndian.Uint16(buf))
+		if _, err := io.ReadFull(c, buf[:n]); err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+func dohAsk(hc *http.Client, url string) func([]byte) ([]byte, error) {
+	return func(wire []byte) ([]byte, error) {
+		resp, err := hc.Post(url, "application/dns-message", bytes.NewReader(wire))
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("http status %d", resp.StatusCode)
+		}
+		return body, nil
+	}
+}
+
+func check(wire []byte, id uint16) error {
+	r := new(dns.Msg)
+	if err := r.Unpack(wire); err != nil {
+		return err
+	}
+	if r.Id != id || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+		return fmt.Errorf("answer id %d rcode %d with %d records", r.Id, r.Rcode, len(r.Answer))
+	}
+	return nil
+}
+
+func summarize(t *target) result {
+	r := result{Name: t.name, Addr: t.url, Count: len(t.rtts), Errors: t.errs}
+	if len(t.rtts) == 0 {
+		return r
+	}
+	s := slices.Clone(t.rtts)
+	slices.Sort(s)
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	pct := func(p float64) float64 { return float64(s[min(len(s)-1, int(p*float64(len(s))))].Nanoseconds()) / 1e3 }
+	r.P50us, r.P90us, r.P99us = pct(0.50), pct(0.90), pct(0.99)
+	r.MeanUs = float64(sum.Nanoseconds()) / 1e3 / float64(len(s))
+	return r
+}
