@@ -150,7 +150,9 @@ func writeNRPTDoH(line func(string, ...any), p ClientParams) {
 		line("'@")
 		line("Import-Certificate -FilePath $sluiceCA -CertStoreLocation Cert:\\LocalMachine\\Root | Out-Null")
 	}
+	line("# Re-running is safe: an earlier registration of these addresses is replaced.")
 	for _, a := range p.Resolvers {
+		line("Remove-DnsClientDohServerAddress -ServerAddress %s -ErrorAction SilentlyContinue", psQuote(a.String()))
 		line("Add-DnsClientDohServerAddress -ServerAddress %s -DohTemplate %s -AllowFallbackToUdp $False -AutoUpgrade $True",
 			psQuote(a.String()), psQuote(e.DoHTemplate()))
 	}
