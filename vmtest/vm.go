@@ -193,12 +193,14 @@ func ParseResults(console string) []Result {
 	index := map[string]int{}
 	var cur string
 	var buf strings.Builder
-	for _, line := range strings.Split(console, "\n") {
+	for _, line := range strings.Split(strings.TrimRight(console, "\n"), "\n") {
 		trim := strings.TrimSpace(line)
 		if name, ok := strings.CutPrefix(trim, "=== RUN   "); ok {
 			if !strings.Contains(name, "/") {
 				cur = name
 				buf.Reset()
+			} else if cur != "" {
+				buf.WriteString(line + "\n")
 			}
 			if _, seen := index[name]; !seen {
 				index[name] = len(out)
