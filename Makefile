@@ -16,7 +16,7 @@ BENCH_PKGS := dnsperf dnsdist iperf3
 # debootstrap and boots it with systemd-nspawn.
 SYSTEMD_TEST_PKGS := debootstrap systemd-container
 
-.PHONY: all build deps bench-deps test unit fuzz demo bench bench-quick vet clean install uninstall
+.PHONY: all build deps bench-deps vm-deps test unit fuzz demo bench bench-quick vet clean install uninstall
 
 all: build
 
@@ -40,6 +40,12 @@ bench-deps: deps
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# vm-deps prepares the kernel tier (vmtest/): qemu-system-x86 and Debian's
+# kernel package (linux-image-amd64's), downloaded once and extracted into
+# /var/cache/sluice-test/kernel (SLUICE_VM_KERNEL_DIR overrides).
+vm-deps:
+	./vmtest/prepare.sh
+
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 vet:
@@ -50,7 +56,7 @@ vet:
 # test runs every tier: unit tests, kernel tests in fresh network namespaces
 # and end-to-end tests with real clients. As root, a privileged test that
 # cannot run fails instead of skipping, and any skip fails the run.
-test: deps vet
+test: deps vm-deps vet
 	@set -o pipefail; \
 	if [ "$$(id -u)" = 0 ]; then export SLUICE_REQUIRE_PRIVILEGED=1; fi; \
 	$(GO) test -race -count=1 -timeout 18m -v ./... 2>&1 | tee .test.log | grep -E '^(\s*--- (FAIL|SKIP)|FAIL|ok|panic)' ; \
@@ -73,10 +79,10 @@ fuzz:
 demo: deps build
 	./e2e/demo.sh $(BIN)
 
-bench: bench-deps build
+bench: bench-deps vm-deps build
 	./bench/run.sh
 
-bench-quick: bench-deps build
+bench-quick: bench-deps vm-deps build
 	./bench/run.sh --quick
 
 clean:

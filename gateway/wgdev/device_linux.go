@@ -64,7 +64,9 @@ func hostSystem() system {
 //
 // If an interface with that name exists, or a live userspace UAPI socket has
 // that name, Open fails with an error wrapping ErrExists and does not touch
-// it. A stale socket file nobody listens on is replaced. On any other
+// it — unless it is a kernel WireGuard interface holding cfg's private key:
+// that one was left by an earlier run killed before it could remove it, and
+// is replaced. A stale socket file nobody listens on is replaced. On any other
 // failure Open removes whatever it created.
 func Open(ctx context.Context, cfg Config, opts Options) (*Device, error) {
 	return open(ctx, cfg, opts, hostSystem())
@@ -107,8 +109,18 @@ func open(ctx context.Context, cfg Config, opts Options, sys system) (_ *Device,
 	}
 	undo = append(undo, wg.Close)
 
-	if _, err := nl.LinkByName(name); err == nil {
-		return nil, fmt.Errorf("create wireguard interface %q: %w", name, ErrExists)
+	if l, err := nl.LinkByName(name); err == nil {
+		if !leftOver(l, wg, cfg.PrivateKey) {
+			return nil, fmt.Errorf("create wireguard interface %q: %w", name, ErrExists)
+		}
+		// A kernel interface outlives a killed process. One holding this
+		// very private key was made from our key file by an earlier run
+		// that did not stop cleanly (the caller holds the instance lock,
+		// so that run is gone): replace it rather than refuse to start.
+		if err := nl.LinkDel(l); err != nil {
+			return nil, fmt.Errorf("remove wireguard interface %q left by an earlier run: %w", name, err)
+		}
+		log.Warn("removed the kernel wireguard interface an earlier run left behind (same private key)", "interface", name)
 	} else if !isLinkNotFound(err) {
 		return nil, fmt.Errorf("look up interface %q: %w", name, err)
 	}
@@ -228,6 +240,22 @@ func linkAddrs(cfg Config) []*netlink.Addr {
 		add(hostPrefix(a))
 	}
 	return out
+}
+
+// leftOver reports whether the existing link l is a kernel WireGuard
+// interface configured with key: the one an earlier run of the same
+// gateway created and could not remove (SIGKILL, crash). Anything else with
+// that name — another interface kind, another key, a userspace device — is
+// not ours to touch.
+func leftOver(l netlink.Link, wg wgClient, key wgtypes.Key) bool {
+	if l.Type() != "wireguard" {
+		return false
+	}
+	dev, err := wg.Device(l.Attrs().Name)
+	if err != nil {
+		return false
+	}
+	return dev.Type == wgtypes.LinuxKernel && dev.PrivateKey == key
 }
 
 func isLinkNotFound(err error) bool {

@@ -255,6 +255,19 @@ func TestOpenExistingTouchesNothing(t *testing.T) {
 			t.Fatal("existing link removed or handles leaked")
 		}
 	})
+	t.Run("kernel link with another key", func(t *testing.T) {
+		h := newFakeHost("wgt0")
+		h.nl.addLink(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "wgt0"}})
+		h.wg.dev.Type = wgtypes.LinuxKernel
+		h.wg.dev.PrivateKey = testKey(t)
+		_, err := open(context.Background(), testConfig(t, BackendKernel), Options{}, h.system())
+		if !errors.Is(err, ErrExists) {
+			t.Fatalf("err = %v, want ErrExists", err)
+		}
+		if !reflect.DeepEqual(h.nl.calls, []string{"LinkByName wgt0"}) || len(h.wg.configs) != 0 {
+			t.Fatalf("touched another gateway's interface: %v, %d configs", h.nl.calls, len(h.wg.configs))
+		}
+	})
 	t.Run("live socket", func(t *testing.T) {
 		h := newFakeHost("wgt0")
 		h.live = true
@@ -276,6 +289,29 @@ func TestOpenExistingTouchesNothing(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A kernel interface survives a SIGKILLed sluice; the next start finds it
+// with its own private key and replaces it (found on Debian's kernel in
+// the VM tier: before, every restart after a crash failed with ErrExists).
+func TestOpenReplacesOwnLeftOverKernelLink(t *testing.T) {
+	h := newFakeHost("wgt0")
+	cfg := testConfig(t, BackendKernel)
+	h.nl.addLink(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "wgt0"}})
+	h.wg.dev.Type = wgtypes.LinuxKernel
+	h.wg.dev.PrivateKey = cfg.PrivateKey
+	d, err := open(context.Background(), cfg, Options{}, h.system())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	want := []string{"LinkByName wgt0", "LinkDel wgt0", "LinkAdd wireguard wgt0 mtu=0"}
+	if len(h.nl.calls) < len(want) || !reflect.DeepEqual(h.nl.calls[:len(want)], want) {
+		t.Fatalf("netlink calls %v, want them to start with %v", h.nl.calls, want)
+	}
+	if d.Backend() != BackendKernel {
+		t.Fatalf("backend %s", d.Backend())
+	}
 }
 
 func TestOpenAutoFallsBackToUserspace(t *testing.T) {
