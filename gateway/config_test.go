@@ -471,3 +471,23 @@ func TestPreflight(t *testing.T) {
 		}
 	}
 }
+
+// A bad duration does not hide the other problems of the file, and every
+// problem comes in file order.
+func TestParseReportsEverythingInOrder(t *testing.T) {
+	data := strings.NewReplacer(
+		"  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  upstream_timeout: -1s\n",
+		"upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'fd30::53:5353']",
+		"mode: split", "mode: half",
+	).Replace(goodConfig)
+	_, err := Parse("bad.yaml", []byte(data))
+	var ces ConfigErrors
+	if !errors.As(err, &ces) || len(ces) != 3 {
+		t.Fatalf("want three errors, got %v", err)
+	}
+	for i, want := range []string{"dns.mode", "dns.zones[0].upstreams[1]", "dns.upstream_timeout"} {
+		if ces[i].Key != want {
+			t.Errorf("error %d is %s, want %s (file order)", i, ces[i].Key, want)
+		}
+	}
+}

@@ -81,6 +81,8 @@ type ConfigError struct {
 	Key  string // dotted path, e.g. dns.zones[0].upstreams[1]
 	Msg  string
 	Fix  string
+
+	value bool // a well-typed but bad value: the rest of the file is still checked
 }
 
 func (e *ConfigError) Error() string {
@@ -168,33 +170,38 @@ var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 // decodeFile decodes data strictly. Tabs in indentation, unknown keys (with
 // a suggestion), values of the wrong type and malformed durations are errors
 // naming the file, line and full key path, found before decoding.
-func decodeFile(name string, data []byte) (*fileConfig, positions, error) {
-	var fc fileConfig
-	pos := positions{}
+//
+// Errors in values of the right type (a negative duration) are returned as
+// early, with a decoded fileConfig, so that build still checks the rest.
+func decodeFile(name string, data []byte) (fc *fileConfig, pos positions, early ConfigErrors, err error) {
+	fc = &fileConfig{}
+	pos = positions{}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return &fc, pos, nil
+		return fc, pos, nil, nil
 	}
 	if errs := checkTabs(name, data); len(errs) > 0 {
-		return nil, nil, errs
+		return nil, nil, nil, errs
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, nil, yamlErrors(name, err)
+		return nil, nil, nil, yamlErrors(name, err)
 	}
 	indexPositions(&root, "", pos)
 	var errs ConfigErrors
 	if len(root.Content) > 0 {
 		checkNode(name, root.Content[0], reflect.TypeFor[fileConfig](), "", "", &errs)
 	}
-	if len(errs) > 0 {
-		return nil, nil, errs
+	for _, e := range errs {
+		if !e.value {
+			return nil, nil, nil, errs // the document does not fit the types
+		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, yamlErrors(name, err)
+	if err := dec.Decode(fc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, nil, yamlErrors(name, err)
 	}
-	return &fc, pos, nil
+	return fc, pos, errs, nil // bad values of the right type: build goes on and adds its own
 }
 
 // checkTabs finds tabs in indentation, which YAML forbids and reports only
@@ -305,7 +312,7 @@ func checkNode(file string, n *yaml.Node, t reflect.Type, path, kind string, err
 		}
 		if kind == "duration" {
 			if msg, fix := checkDuration(n); msg != "" {
-				bad(n.Line, msg, fix)
+				*errs = append(*errs, &ConfigError{File: file, Line: n.Line, Key: path, Msg: msg, Fix: fix, value: true})
 			}
 		}
 	}
