@@ -309,7 +309,7 @@ func newPeerLintCmd() *cobra.Command {
 paths: a DNS server not routed by AllowedIPs (IPv4 or IPv6), no DNS line,
 IPv6 addresses without an IPv6 route or resolver, a full tunnel without ::/0,
 an MTU above the tunnel's. Each finding says what to add. Exit status 1 when
-there is a finding, 2 when the file cannot be read.`,
+there is a finding, 2 when the file cannot be read or is over 4 MiB.`,
 		Example: "  sluice peer lint /etc/wireguard/wg0.conf\n  sluice peer lint --mtu 1420 alice.conf",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
