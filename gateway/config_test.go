@@ -5,9 +5,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
 )
@@ -489,5 +492,31 @@ func TestParseReportsEverythingInOrder(t *testing.T) {
 		if ces[i].Key != want {
 			t.Errorf("error %d is %s, want %s (file order)", i, ces[i].Key, want)
 		}
+	}
+}
+
+// Named sections (a map of structs, like a future groups: section) are
+// checked key by key and documented as <name>.
+func TestCheckNodeMaps(t *testing.T) {
+	type entry struct {
+		Routes []string `yaml:"routes" doc:"r" kind:"CIDR"`
+		TTL    string   `yaml:"ttl" doc:"t" kind:"duration"`
+	}
+	type doc struct {
+		Groups map[string]entry `yaml:"groups" doc:"g"`
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte("groups:\n  eng:\n    routes: [10.0.0.0/8]\n    ttl: 5\n  ops:\n    rutes: []\n"), &root); err != nil {
+		t.Fatal(err)
+	}
+	var errs ConfigErrors
+	checkNode("m.yaml", root.Content[0], reflect.TypeFor[doc](), "", "", &errs)
+	if len(errs) != 2 || errs[0].Key != "groups.eng.ttl" || errs[1].Key != "groups.ops.rutes" || !strings.Contains(errs[1].Fix, "groups.ops.routes") {
+		t.Errorf("errors %v", errs)
+	}
+	var ref []KeyDoc
+	walkKeys(reflect.TypeFor[doc](), "", &ref)
+	if len(ref) != 3 || ref[1].Path != "groups.<name>.routes" || ref[0].Type != "named sections" {
+		t.Errorf("reference %+v", ref)
 	}
 }

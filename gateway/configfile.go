@@ -289,6 +289,14 @@ func checkNode(file string, n *yaml.Node, t reflect.Type, path, kind string, err
 			}
 			checkNode(file, v, f.Type, joinKey(path, k.Value), f.Tag.Get("kind"), errs)
 		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			bad(n.Line, fmt.Sprintf("%s is a section of named entries", describe(path)), "write each name as a key on its own line, indented by two spaces")
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			checkNode(file, n.Content[i+1], t.Elem(), joinKey(path, n.Content[i].Value), kind, errs)
+		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			bad(n.Line, fmt.Sprintf("%s is a list", describe(path)), "write it like [a, b] or one \"- item\" per line")
@@ -459,6 +467,11 @@ func walkKeys(t reflect.Type, prefix string, out *[]KeyDoc) {
 			d.Type = "section"
 			*out = append(*out, d)
 			walkKeys(ft, path, out)
+			continue
+		case ft.Kind() == reflect.Map && ft.Elem().Kind() == reflect.Struct:
+			d.Type = "named sections"
+			*out = append(*out, d)
+			walkKeys(ft.Elem(), path+".<name>", out)
 			continue
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			d.Type = "list of sections"
