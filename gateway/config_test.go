@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/gateway/wgdev"
 )
 
 const goodConfig = `interface:
@@ -297,6 +299,9 @@ func TestKeyReferenceDocumentsEveryKey(t *testing.T) {
 		if _, ok := paths[want]; !ok {
 			t.Errorf("reference lacks %s", want)
 		}
+	}
+	if k := paths["interface.mtu"]; k.Allowed != fmt.Sprintf("%d-%d", wgdev.MinMTU, wgdev.MaxMTU) {
+		t.Errorf("interface.mtu documents %q, the rule is %d-%d", k.Allowed, wgdev.MinMTU, wgdev.MaxMTU)
 	}
 	if k := paths["dns.health.interval"]; k.Type != "duration" || k.Default != "5s" {
 		t.Errorf("dns.health.interval = %+v", k)

@@ -29,8 +29,9 @@ import (
 // file type too (firewall.FileConfig, dnsproxy.FileConfig inlined into dns).
 // To add a key: a field with yaml and doc tags in the owning section type
 // (default, allowed and kind tags when they apply: kind "duration" gets the
-// duration syntax checks for free, "file" is opened by Preflight), then its
-// rule in that section's build function. `sluice config reference`, unknown
+// duration syntax checks for free), then its rule in that section's build
+// function; a file `sluice up` opens also goes into that package's
+// Preflight, so that check finds it bad before up changes anything. `sluice config reference`, unknown
 // key suggestions and type errors all come from these types.
 type fileConfig struct {
 	Interface interfaceFile       `yaml:"interface" doc:"the WireGuard interface"`
