@@ -17,7 +17,8 @@
 //
 // One file, one job:
 //
-//	config.go      Config, defaults, ParseUpstream, validation
+//	config.go      Config, defaults, typed Upstream (ParseUpstream), the dns
+//	               section as written (FileConfig) and its validation, Preflight
 //	proxy.go       Proxy lifecycle (New, Start, Reload, Close, Stats, Exchange) and the slow path
 //	server_udp.go  SO_REUSEPORT sockets per core, read loops, the fast path
 //	server_tcp.go  TCP listener (dns.Server with the proxy's own handler)

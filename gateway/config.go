@@ -2,13 +2,16 @@ package gateway
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -270,11 +273,11 @@ func hostResolvers(path string) ([]string, error) {
 
 // Parse validates a configuration document; name is used in errors.
 func Parse(name string, data []byte) (*Config, error) {
-	fc, pos, err := decodeFile(name, data)
+	fc, pos, early, err := decodeFile(name, data)
 	if err != nil {
 		return nil, err
 	}
-	return build(name, fc, pos)
+	return build(name, fc, pos, early...)
 }
 
 var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
@@ -286,7 +289,15 @@ type builder struct {
 	pos  positions
 }
 
-func (b *builder) bad(key, msg, fix string) { b.errs = append(b.errs, b.c.ErrorAt(key, msg, fix)) }
+// bad records a problem, unless the key already has one (from decoding).
+func (b *builder) bad(key, msg, fix string) {
+	for _, e := range b.errs {
+		if e.Key == key && e.value {
+			return
+		}
+	}
+	b.errs = append(b.errs, b.c.ErrorAt(key, msg, fix))
+}
 
 func (b *builder) warn(key, msg, fix string) {
 	b.c.Warnings = append(b.c.Warnings, b.c.ErrorAt(key, msg, fix))
@@ -304,9 +315,9 @@ func (b *builder) warnIn(section string) func(key, msg, fix string) {
 
 // build checks every value of fc and composes the package configurations:
 // each section by its own function, the packages' sections by the packages.
-func build(name string, fc *fileConfig, pos positions) (*Config, error) {
+func build(name string, fc *fileConfig, pos positions, early ...*ConfigError) (*Config, error) {
 	c := &Config{Source: name, pos: pos}
-	b := &builder{c: c, pos: pos}
+	b := &builder{c: c, pos: pos, errs: early}
 	b.buildInterface(&fc.Interface, fc.Peers.StateDir)
 	b.buildDNS(&fc.DNS)
 	buildEncrypted(c, fc, c.Peers.StateDir, b.bad)
@@ -316,9 +327,18 @@ func build(name string, fc *fileConfig, pos positions) (*Config, error) {
 	buildGroups(c, fc, b.bad)
 	b.buildAdmin(&fc.Admin)
 	if len(b.errs) > 0 {
+		// In file order; errors about absent keys (line 0) last.
+		slices.SortStableFunc(b.errs, func(x, y *ConfigError) int { return cmp.Compare(lineOrder(x), lineOrder(y)) })
 		return nil, b.errs
 	}
 	return c, nil
+}
+
+func lineOrder(e *ConfigError) int {
+	if e.Line == 0 {
+		return math.MaxInt
+	}
+	return e.Line
 }
 
 func (b *builder) buildInterface(in *interfaceFile, stateDir string) {

@@ -2,14 +2,19 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/gateway/wgdev"
 )
 
 const goodConfig = `interface:
@@ -295,6 +300,9 @@ func TestKeyReferenceDocumentsEveryKey(t *testing.T) {
 			t.Errorf("reference lacks %s", want)
 		}
 	}
+	if k := paths["interface.mtu"]; k.Allowed != fmt.Sprintf("%d-%d", wgdev.MinMTU, wgdev.MaxMTU) {
+		t.Errorf("interface.mtu documents %q, the rule is %d-%d", k.Allowed, wgdev.MinMTU, wgdev.MaxMTU)
+	}
 	if k := paths["dns.health.interval"]; k.Type != "duration" || k.Default != "5s" {
 		t.Errorf("dns.health.interval = %+v", k)
 	}
@@ -469,5 +477,51 @@ func TestPreflight(t *testing.T) {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s not created: %v", d, err)
 		}
+	}
+}
+
+// A bad duration does not hide the other problems of the file, and every
+// problem comes in file order.
+func TestParseReportsEverythingInOrder(t *testing.T) {
+	data := strings.NewReplacer(
+		"  edns_buffer_size: 1232\n", "  edns_buffer_size: 1232\n  upstream_timeout: -1s\n",
+		"upstreams: [10.30.0.53, 10.30.0.54]", "upstreams: [10.30.0.53, 'fd30::53:5353']",
+		"mode: split", "mode: half",
+	).Replace(goodConfig)
+	_, err := Parse("bad.yaml", []byte(data))
+	var ces ConfigErrors
+	if !errors.As(err, &ces) || len(ces) != 3 {
+		t.Fatalf("want three errors, got %v", err)
+	}
+	for i, want := range []string{"dns.mode", "dns.zones[0].upstreams[1]", "dns.upstream_timeout"} {
+		if ces[i].Key != want {
+			t.Errorf("error %d is %s, want %s (file order)", i, ces[i].Key, want)
+		}
+	}
+}
+
+// Named sections (a map of structs, like a future groups: section) are
+// checked key by key and documented as <name>.
+func TestCheckNodeMaps(t *testing.T) {
+	type entry struct {
+		Routes []string `yaml:"routes" doc:"r" kind:"CIDR"`
+		TTL    string   `yaml:"ttl" doc:"t" kind:"duration"`
+	}
+	type doc struct {
+		Groups map[string]entry `yaml:"groups" doc:"g"`
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte("groups:\n  eng:\n    routes: [10.0.0.0/8]\n    ttl: 5\n  ops:\n    rutes: []\n"), &root); err != nil {
+		t.Fatal(err)
+	}
+	var errs ConfigErrors
+	checkNode("m.yaml", root.Content[0], reflect.TypeFor[doc](), "", "", &errs)
+	if len(errs) != 2 || errs[0].Key != "groups.eng.ttl" || errs[1].Key != "groups.ops.rutes" || !strings.Contains(errs[1].Fix, "groups.ops.routes") {
+		t.Errorf("errors %v", errs)
+	}
+	var ref []KeyDoc
+	walkKeys(reflect.TypeFor[doc](), "", &ref)
+	if len(ref) != 3 || ref[1].Path != "groups.<name>.routes" || ref[0].Type != "named sections" {
+		t.Errorf("reference %+v", ref)
 	}
 }

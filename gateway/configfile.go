@@ -29,8 +29,9 @@ import (
 // file type too (firewall.FileConfig, dnsproxy.FileConfig inlined into dns).
 // To add a key: a field with yaml and doc tags in the owning section type
 // (default, allowed and kind tags when they apply: kind "duration" gets the
-// duration syntax checks for free, "file" is opened by Preflight), then its
-// rule in that section's build function. `sluice config reference`, unknown
+// duration syntax checks for free), then its rule in that section's build
+// function; a file `sluice up` opens also goes into that package's
+// Preflight, so that check finds it bad before up changes anything. `sluice config reference`, unknown
 // key suggestions and type errors all come from these types.
 type fileConfig struct {
 	Interface interfaceFile        `yaml:"interface" doc:"the WireGuard interface"`
@@ -85,6 +86,8 @@ type ConfigError struct {
 	Key  string // dotted path, e.g. dns.zones[0].upstreams[1]
 	Msg  string
 	Fix  string
+
+	value bool // a well-typed but bad value: the rest of the file is still checked
 }
 
 func (e *ConfigError) Error() string {
@@ -172,33 +175,38 @@ var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 // decodeFile decodes data strictly. Tabs in indentation, unknown keys (with
 // a suggestion), values of the wrong type and malformed durations are errors
 // naming the file, line and full key path, found before decoding.
-func decodeFile(name string, data []byte) (*fileConfig, positions, error) {
-	var fc fileConfig
-	pos := positions{}
+//
+// Errors in values of the right type (a negative duration) are returned as
+// early, with a decoded fileConfig, so that build still checks the rest.
+func decodeFile(name string, data []byte) (fc *fileConfig, pos positions, early ConfigErrors, err error) {
+	fc = &fileConfig{}
+	pos = positions{}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return &fc, pos, nil
+		return fc, pos, nil, nil
 	}
 	if errs := checkTabs(name, data); len(errs) > 0 {
-		return nil, nil, errs
+		return nil, nil, nil, errs
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, nil, yamlErrors(name, err)
+		return nil, nil, nil, yamlErrors(name, err)
 	}
 	indexPositions(&root, "", pos)
 	var errs ConfigErrors
 	if len(root.Content) > 0 {
 		checkNode(name, root.Content[0], reflect.TypeFor[fileConfig](), "", "", &errs)
 	}
-	if len(errs) > 0 {
-		return nil, nil, errs
+	for _, e := range errs {
+		if !e.value {
+			return nil, nil, nil, errs // the document does not fit the types
+		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, yamlErrors(name, err)
+	if err := dec.Decode(fc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, nil, yamlErrors(name, err)
 	}
-	return &fc, pos, nil
+	return fc, pos, errs, nil // bad values of the right type: build goes on and adds its own
 }
 
 // checkTabs finds tabs in indentation, which YAML forbids and reports only
@@ -286,6 +294,14 @@ func checkNode(file string, n *yaml.Node, t reflect.Type, path, kind string, err
 			}
 			checkNode(file, v, f.Type, joinKey(path, k.Value), f.Tag.Get("kind"), errs)
 		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			bad(n.Line, fmt.Sprintf("%s is a section of named entries", describe(path)), "write each name as a key on its own line, indented by two spaces")
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			checkNode(file, n.Content[i+1], t.Elem(), joinKey(path, n.Content[i].Value), kind, errs)
+		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			bad(n.Line, fmt.Sprintf("%s is a list", describe(path)), "write it like [a, b] or one \"- item\" per line")
@@ -309,7 +325,7 @@ func checkNode(file string, n *yaml.Node, t reflect.Type, path, kind string, err
 		}
 		if kind == "duration" {
 			if msg, fix := checkDuration(n); msg != "" {
-				bad(n.Line, msg, fix)
+				*errs = append(*errs, &ConfigError{File: file, Line: n.Line, Key: path, Msg: msg, Fix: fix, value: true})
 			}
 		}
 	}
@@ -456,6 +472,11 @@ func walkKeys(t reflect.Type, prefix string, out *[]KeyDoc) {
 			d.Type = "section"
 			*out = append(*out, d)
 			walkKeys(ft, path, out)
+			continue
+		case ft.Kind() == reflect.Map && ft.Elem().Kind() == reflect.Struct:
+			d.Type = "named sections"
+			*out = append(*out, d)
+			walkKeys(ft.Elem(), path+".<name>", out)
 			continue
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			d.Type = "list of sections"

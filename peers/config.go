@@ -45,7 +45,8 @@ func (f FileConfig) Build(report, warn func(key, msg, fix string)) Config {
 			c.AddressQuarantine = d
 		}
 	}
-	keys := map[netip.Prefix]string{}
+	keys := map[netip.Prefix]string{} // key of each route, for the warnings
+	index := map[netip.Prefix]int{}
 	for i, s := range f.Routes {
 		key := fmt.Sprintf("routes[%d]", i)
 		p, err := netip.ParsePrefix(s)
@@ -60,14 +61,14 @@ func (f FileConfig) Build(report, warn func(key, msg, fix string)) Config {
 		for _, q := range c.Routes {
 			switch {
 			case q == p:
-				warn(key, fmt.Sprintf("%s is listed twice (also %s)", p, keys[q]), "remove one")
+				warn(key, fmt.Sprintf("%s is listed twice (also entry %d)", p, index[q]), "remove one")
 			case q.Overlaps(p) && q.Bits() <= p.Bits():
-				warn(key, fmt.Sprintf("%s is redundant: %s (%s) already covers it", p, q, keys[q]), "remove the narrower route")
+				warn(key, fmt.Sprintf("%s is redundant: %s (entry %d) already covers it", p, q, index[q]), "remove the narrower route")
 			case q.Overlaps(p):
-				warn(keys[q], fmt.Sprintf("%s is redundant: %s (%s) already covers it", q, p, key), "remove the narrower route")
+				warn(keys[q], fmt.Sprintf("%s is redundant: %s (entry %d) already covers it", q, p, i), "remove the narrower route")
 			}
 		}
-		keys[p] = key
+		keys[p], index[p] = key, i
 		c.Routes = append(c.Routes, p)
 	}
 	var def4, def6 bool

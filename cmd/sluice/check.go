@@ -152,13 +152,6 @@ func writeReference(w io.Writer) {
 	}
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:         "config",

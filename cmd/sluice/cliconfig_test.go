@@ -294,3 +294,14 @@ func TestConfigReferenceAndWarnings(t *testing.T) {
 		t.Errorf("missing endpoint: code %d, out %q, stderr %q", code, out, errs)
 	}
 }
+
+// With no daemon on the file's socket but one beside it, the command says so.
+func TestPeerConfigNotesOtherDaemon(t *testing.T) {
+	cfg, dir := writeConfig(t, "")
+	run(t, "peer", "add", "alice", "-c", cfg)
+	fakeDaemon(t, filepath.Join(dir, "wg9.sock"), gateway.Status{Interface: gateway.InterfaceStatus{Name: "wg9", Mode: "full"}})
+	out, errs, code := run(t, "peer", "config", "alice", "-c", cfg)
+	if code != 0 || out == "" || !strings.Contains(errs, "one runs interface wg9 (full mode)") {
+		t.Errorf("code %d, stderr %q", code, errs)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -63,7 +64,8 @@ func (g *globals) resolveConfig(cmd *cobra.Command) {
 		}
 	}
 	for c := cmd; c != nil; c = c.Parent() {
-		if c.Annotations[noConfig] != "" {
+		switch {
+		case c.Annotations[noConfig] != "", c.Name() == "help", c.Name() == "completion", strings.HasPrefix(c.Name(), "__complete"):
 			return
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -218,7 +219,7 @@ func newPeerLintCmd() *cobra.Command {
 paths: a DNS server not routed by AllowedIPs (IPv4 or IPv6), no DNS line,
 IPv6 addresses without an IPv6 route or resolver, a full tunnel without ::/0,
 an MTU above the tunnel's. Each finding says what to add. Exit status 1 when
-there is a finding, 2 when the file cannot be read.`,
+there is a finding, 2 when the file cannot be read or is over 4 MiB.`,
 		Example: "  sluice peer lint /etc/wireguard/wg0.conf\n  sluice peer lint --mtu 1420 alice.conf",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -270,6 +271,7 @@ func checkDaemon(cmd *cobra.Command, cfg *gateway.Config, pub *wgtypes.Key) erro
 	defer cancel()
 	st, err := gateway.NewClient(cfg.ControlSocket()).Status(ctx)
 	if errors.Is(err, gateway.ErrNotRunning) {
+		otherDaemons(cmd, cfg)
 		return nil
 	}
 	if err != nil {
@@ -327,4 +329,22 @@ func isTerminalOrPipe(w io.Writer) bool {
 		return false
 	}
 	return fi.Mode()&(os.ModeCharDevice|os.ModeNamedPipe|os.ModeSocket) != 0
+}
+
+// otherDaemons notes the daemons that run beside the control socket cfg
+// names when none runs on it: the operator may have meant one of them.
+func otherDaemons(cmd *cobra.Command, cfg *gateway.Config) {
+	socks, _ := filepath.Glob(filepath.Join(filepath.Dir(cfg.ControlSocket()), "*.sock"))
+	for _, s := range socks {
+		if s == cfg.ControlSocket() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+		st, err := gateway.NewClient(s).Status(ctx)
+		cancel()
+		if err == nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "note: no daemon runs %s's interface %s, but one runs interface %s (%s mode) on %s: is -c the right file?\n",
+				cfg.Source, cfg.Interface.Name, st.Interface.Name, st.Interface.Mode, s)
+		}
+	}
 }
