@@ -324,6 +324,10 @@ func (s *Store) updateState(fn func(*storeState) error) error {
 	if err != nil {
 		return fmt.Errorf("encode peer store %q: %w", s.path, err)
 	}
+	// Never write a file the next read would call damaged.
+	if _, reason := decodeState(data); reason != "" {
+		return fmt.Errorf("update peer store %q: refusing to write an inconsistent registry: %s", s.path, reason)
+	}
 	return s.writeAtomic(data)
 }
 

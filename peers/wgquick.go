@@ -223,6 +223,7 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 		}
 		var todo []pending
 		fileKeys := make(map[wgtypes.Key]int)
+		fileIDs := make(map[string]int)
 		for _, sp := range in {
 			if l, dup := fileKeys[sp.PublicKey]; dup {
 				bad(sp, "the same PublicKey as the [Peer] on line %d", l)
@@ -264,6 +265,11 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 				bad(sp, "the name is taken by another key (%s): name the peer with a \"# Name = user/device\" comment", other.PublicKey)
 				continue
 			}
+			if l, dup := fileIDs[sp.User+"/"+sp.Device]; dup {
+				bad(sp, "the same name as the [Peer] on line %d", l)
+				continue
+			}
+			fileIDs[sp.User+"/"+sp.Device] = sp.Line
 			pd := pending{sp: sp}
 			for _, a := range []netip.Addr{v4, v6} {
 				if !a.IsValid() {

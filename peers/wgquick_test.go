@@ -233,3 +233,17 @@ func TestImportReclaimsQuarantinedAddressNamedInFile(t *testing.T) {
 		t.Errorf("address still quarantined after being assigned: %v", q)
 	}
 }
+
+func TestImportRefusesDuplicateNamesInInput(t *testing.T) {
+	s := openTestStore(t)
+	in := []ServerPeer{
+		{Line: 1, User: "alice", Device: "default-2", PublicKey: newPub(t)},
+		{Line: 5, User: "alice", Device: "default-2", PublicKey: newPub(t)},
+	}
+	if _, err := s.Import(in, testPool()); !errors.Is(err, ErrImportConflict) || !strings.Contains(err.Error(), "same name as the [Peer] on line 1") {
+		t.Fatalf("Import of two peers with one name = %v", err)
+	}
+	if _, err := s.List(); err != nil {
+		t.Errorf("store damaged after a refused import: %v", err)
+	}
+}
