@@ -27,7 +27,7 @@ import (
 const (
 	debianSuite    = "bookworm"
 	debianVariant  = "minbase"
-	debianPackages = "systemd,systemd-sysv,dbus,logrotate"
+	debianPackages = "systemd,systemd-sysv,dbus,logrotate,bash-completion"
 	// debianMirror is Debian's own mirror; SLUICE_DEBIAN_MIRROR overrides it.
 	debianMirror = "http://deb.debian.org/debian"
 	// rootCacheDir keeps built roots between runs; SLUICE_TEST_CACHE overrides it.
@@ -94,6 +94,16 @@ func debianRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Logf("debootstrap took %s", time.Since(start).Round(time.Second))
+	// Roots of older package lists are never used again.
+	old, _ := filepath.Glob(filepath.Join(cache, "debian-"+debianSuite+"-????????"))
+	for _, o := range old {
+		if o != root {
+			t.Logf("removing the outdated root %s", o)
+			if err := os.RemoveAll(o); err != nil {
+				t.Errorf("remove outdated root: %v", err)
+			}
+		}
+	}
 	return root
 }
 

@@ -140,6 +140,23 @@ func TestSystemdUnitBoot(t *testing.T) {
 		t.Errorf("peer alice/laptop (key %q) is not on the running interface:\n%s", key, status)
 	}
 
+	// The installed bash completion offers the new peer (and the formats).
+	for _, c := range []struct{ words, want string }{
+		{"sluice -c /etc/sluice/sluice.yaml peer config al", "alice alice/laptop"},
+		{"sluice peer config alice/laptop --format mo", "mobileconfig"},
+	} {
+		// compopt only works inside a real completion: a no-op here.
+		script := `. /usr/share/bash-completion/bash_completion
+compopt() { :; }
+. /usr/local/share/bash-completion/completions/sluice
+COMP_WORDS=(` + c.words + `); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}; COMP_TYPE=9
+__start_sluice
+echo "${COMPREPLY[*]}"`
+		if got := strings.TrimSpace(m.run("bash", "-c", script)); got != c.want {
+			t.Errorf("bash completion of %q: %q, want %q", c.words, got, c.want)
+		}
+	}
+
 	// Stop: interface, table and sockets gone; the shared /run/wireguard stays.
 	m.run("systemctl", "stop", "sluice")
 	if out, _ := m.exec(machineCmdTimeout, "systemctl", "is-active", "sluice"); strings.TrimSpace(out) != "inactive" {
