@@ -338,9 +338,16 @@ func (m *machine) shutdown() {
 // the binary built at bin, and returns its output.
 func makeInstall(t *testing.T, destdir, bin string) string {
 	t.Helper()
+	return makeInstallArgs(t, destdir, bin)
+}
+
+// makeInstallArgs is makeInstall with more make variables (PREFIX=...).
+func makeInstallArgs(t *testing.T, destdir, bin string, vars ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", "--no-print-directory", "install", "DESTDIR="+destdir, "BIN="+bin)
+	args := append([]string{"--no-print-directory", "install", "DESTDIR=" + destdir, "BIN=" + bin}, vars...)
+	cmd := exec.CommandContext(ctx, "make", args...)
 	cmd.Dir = ".." // the module root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
