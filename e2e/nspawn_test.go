@@ -188,6 +188,9 @@ func bootMachine(t *testing.T, root string) *machine {
 		"--capability=CAP_NET_ADMIN,CAP_NET_BIND_SERVICE",
 		"--resolv-conf=off", "--timezone=off", "--link-journal=no")
 	m.cmd.Stdout, m.cmd.Stderr = m.console, m.console
+	// If the test binary dies (a -timeout panic skips cleanups), nspawn
+	// powers the machine off.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("systemd-nspawn: %v", err)
 	}
