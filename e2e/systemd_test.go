@@ -110,7 +110,11 @@ func TestSystemdUnitBoot(t *testing.T) {
 	if out, err := m.exec(machineCmdTimeout, "systemctl", "reload", "sluice"); err == nil {
 		t.Errorf("systemctl reload of a broken config succeeded:\n%s", out)
 	}
-	if journal := m.run("journalctl", "--no-pager", "--unit=sluice.service", "--output=cat"); !strings.Contains(journal, "reload refused") || !strings.Contains(journal, "bogus_key") {
+	// journald reads the command's output asynchronously: wait for it.
+	if ok, journal := waitFor(10*time.Second, 200*time.Millisecond, func() (bool, string) {
+		j := m.run("journalctl", "--no-pager", "--unit=sluice.service", "--output=cat")
+		return strings.Contains(j, "reload refused") && strings.Contains(j, "bogus_key"), j
+	}); !ok {
 		t.Errorf("the refused reload (naming bogus_key) is not in the unit's journal:\n%s", tail(journal, 20))
 	}
 	if got := m.unitProps("ActiveState", "MainPID"); got != "ActiveState=active "+mainPID {
