@@ -180,6 +180,7 @@ type machine struct {
 // waits for it, whatever the test's outcome.
 func bootMachine(t *testing.T, root string) *machine {
 	t.Helper()
+	start := time.Now()
 	m := &machine{t: t, name: netnstest.Unique("slsd-"), console: &syncBuffer{}, exited: make(chan struct{})}
 	m.cmd = exec.Command("systemd-nspawn",
 		"--directory="+root, "--machine="+m.name,
@@ -231,6 +232,7 @@ func bootMachine(t *testing.T, root string) *machine {
 	default:
 		t.Fatalf("machine %s did not finish booting in %s (state %q):\n%s", m.name, bootTimeout, state, tail(m.console.String(), 40))
 	}
+	t.Logf("machine %s booted in %s", m.name, time.Since(start).Round(100*time.Millisecond))
 	return m
 }
 

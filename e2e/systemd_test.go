@@ -21,7 +21,8 @@ const (
 // (private network, /dev/net/tun, CAP_NET_ADMIN), sluice installed with
 // `make install` as the README says, then enable --now, READY, reload (and
 // a refused reload of a broken file), logrotate's postrotate, a live peer
-// add, stop (interface and table gone, /run/wireguard kept) and disable.
+// add, a reboot (the enabled unit starts at boot), stop (interface and
+// table gone, /run/wireguard kept) and disable.
 // The old unit failed here at enable --now with status=226/NAMESPACE.
 func TestSystemdUnitBoot(t *testing.T) {
 	netnstest.RequirePrivileged(t, "debootstrap", "systemd-nspawn", "nsenter", "nft", "make")
@@ -75,9 +76,7 @@ func TestSystemdUnitBoot(t *testing.T) {
 		t.Fatal("second make install overwrote the operator's config")
 	}
 
-	start := time.Now()
 	m := bootMachine(t, root)
-	t.Logf("machine %s booted in %s", m.name, time.Since(start).Round(100*time.Millisecond))
 
 	m.run("systemctl", "daemon-reload")
 	if out, err := m.exec(machineCmdTimeout, "systemctl", "enable", "--now", "sluice"); err != nil {
@@ -159,6 +158,20 @@ echo "${COMPREPLY[*]}"`
 		if got := strings.TrimSpace(m.run("bash", "-c", script)); got != c.want {
 			t.Errorf("bash completion of %q: %q, want %q", c.words, got, c.want)
 		}
+	}
+
+	// Power off and boot again: the enabled unit starts on a fresh boot
+	// (empty /run), with the peer added before.
+	m.shutdown()
+	m = bootMachine(t, root)
+	if got := m.unitProps("ActiveState", "SubState", "NRestarts"); got != "ActiveState=active SubState=running NRestarts=0" {
+		t.Fatalf("after a reboot: %s, want active, running, no restart%s", got, m.diagnostics())
+	}
+	if out, err := m.netExec("ip", "-o", "link", "show", "wg0"); err != nil || !strings.Contains(out, ",UP") {
+		t.Errorf("wg0 not up after a reboot: %v %s", err, out)
+	}
+	if status := m.run(installedBin, "-c", installedConfig, "status", "--json"); !strings.Contains(status, key) {
+		t.Errorf("peer alice/laptop is not on the interface after a reboot:\n%s", status)
 	}
 
 	// Stop: interface, table and sockets gone; the shared /run/wireguard stays.
