@@ -27,7 +27,7 @@ import (
 const (
 	debianSuite    = "bookworm"
 	debianVariant  = "minbase"
-	debianPackages = "systemd,systemd-sysv,dbus,logrotate"
+	debianPackages = "systemd,systemd-sysv,dbus,logrotate,bash-completion"
 	// debianMirror is Debian's own mirror; SLUICE_DEBIAN_MIRROR overrides it.
 	debianMirror = "http://deb.debian.org/debian"
 	// rootCacheDir keeps built roots between runs; SLUICE_TEST_CACHE overrides it.
@@ -94,6 +94,16 @@ func debianRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Logf("debootstrap took %s", time.Since(start).Round(time.Second))
+	// Roots of older package lists are never used again.
+	old, _ := filepath.Glob(filepath.Join(cache, "debian-"+debianSuite+"-????????"))
+	for _, o := range old {
+		if o != root {
+			t.Logf("removing the outdated root %s", o)
+			if err := os.RemoveAll(o); err != nil {
+				t.Errorf("remove outdated root: %v", err)
+			}
+		}
+	}
 	return root
 }
 
@@ -170,6 +180,7 @@ type machine struct {
 // waits for it, whatever the test's outcome.
 func bootMachine(t *testing.T, root string) *machine {
 	t.Helper()
+	start := time.Now()
 	m := &machine{t: t, name: netnstest.Unique("slsd-"), console: &syncBuffer{}, exited: make(chan struct{})}
 	m.cmd = exec.Command("systemd-nspawn",
 		"--directory="+root, "--machine="+m.name,
@@ -178,6 +189,9 @@ func bootMachine(t *testing.T, root string) *machine {
 		"--capability=CAP_NET_ADMIN,CAP_NET_BIND_SERVICE",
 		"--resolv-conf=off", "--timezone=off", "--link-journal=no")
 	m.cmd.Stdout, m.cmd.Stderr = m.console, m.console
+	// If the test binary dies (a -timeout panic skips cleanups), nspawn
+	// powers the machine off.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("systemd-nspawn: %v", err)
 	}
@@ -218,6 +232,7 @@ func bootMachine(t *testing.T, root string) *machine {
 	default:
 		t.Fatalf("machine %s did not finish booting in %s (state %q):\n%s", m.name, bootTimeout, state, tail(m.console.String(), 40))
 	}
+	t.Logf("machine %s booted in %s", m.name, time.Since(start).Round(100*time.Millisecond))
 	return m
 }
 
@@ -328,9 +343,16 @@ func (m *machine) shutdown() {
 // the binary built at bin, and returns its output.
 func makeInstall(t *testing.T, destdir, bin string) string {
 	t.Helper()
+	return makeInstallArgs(t, destdir, bin)
+}
+
+// makeInstallArgs is makeInstall with more make variables (PREFIX=...).
+func makeInstallArgs(t *testing.T, destdir, bin string, vars ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", "--no-print-directory", "install", "DESTDIR="+destdir, "BIN="+bin)
+	args := append([]string{"--no-print-directory", "install", "DESTDIR=" + destdir, "BIN=" + bin}, vars...)
+	cmd := exec.CommandContext(ctx, "make", args...)
 	cmd.Dir = ".." // the module root
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,8 @@ const (
 // (private network, /dev/net/tun, CAP_NET_ADMIN), sluice installed with
 // `make install` as the README says, then enable --now, READY, reload (and
 // a refused reload of a broken file), logrotate's postrotate, a live peer
-// add, stop (interface and table gone, /run/wireguard kept) and disable.
+// add, a reboot (the enabled unit starts at boot), stop (interface and
+// table gone, /run/wireguard kept) and disable.
 // The old unit failed here at enable --now with status=226/NAMESPACE.
 func TestSystemdUnitBoot(t *testing.T) {
 	netnstest.RequirePrivileged(t, "debootstrap", "systemd-nspawn", "nsenter", "nft", "make")
@@ -55,15 +57,10 @@ func TestSystemdUnitBoot(t *testing.T) {
 			t.Errorf("%s: mode %o, want %o", path, got, want)
 		}
 	}
-	// The operator edits the config: resolvers of the test network (nothing
-	// leaves the machine's private network anyway) and the query log.
-	edited := strings.Replace(string(example),
-		`upstreams: ["tls://9.9.9.9#dns.quad9.net", "tls://149.112.112.112#dns.quad9.net"]`,
-		`upstreams: [198.51.100.53]`, 1)
-	edited = strings.Replace(edited, "  # query_log: /var/log/sluice/queries.jsonl", "  query_log: /var/log/sluice/queries.jsonl", 1)
-	if edited == string(example) || !strings.Contains(edited, "198.51.100.53") || !strings.Contains(edited, "\n  query_log:") {
-		t.Fatal("examples/split.yaml changed: update the edits this test makes")
-	}
+	// The operator edits the config: resolvers of the test network instead
+	// of public ones (nothing leaves the machine's private network anyway)
+	// and the query log on.
+	edited := operatorEdits(t, string(example))
 	if err := os.WriteFile(cfgPath, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -75,9 +72,7 @@ func TestSystemdUnitBoot(t *testing.T) {
 		t.Fatal("second make install overwrote the operator's config")
 	}
 
-	start := time.Now()
 	m := bootMachine(t, root)
-	t.Logf("machine %s booted in %s", m.name, time.Since(start).Round(100*time.Millisecond))
 
 	m.run("systemctl", "daemon-reload")
 	if out, err := m.exec(machineCmdTimeout, "systemctl", "enable", "--now", "sluice"); err != nil {
@@ -110,8 +105,12 @@ func TestSystemdUnitBoot(t *testing.T) {
 	if out, err := m.exec(machineCmdTimeout, "systemctl", "reload", "sluice"); err == nil {
 		t.Errorf("systemctl reload of a broken config succeeded:\n%s", out)
 	}
-	if journal := m.run("journalctl", "--no-pager", "--unit=sluice.service", "--output=cat"); !strings.Contains(journal, "bogus_key") {
-		t.Errorf("the refused reload's error (naming bogus_key) is not in the unit's journal:\n%s", tail(journal, 20))
+	// journald reads the command's output asynchronously: wait for it.
+	if ok, journal := waitFor(10*time.Second, 200*time.Millisecond, func() (bool, string) {
+		j := m.run("journalctl", "--no-pager", "--unit=sluice.service", "--output=cat")
+		return strings.Contains(j, "reload refused") && strings.Contains(j, "bogus_key"), j
+	}); !ok {
+		t.Errorf("the refused reload (naming bogus_key) is not in the unit's journal:\n%s", tail(journal, 20))
 	}
 	if got := m.unitProps("ActiveState", "MainPID"); got != "ActiveState=active "+mainPID {
 		t.Errorf("after a refused reload: %s, want active and %s", got, mainPID)
@@ -138,6 +137,37 @@ func TestSystemdUnitBoot(t *testing.T) {
 	}
 	if status := m.run(installedBin, "-c", installedConfig, "status", "--json"); key == "" || !strings.Contains(status, key) {
 		t.Errorf("peer alice/laptop (key %q) is not on the running interface:\n%s", key, status)
+	}
+
+	// The installed bash completion offers the new peer (and the formats).
+	for _, c := range []struct{ words, want string }{
+		{"sluice -c /etc/sluice/sluice.yaml peer config al", "alice alice/laptop"},
+		{"sluice peer config alice/laptop --format mo", "mobileconfig"},
+	} {
+		// compopt only works inside a real completion: a no-op here.
+		script := `. /usr/share/bash-completion/bash_completion
+compopt() { :; }
+. /usr/local/share/bash-completion/completions/sluice
+COMP_WORDS=(` + c.words + `); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}; COMP_TYPE=9
+__start_sluice
+echo "${COMPREPLY[*]}"`
+		if got := strings.TrimSpace(m.run("bash", "-c", script)); got != c.want {
+			t.Errorf("bash completion of %q: %q, want %q", c.words, got, c.want)
+		}
+	}
+
+	// Power off and boot again: the enabled unit starts on a fresh boot
+	// (empty /run), with the peer added before.
+	m.shutdown()
+	m = bootMachine(t, root)
+	if got := m.unitProps("ActiveState", "SubState", "NRestarts"); got != "ActiveState=active SubState=running NRestarts=0" {
+		t.Fatalf("after a reboot: %s, want active, running, no restart%s", got, m.diagnostics())
+	}
+	if out, err := m.netExec("ip", "-o", "link", "show", "wg0"); err != nil || !strings.Contains(out, ",UP") {
+		t.Errorf("wg0 not up after a reboot: %v %s", err, out)
+	}
+	if status := m.run(installedBin, "-c", installedConfig, "status", "--json"); !strings.Contains(status, key) {
+		t.Errorf("peer alice/laptop is not on the interface after a reboot:\n%s", status)
 	}
 
 	// Stop: interface, table and sockets gone; the shared /run/wireguard stays.
@@ -181,4 +211,25 @@ func (m *machine) unitProps(keys ...string) string {
 		out[i] = k + "=" + got[k]
 	}
 	return strings.Join(out, " ")
+}
+
+// operatorEdits turns examples/split.yaml into the test's configuration:
+// the default group's public upstreams become the test network's resolver,
+// and the query log is switched on.
+func operatorEdits(t *testing.T, example string) string {
+	t.Helper()
+	public := regexp.MustCompile(`(?m)^(\s*)upstreams: \[.*(9\.9\.9\.9|1\.1\.1\.1|8\.8\.8\.8|quad9).*\]`)
+	edited := public.ReplaceAllString(example, "${1}upstreams: [198.51.100.53]")
+	if edited == example {
+		t.Fatal("examples/split.yaml has no public default upstreams any more: update operatorEdits")
+	}
+	const qlog = "query_log: /var/log/sluice/queries.jsonl"
+	commented := regexp.MustCompile(`(?m)^(\s*)#\s*query_log:.*$`)
+	if commented.MatchString(edited) {
+		return commented.ReplaceAllString(edited, "${1}"+qlog)
+	}
+	if strings.Contains(edited, "query_log:") {
+		t.Fatal("examples/split.yaml sets a query_log: update operatorEdits")
+	}
+	return strings.Replace(edited, "\ndns:\n", "\ndns:\n  "+qlog+"\n", 1)
 }

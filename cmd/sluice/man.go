@@ -106,6 +106,9 @@ func writeManPage(w io.Writer, c *cobra.Command) {
 		}
 		fmt.Fprintf(w, ".RE\n.fi\n")
 	}
+	if !c.HasParent() {
+		fmt.Fprint(w, rootManSections)
+	}
 	var see []string
 	if c.HasParent() {
 		see = append(see, manName(c.Parent()))
@@ -126,6 +129,33 @@ func writeManPage(w io.Writer, c *cobra.Command) {
 		}
 	}
 }
+
+// rootManSections are the sections only sluice(1) has: where an
+// installed sluice keeps its files (see `make install` and the unit).
+const rootManSections = `.SH ENVIRONMENT
+.TP
+.B SLUICE_CONFIG
+the configuration file when \fB\-c\fR is not given
+.SH FILES
+.TP
+.I /etc/sluice/sluice.yaml
+the configuration of the systemd unit (\fBsluice check \-c\fR validates it)
+.TP
+.I /var/lib/sluice
+peer store and the interface's private key (mode 0700)
+.TP
+.I /run/sluice/INTERFACE.sock
+control socket: status, doctor, reload, peer changes
+.TP
+.I /run/wireguard/INTERFACE.sock
+the embedded WireGuard's socket, for \fBwg show\fR
+.TP
+.I /var/log/sluice
+the DNS query log when dns.query_log is set; rotated by /etc/logrotate.d/sluice
+.TP
+.I sluice.service
+the systemd unit: \fBsystemctl reload sluice\fR runs \fBsluice reload\fR
+`
 
 // writeFlags writes a flag set as tagged paragraphs under title.
 func writeFlags(w io.Writer, title string, fs *pflag.FlagSet) {
