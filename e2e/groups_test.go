@@ -80,6 +80,21 @@ func TestGroups(t *testing.T) {
 		}
 		g.mustCLI(t, "reload")
 		refused("after reload")
+		// A reload that lets contractors see corp.example applies at once,
+		// cached answer included; taking it back refuses again.
+		orig := readFile(g.cfgPath)
+		if err := os.WriteFile(g.cfgPath, []byte(strings.Replace(orig, "zones: []", "zones: [corp.example]", 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		g.mustCLI(t, "reload")
+		if r := dig(bob, "@"+resolver4, internalFQ); !r.has(corpAnswer4) {
+			t.Errorf("contractor after a reload granting corp.example: %q %v:\n%s", r.status, r.answers, r.out)
+		}
+		if err := os.WriteFile(g.cfgPath, []byte(orig), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		g.mustCLI(t, "reload")
+		refused("after the grant was taken back")
 		if n := metricSum(g.metrics(t), "sluice_dns_blocked_total", `reason="group_zone"`); n < 4 {
 			t.Errorf(`sluice_dns_blocked_total{reason="group_zone"} = %v, want >= 4`, n)
 		}

@@ -88,8 +88,10 @@ func (g *Gateway) reloadLocked() ReloadResult {
 	g.mu.Lock()
 	g.cfg = next
 	g.mu.Unlock()
-	if err := g.resyncPeers(); err != nil { // groups.go: peers' groups follow the new config
-		g.log.Error("sync peers after reload", "err", err)
+	if old.Groups.Enabled() || next.Groups.Enabled() {
+		if err := g.resyncPeers(); err != nil { // groups.go: peers' groups follow the new config
+			g.log.Error("sync peers after reload", "err", err)
+		}
 	}
 	g.metrics.reloads.WithLabelValues("applied").Inc()
 	g.log.Info("configuration reloaded", "source", next.Source, "notes", notes)
