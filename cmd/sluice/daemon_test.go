@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sluice-vpn/sluice/gateway"
 	"github.com/sluice-vpn/sluice/internal/netnstest"
 )
 
@@ -382,6 +384,36 @@ func TestDoctor(t *testing.T) {
 	// The default group (203.0.113.53) has no server: doctor fails on it.
 	if code != 1 || !strings.Contains(out, "FAIL  query 203.0.113.53:53 (default)") {
 		t.Errorf("doctor with a dead default upstream: code %d\n%s", code, out)
+	}
+	// The doctor's probes are not client traffic, and its upstream checks
+	// are the proxy's: after three failed checks (dns.health.failures) the
+	// dead default upstream is ejected in status too, and /readyz says the
+	// default group has no healthy upstream.
+	for range 2 {
+		d.cli("doctor")
+	}
+	var st gateway.Status
+	out, code = d.cli("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 {
+		t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
+	}
+	if st.DNS.Queries != 0 || st.DNS.Blocked != 0 || len(st.DNS.ByRcode) != 0 {
+		t.Errorf("doctor probes counted as client queries: %+v", st.DNS)
+	}
+	for _, u := range st.DNS.Upstreams {
+		dead := u.Addr == "203.0.113.53:53"
+		if u.Healthy == dead || (dead && u.Failures != 3) {
+			t.Errorf("status after three doctor runs: %+v", u)
+		}
+	}
+	if len(st.NotReady) != 1 || !strings.Contains(st.NotReady[0], "dns group default has no healthy upstream: 203.0.113.53:53") {
+		t.Errorf("status not_ready = %q", st.NotReady)
+	}
+	if out, err := ns.Exec("curl", "-sS", "-o", "/dev/stdout", "-w", "%{http_code}", "http://127.0.0.1:9153/readyz"); err != nil || !strings.Contains(out, "dns group default has no healthy upstream") || !strings.HasSuffix(out, "503") {
+		t.Errorf("/readyz with the default group down: %v\n%s", err, out)
+	}
+	if out, _ := d.cli("doctor"); !strings.Contains(out, "FAIL  query 203.0.113.53:53 (default)") || !strings.Contains(out, "EJECTED") {
+		t.Errorf("doctor does not show the ejection status shows:\n%s", out)
 	}
 	stopResolver()
 	out, _ = d.cli("doctor", "--json")
