@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // fakeConfig writes a valid configuration whose files all live in a
@@ -60,6 +62,10 @@ type fakeRun struct {
 // startFake runs a gateway on fakes. It does not wait for ready.
 func startFakeGateway(t *testing.T, f *fakes) *fakeRun {
 	t.Helper()
+	// Registered first, so it runs last: every goroutine of Run and of the
+	// control server has ended once Run returned.
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
 	cfgPath, ctlPath := fakeConfig(t)
 	cfg, err := Load(cfgPath)
 	if err != nil {

@@ -57,7 +57,8 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 			// exists, never by the default action (exit).
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
+			// Until the process exits: a late SIGHUP must not kill it either.
+			defer signal.Ignore(syscall.SIGHUP)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log, err := g.logger(os.Stderr)

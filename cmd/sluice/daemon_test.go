@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sluice-vpn/sluice/gateway"
 	"github.com/sluice-vpn/sluice/internal/netnstest"
 )
 
@@ -79,6 +83,28 @@ func startDaemon(t *testing.T, ns *netnstest.NS, cfg string) *upDaemon {
 // daemon runs on embedded defaults and cli enters its namespaces.
 func startUp(t *testing.T, ns *netnstest.NS, cfg string, cmd *exec.Cmd) *upDaemon {
 	t.Helper()
+	d, ready := launchUp(t, ns, cfg, cmd)
+	d.waitReady(ready)
+	return d
+}
+
+// waitReady waits for READY=1 on ready.
+func (d *upDaemon) waitReady(ready <-chan string) {
+	d.t.Helper()
+	select {
+	case <-ready:
+	case err := <-d.done:
+		d.done <- err // for Cleanup
+		d.t.Fatalf("sluice up exited before READY=1: %v\n%s", err, d.stderr)
+	case <-time.After(20 * time.Second):
+		d.t.Fatalf("no READY=1 within 20s\n%s", d.stderr)
+	}
+}
+
+// launchUp starts cmd (a `sluice up`) with a notify socket of the test's
+// own; READY=1 arrives on the channel.
+func launchUp(t *testing.T, ns *netnstest.NS, cfg string, cmd *exec.Cmd) (*upDaemon, <-chan string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	nconn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -102,26 +128,22 @@ func startUp(t *testing.T, ns *netnstest.NS, cfg string, cmd *exec.Cmd) *upDaemo
 	})
 	ready := make(chan string, 1)
 	go func() {
+		// Reads until the socket closes, like systemd: a full socket would
+		// block the daemon's next notification (each reload sends two).
 		buf := make([]byte, 512)
+		sent := false
 		for {
 			n, err := nconn.Read(buf)
 			if err != nil {
 				return
 			}
-			if msg := string(buf[:n]); strings.Contains(msg, "READY=1") {
+			if msg := string(buf[:n]); !sent && strings.Contains(msg, "READY=1") {
 				ready <- msg
-				return
+				sent = true
 			}
 		}
 	}()
-	select {
-	case <-ready:
-	case err := <-d.done:
-		t.Fatalf("sluice up exited before READY=1: %v\n%s", err, d.stderr)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no READY=1 within 20s\n%s", d.stderr)
-	}
-	return d
+	return d, ready
 }
 
 // cli runs a sluice subcommand against the daemon's config.
@@ -363,6 +385,36 @@ func TestDoctor(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "FAIL  query 203.0.113.53:53 (default)") {
 		t.Errorf("doctor with a dead default upstream: code %d\n%s", code, out)
 	}
+	// The doctor's probes are not client traffic, and its upstream checks
+	// are the proxy's: after three failed checks (dns.health.failures) the
+	// dead default upstream is ejected in status too, and /readyz says the
+	// default group has no healthy upstream.
+	for range 2 {
+		d.cli("doctor")
+	}
+	var st gateway.Status
+	out, code = d.cli("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 {
+		t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
+	}
+	if st.DNS.Queries != 0 || st.DNS.Blocked != 0 || len(st.DNS.ByRcode) != 0 {
+		t.Errorf("doctor probes counted as client queries: %+v", st.DNS)
+	}
+	for _, u := range st.DNS.Upstreams {
+		dead := u.Addr == "203.0.113.53:53"
+		if u.Healthy == dead || (dead && u.Failures != 3) {
+			t.Errorf("status after three doctor runs: %+v", u)
+		}
+	}
+	if len(st.NotReady) != 1 || !strings.Contains(st.NotReady[0], "dns group default has no healthy upstream: 203.0.113.53:53") {
+		t.Errorf("status not_ready = %q", st.NotReady)
+	}
+	if out, err := ns.Exec("curl", "-sS", "-o", "/dev/stdout", "-w", "%{http_code}", "http://127.0.0.1:9153/readyz"); err != nil || !strings.Contains(out, "dns group default has no healthy upstream") || !strings.HasSuffix(out, "503") {
+		t.Errorf("/readyz with the default group down: %v\n%s", err, out)
+	}
+	if out, _ := d.cli("doctor"); !strings.Contains(out, "FAIL  query 203.0.113.53:53 (default)") || !strings.Contains(out, "EJECTED") {
+		t.Errorf("doctor does not show the ejection status shows:\n%s", out)
+	}
 	stopResolver()
 	out, _ = d.cli("doctor", "--json")
 	if !strings.Contains(out, `"name": "query 10.30.0.53:53 (corp.example)",`+"\n      \"ok\": false") {
@@ -500,4 +552,185 @@ func redactConf(conf string) string {
 		b.WriteString(l + "\n")
 	}
 	return b.String()
+}
+
+// hupSender sends SIGHUP to pid every interval until stop is called (at
+// most max signals).
+func hupSender(pid int, interval time.Duration, max int) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for range max {
+			_ = syscall.Kill(pid, syscall.SIGHUP) // the process may be gone at the end
+			select {
+			case <-done:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// TestDaemonReloadRace is issue 11's crash: SIGHUP while `sluice up` is
+// still starting (the proxy and firewall not built yet) panicked in
+// dnsproxy.(*Proxy).Reload. SIGHUPs start right after the firewall is
+// applied and keep coming until READY=1, together with `sluice reload`;
+// then both paths reload at once; then SIGHUPs keep coming while the
+// daemon stops. The daemon must never crash, answer early reloads "not
+// ready yet", apply the concurrent ones, and stop cleanly with nothing
+// left behind (a reload racing the stop must not put the table back).
+func TestDaemonReloadRace(t *testing.T) {
+	netnstest.RequirePrivileged(t, "nft")
+	ns, _ := gatewayNS(t)
+	cfg, dir, ifname := daemonConfig(t, "10.30.0.53")
+	d, ready := launchUp(t, ns, cfg, sluiceCmd(ns, "up", "-c", cfg))
+	pid := d.cmd.Process.Pid
+
+	// Early: from the firewall being applied (well inside Run) to READY=1.
+	waitFor(t, "firewall applied in the log", func() bool { return strings.Contains(d.stderr.String(), "firewall applied") })
+	stopHUP := hupSender(pid, time.Millisecond, 20000)
+	var early sync.WaitGroup
+	earlyOut := make(chan string, 4)
+	early.Add(1)
+	go func() { // `sluice reload` while starting: either not ready yet or, if late, reloaded
+		defer early.Done()
+		out, code := d.cli("reload")
+		if !(code == 1 && strings.Contains(out, "not ready yet")) && !(code == 0 && strings.Contains(out, "reloaded")) {
+			earlyOut <- fmt.Sprintf("exit %d: %s", code, out)
+		}
+	}()
+	d.waitReady(ready)
+	stopHUP()
+	early.Wait()
+	close(earlyOut)
+	for o := range earlyOut {
+		t.Errorf("sluice reload while starting: %s", o)
+	}
+	if strings.Contains(d.stderr.String(), "panic") {
+		t.Fatalf("daemon panicked on an early SIGHUP:\n%s", d.stderr)
+	}
+	if out, code := d.cli("status"); code != 0 || !strings.Contains(out, "interface: "+ifname) {
+		t.Fatalf("status after early SIGHUPs: exit %d\n%s", code, out)
+	}
+
+	// Both paths at once.
+	stopHUP = hupSender(pid, time.Millisecond, 2000)
+	var wg sync.WaitGroup
+	outs := make(chan string, 8)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2 {
+				if out, code := d.cli("reload"); code != 0 || !strings.Contains(out, "reloaded") {
+					outs <- fmt.Sprintf("exit %d: %s", code, out)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stopHUP()
+	close(outs)
+	for o := range outs {
+		t.Errorf("concurrent sluice reload: %s", o)
+	}
+	if n := strings.Count(d.stderr.String(), "configuration reloaded"); n < 6 {
+		t.Errorf("%d reloads applied, want at least the 6 of sluice reload", n)
+	}
+
+	// During the stop.
+	stopHUP = hupSender(pid, time.Millisecond, 20000)
+	d.stop()
+	stopHUP()
+	if strings.Contains(d.stderr.String(), "panic") {
+		t.Fatalf("daemon panicked:\n%s", d.stderr)
+	}
+	if out, err := ns.Exec("nft", "list", "table", "inet", ifname); err == nil {
+		t.Errorf("table exists after a stop under SIGHUPs (a reload put it back):\n%s", out)
+	}
+	if out, err := ns.Exec("ip", "link", "show", ifname); err == nil {
+		t.Errorf("interface %s exists after stop:\n%s", ifname, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ctl.sock")); err == nil {
+		t.Error("control socket left behind")
+	}
+}
+
+// fakeDaemon answers on the control socket of cfg with status code and
+// body for every request, like a daemon that is still starting.
+func fakeDaemon(t *testing.T, sock string, code int, body string) {
+	t.Helper()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, body, code)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+}
+
+// TestReloadNotReady: `sluice reload` and `sluice status` against a daemon
+// that is still starting say so and exit non-zero.
+func TestReloadNotReady(t *testing.T) {
+	cfg, dir := writeConfig(t, "")
+	fakeDaemon(t, filepath.Join(dir, "ctl.sock"), http.StatusServiceUnavailable, "not ready yet: sluice is still starting")
+	_, errs, code := run(t, "reload", "-c", cfg)
+	if code != 1 || !strings.Contains(errs, "reload not done: not ready yet: sluice is still starting; try again once it is up") || strings.Contains(errs, "refused") {
+		t.Errorf("reload while starting: exit %d, stderr %q", code, errs)
+	}
+	_, errs, code = run(t, "status", "-c", cfg)
+	if code != 1 || !strings.Contains(errs, "not ready yet: sluice is still starting") {
+		t.Errorf("status while starting: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestStatusPermissionDenied: a user who may not open the control socket
+// (0600, the daemon's) is told so, not that sluice is not running. The CLI
+// runs as nobody in a subprocess.
+func TestStatusPermissionDenied(t *testing.T) {
+	netnstest.RequirePrivileged(t)
+	const nobody = 65534
+	// A directory nobody can read and execute from, with a copy of the CLI.
+	dir, err := os.MkdirTemp("", "sluice-perm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "sluice")
+	if err := os.WriteFile(bin, mustRead(t, os.Args[0]), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "ctl.sock")
+	cfg := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(cfg, []byte("interface:\n  name: slperm0\nadmin:\n  control_socket: "+sock+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fakeDaemon(t, sock, http.StatusOK, "{}")
+	if err := os.Chmod(sock, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"status"}, {"reload"}} {
+		cmd := exec.Command(bin, append(args, "-c", cfg)...)
+		cmd.Env = append(os.Environ(), envRunMain+"=1")
+		cmd.Dir = dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		out, err := cmd.CombinedOutput()
+		want := "permission denied on the control socket " + sock + ": run as root"
+		if err == nil || !strings.Contains(string(out), want) || strings.Contains(string(out), "not running") {
+			t.Errorf("sluice %s as nobody: %v\n%s\nwant %q", args[0], err, out, want)
+		}
+	}
+	// Root is let in: the same socket works.
+	_, errs, code := run(t, "status", "-c", cfg)
+	if code != 0 {
+		t.Errorf("status as root: exit %d, %s", code, errs)
+	}
 }
