@@ -22,6 +22,10 @@ const (
 	sluicePort   = 5401
 	dnsdistPort  = 5402
 	unboundPort  = 5403
+	// sluiceEgressPort is sluice with egress: resolved (learning every
+	// answered address into an nftables table before answering).
+	sluiceEgressPort = 5404
+	sluiceEgress     = "sluice egress: resolved"
 
 	// hitNames is the size of the cache-hit query set.
 	hitNames = 1000
@@ -110,7 +114,7 @@ func render(tmpl string, port int, dir string) string {
 func (b *bench) dnsSection(ctx context.Context) []row {
 	m := b.mode
 	dir := filepath.Join(b.work, "dns")
-	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort}}
+	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: sluiceEgress, port: sluiceEgressPort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort}}
 	hitQPS := map[string]*series{}
 	hitCPU := map[string]*series{}
 	hitEff := map[string]*series{}
@@ -125,6 +129,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	}
 	direct50, direct99 := &series{}, &series{}
 	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
+	ratioEgress, ratioEgressDD := &series{}, &series{}
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -133,7 +138,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		out = append(out,
 			row{figure: "DNS hits QPS ratio sluice / dnsdist", unit: "×", s: ratioDD, rounds: R, goal: atLeast(1.0, "×")},
-			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R})
+			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R},
+			row{figure: "DNS hits QPS ratio sluice egress: resolved / open", unit: "×", s: ratioEgress, rounds: R, goal: atLeast(0.9, "×")},
+			row{figure: "DNS hits QPS ratio sluice egress: resolved / dnsdist", unit: "×", s: ratioEgressDD, rounds: R, goal: atLeast(1.0, "×")})
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits server CPU under dnsperf — " + s.name, unit: " %", s: hitCPU[s.name], rounds: R})
 		}
@@ -187,13 +194,17 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	for _, s := range servers {
 		var err error
 		switch s.name {
-		case "sluice":
+		case "sluice", sluiceEgress:
 			if !b.have("dnsproxy-bench") {
 				s.na = b.why("dnsproxy-bench")
 				continue
 			}
-			s.p, err = b.r.start("dnsproxy-bench", b.dnsns, b.cpus.server, nil, filepath.Join(b.bin, "dnsproxy-bench"),
-				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort))
+			name, args := "dnsproxy-bench", []string{filepath.Join(b.bin, "dnsproxy-bench"),
+				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort)}
+			if s.name == sluiceEgress {
+				name, args = "dnsproxy-bench-egress", append(args, "-egress")
+			}
+			s.p, err = b.r.start(name, b.dnsns, b.cpus.server, nil, args...)
 			if err == nil {
 				err = b.waitDNS(ctx, s.port, s.p)
 			}
@@ -232,6 +243,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			effDD.fail(s.na)
 		case "unbound":
 			ratioUB.fail(s.na)
+		case sluiceEgress:
+			ratioEgress.fail(s.na)
+			ratioEgressDD.fail(s.na)
 		}
 	}
 
@@ -282,6 +296,12 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		if qps["sluice"] > 0 && qps["unbound"] > 0 {
 			ratioUB.add(qps["sluice"] / qps["unbound"])
+		}
+		if qps[sluiceEgress] > 0 && qps["sluice"] > 0 {
+			ratioEgress.add(qps[sluiceEgress] / qps["sluice"])
+		}
+		if qps[sluiceEgress] > 0 && qps["dnsdist"] > 0 {
+			ratioEgressDD.add(qps[sluiceEgress] / qps["dnsdist"])
 		}
 
 		// latency of hits: one query at a time over the (now cached) set

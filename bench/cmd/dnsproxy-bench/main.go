@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/firewall"
 )
 
 const (
@@ -39,6 +40,7 @@ func run() error {
 		port       = flag.Uint("port", defaultPort, "port to listen on (udp and tcp)")
 		upstream   = flag.String("upstream", defaultUpstream, "upstream resolver host:port of the default group")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		egress     = flag.Bool("egress", false, "learn answered addresses into an nftables table (egress: resolved) in this namespace")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -64,7 +66,16 @@ func run() error {
 	// cap stays at its default.
 	cfg.Limits.PeerQPS = 0
 
-	p, err := dnsproxy.New(cfg, dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()})
+	opts := dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()}
+	if *egress {
+		fw, err := egressFirewall(addr, log)
+		if err != nil {
+			return err
+		}
+		defer fw.Close()
+		opts.Observer = fw
+	}
+	p, err := dnsproxy.New(cfg, opts)
 	if err != nil {
 		return fmt.Errorf("create proxy: %w", err)
 	}
@@ -90,4 +101,26 @@ func run() error {
 	fmt.Fprintf(os.Stderr, "dnsproxy-bench: listening on %s\n", netip.AddrPortFrom(addr, uint16(*port)))
 	<-ctx.Done()
 	return nil
+}
+
+// egressFirewall applies a table with egress: resolved for loopback "peers"
+// (the bench runs in a namespace of its own) and returns it: the proxy then
+// learns every answered address before it answers, as in a gateway.
+func egressFirewall(resolver netip.Addr, log *slog.Logger) (*firewall.Firewall, error) {
+	fw, err := firewall.New(firewall.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("open firewall: %w", err)
+	}
+	spec := firewall.Spec{
+		Table:          "sluicebench",
+		Interface:      "wgbench0",
+		Resolvers:      []netip.Addr{resolver},
+		TunnelPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Config:         firewall.Config{EgressMode: firewall.EgressResolved},
+	}
+	if err := fw.Apply(spec); err != nil {
+		fw.Close()
+		return nil, fmt.Errorf("apply firewall: %w", err)
+	}
+	return fw, nil
 }
