@@ -2,11 +2,15 @@ package firewall
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-vpn/sluice/internal/netnstest"
 )
 
 // benchPairs fills f's learned map with n pairs across peers peers (the
@@ -139,5 +143,103 @@ func TestCoveredZeroAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() { f.Covered(peer, netip.Addr{}, dsts, time.Minute) }); n != 0 {
 		t.Errorf("Covered allocates %v", n)
+	}
+}
+
+// tcpSink listens on addr in ns and discards every connection's data until
+// cleanup.
+func tcpSink(b *testing.B, ns *netnstest.NS, addr string) {
+	b.Helper()
+	var ln net.Listener
+	if err := doIn(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed in cleanup
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	b.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// BenchmarkForward is peer traffic forwarded through the gateway (full
+// mode, masquerade) with the egress gate open and with egress: resolved and
+// 100,000 learned pairs of 1,000 peers (plus the one the benchmark uses):
+// new connections (each one a lookup in the learned set) and bulk
+// throughput of one connection (established packets return at the gate's
+// first rule). Over veth, not WireGuard: the figure is the table's cost.
+func BenchmarkForward(b *testing.B) {
+	for _, variant := range []string{"open", "learned100k"} {
+		b.Run(variant, func(b *testing.B) {
+			gw, peer, sink, wg := gatewaySink(b)
+			_ = gw
+			sink.Run("ip", "addr", "add", "198.51.100.80/32", "dev", "lo")
+			sink.Run("ip", "link", "set", "lo", "up")
+			tcpSink(b, sink, "198.51.100.80:9000")
+			f := nsFirewallIn(b, gw)
+			s := testSpec(wg)
+			s.FullTunnel, s.Egress, s.EgressMode = true, "hole0", EgressOpen
+			if variant != "open" {
+				s.EgressMode = EgressResolved
+				benchPairs(f, 100000, 1000)
+			}
+			if err := f.Apply(s); err != nil {
+				b.Fatal(err)
+			}
+			if variant != "open" {
+				if err := f.Learn(context.Background(), netip.MustParseAddr("10.20.0.2"), netip.Addr{},
+					[]netip.Addr{netip.MustParseAddr("198.51.100.80")}, time.Minute); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.Run("connect", func(b *testing.B) {
+				if err := doIn(peer, func() error {
+					for b.Loop() {
+						c, err := net.DialTimeout("tcp", "198.51.100.80:9000", 2*time.Second)
+						if err != nil {
+							return err
+						}
+						c.Close()
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+			})
+			b.Run("throughput", func(b *testing.B) {
+				const chunk = 1 << 20
+				buf := make([]byte, 64<<10)
+				b.SetBytes(chunk)
+				if err := doIn(peer, func() error {
+					c, err := net.DialTimeout("tcp", "198.51.100.80:9000", 2*time.Second)
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					for b.Loop() {
+						for sent := 0; sent < chunk; sent += len(buf) {
+							if _, err := c.Write(buf); err != nil {
+								return err
+							}
+						}
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
 	}
 }

@@ -10,9 +10,11 @@ import (
 // process pinned to the server CPU like the other scale figures.
 type egressSeries struct {
 	serial50, serial99, conc50, conc99, applyMS, coveredNS *series
+	fwdOpen, fwdLearned, fwdRatio, connRatio                *series
 }
 
-var egressS = egressSeries{&series{}, &series{}, &series{}, &series{}, &series{}, &series{}}
+var egressS = egressSeries{&series{}, &series{}, &series{}, &series{}, &series{}, &series{},
+	&series{}, &series{}, &series{}, &series{}}
 
 func (b *bench) egressRows() []row {
 	s := egressS
@@ -23,12 +25,16 @@ func (b *bench) egressRows() []row {
 		{figure: "Egress: answer → pair installed p99, 16 answers at once", unit: " µs", s: s.conc99, rounds: scaleRounds},
 		{figure: "Egress: table write carrying 100,000 learned pairs of 1,000 peers", unit: " ms", s: s.applyMS, rounds: scaleRounds},
 		{figure: "Egress: fast-path check (Covered) with 100,000 pairs", unit: " ns", s: s.coveredNS, rounds: scaleRounds},
+		{figure: "Egress: forwarded throughput, one TCP flow — egress open", unit: " MB/s", s: s.fwdOpen, rounds: scaleRounds},
+		{figure: "Egress: forwarded throughput, one TCP flow — resolved, 100,000 learned pairs", unit: " MB/s", s: s.fwdLearned, rounds: scaleRounds},
+		{figure: "Egress: forwarded throughput ratio 100,000 pairs / open", unit: "×", s: s.fwdRatio, rounds: scaleRounds, goal: atLeast(0.95, "×")},
+		{figure: "Egress: new connections per second ratio 100,000 pairs / open", unit: "×", s: s.connRatio, rounds: scaleRounds},
 	}
 }
 
 func (b *bench) egressRounds(ctx context.Context) {
 	s := egressS
-	all := []*series{s.serial50, s.serial99, s.conc50, s.conc99, s.applyMS, s.coveredNS}
+	all := []*series{s.serial50, s.serial99, s.conc50, s.conc99, s.applyMS, s.coveredNS, s.fwdOpen, s.fwdLearned, s.fwdRatio, s.connRatio}
 	if !b.have("firewall.test") {
 		for _, x := range all {
 			x.fail(b.why("firewall.test"))
@@ -62,6 +68,31 @@ func (b *bench) egressRounds(ctx context.Context) {
 		} else {
 			s.coveredNS.add(m["ns/op"])
 		}
+		var mbs, conn [2]float64
+		for i, v := range []string{"open", "learned100k"} {
+			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/throughput$", "3s", "BenchmarkForward/"+v+"/throughput"); err == nil {
+				mbs[i] = m["MB/s"]
+			} else {
+				s.fwdRatio.fail(err.Error())
+			}
+			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/connect$", "3s", "BenchmarkForward/"+v+"/connect"); err == nil {
+				conn[i] = 1e9 / m["ns/op"]
+			} else {
+				s.connRatio.fail(err.Error())
+			}
+		}
+		if mbs[0] > 0 {
+			s.fwdOpen.add(mbs[0])
+		}
+		if mbs[1] > 0 {
+			s.fwdLearned.add(mbs[1])
+		}
+		if mbs[0] > 0 && mbs[1] > 0 {
+			s.fwdRatio.add(mbs[1] / mbs[0])
+		}
+		if conn[0] > 0 && conn[1] > 0 {
+			s.connRatio.add(conn[1] / conn[0])
+		}
 	}
-	b.notes = append(b.notes, fmt.Sprintf("Egress: firewall BenchmarkLearn (a new pair per answer, time from Learn to the kernel's ack, which the answer waits for; concurrent answers share one netlink batch), BenchmarkApplyLearned (the table replace that reload and re-apply do, re-installing every learned pair in the same batch), BenchmarkCovered (the userspace check a cache hit makes); %d fresh processes pinned to CPU %s", scaleRounds, b.cpus.server))
+	b.notes = append(b.notes, fmt.Sprintf("Egress: firewall BenchmarkLearn (a new pair per answer, time from Learn to the kernel's ack, which the answer waits for; concurrent answers share one netlink batch), BenchmarkApplyLearned (the table replace that reload and re-apply do, re-installing every learned pair in the same batch), BenchmarkCovered (the userspace check a cache hit makes), BenchmarkForward (peer traffic forwarded gateway to sink over veth, full mode with masquerade, egress open vs resolved with 100,000 learned pairs: one TCP flow's throughput, and new connections each needing a learned-set lookup; veth, not WireGuard, so that the figure is the table's cost alone); %d fresh processes pinned to CPU %s", scaleRounds, b.cpus.server))
 }
