@@ -10,7 +10,7 @@ import (
 // process pinned to the server CPU like the other scale figures.
 type egressSeries struct {
 	serial50, serial99, conc50, conc99, applyMS, coveredNS *series
-	fwdOpen, fwdLearned, fwdRatio, connRatio                *series
+	fwdOpen, fwdLearned, fwdRatio, connRatio               *series
 }
 
 var egressS = egressSeries{&series{}, &series{}, &series{}, &series{}, &series{}, &series{},
