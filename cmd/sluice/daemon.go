@@ -109,7 +109,8 @@ Keys (see examples/split.yaml for a commented file):
        policy[canaries block_doh_names blocklist_file allowlist]
        limits[peer_qps peer_burst max_inflight]
   enforce: off_policy_dns dot doh doh_ips_file doh_allow egress_interface
-           peer_to_peer keep_on_stop table
+           peer_to_peer keep_on_stop table egress egress_allow egress_min_ttl
+           inbound_allow
   peers: state_dir routes persistent_keepalive
   admin: listen control_socket`,
 		Args: cobra.NoArgs,
