@@ -59,6 +59,31 @@
 // therefore cover the time since the last apply, at most an hour of
 // silence.
 //
+// # Resolution-gated egress (learned.go, learner.go, nflog.go)
+//
+// With EgressMode resolved or audit, forward jumps to the regular chain
+// peer_egress for peer packets leaving through another interface. There,
+// established and related packets return at once; a new flow returns when
+// `ip saddr . ip daddr` is in @egress_learned_v4 (ip6 in _v6: concatenated
+// keys, flags timeout, a timeout per element) or its destination is in the
+// interval sets @egress_allow_v4/_v6; everything else is counted
+// (egress_unresolved, and per peer), logged to NFLOG group 2613 (limit
+// 20/s) and, in resolved mode, rejected (TCP reset, ICMPX admin-prohibited).
+// Audit stops before the reject.
+//
+// The learned sets are filled from userspace: Learn (the dnsproxy answer
+// observer, wired by gateway) hands pairs to one writer goroutine that
+// sends everything waiting in one batch and answers every waiter after the
+// kernel's ack; Covered is the allocation-free check the DNS fast path makes.
+// A userspace map holds each pair's expiry: it de-duplicates (a pair is
+// sent again only once less than max(TTL, floor/2) is left), it re-installs
+// every live pair in the same batch whenever the table is replaced (Apply,
+// re-apply), and it is persisted to Options.LearnedFile for restarts.
+//
+// In every mode forward also drops new flows from other interfaces toward
+// the WireGuard interface (inbound_dropped) unless their source is in
+// @inbound_allow_v4/_v6; related and established packets pass.
+//
 // # Atomic replace, fail closed
 //
 // Apply sends one batch: add table (creates it when missing), delete table,

@@ -352,7 +352,7 @@ func gatewayPair(t *testing.T) (gw, peer *netnstest.NS, wg string) {
 }
 
 // gatewaySink is gatewayPair that also returns the sink namespace.
-func gatewaySink(t *testing.T) (gw, peer, sink *netnstest.NS, wg string) {
+func gatewaySink(t testing.TB) (gw, peer, sink *netnstest.NS, wg string) {
 	t.Helper()
 	netnstest.RequirePrivileged(t, "nft", "sysctl")
 	gw, peer = netnstest.New(t, "gw"), netnstest.New(t, "pe")

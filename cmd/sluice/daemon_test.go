@@ -660,7 +660,7 @@ func TestDaemonReloadRace(t *testing.T) {
 
 // fakeDaemon answers on the control socket of cfg with status code and
 // body for every request, like a daemon that is still starting.
-func fakeDaemon(t *testing.T, sock string, code int, body string) {
+func fakeControlSocket(t *testing.T, sock string, code int, body string) {
 	t.Helper()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -678,7 +678,7 @@ func fakeDaemon(t *testing.T, sock string, code int, body string) {
 // that is still starting say so and exit non-zero.
 func TestReloadNotReady(t *testing.T) {
 	cfg, dir := writeConfig(t, "")
-	fakeDaemon(t, filepath.Join(dir, "ctl.sock"), http.StatusServiceUnavailable, "not ready yet: sluice is still starting")
+	fakeControlSocket(t, filepath.Join(dir, "ctl.sock"), http.StatusServiceUnavailable, "not ready yet: sluice is still starting")
 	_, errs, code := run(t, "reload", "-c", cfg)
 	if code != 1 || !strings.Contains(errs, "reload not done: not ready yet: sluice is still starting; try again once it is up") || strings.Contains(errs, "refused") {
 		t.Errorf("reload while starting: exit %d, stderr %q", code, errs)
@@ -713,7 +713,7 @@ func TestStatusPermissionDenied(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("interface:\n  name: slperm0\nadmin:\n  control_socket: "+sock+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fakeDaemon(t, sock, http.StatusOK, "{}")
+	fakeControlSocket(t, sock, http.StatusOK, "{}")
 	if err := os.Chmod(sock, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,10 @@ const (
 	// benchGroups and benchPeers size the groups row: 10 groups, 1,000 peers.
 	benchGroups = 10
 	benchPeers  = 1000
+	// sluiceEgressPort is sluice with egress: resolved (learning every
+	// answered address into an nftables table before answering).
+	sluiceEgressPort = 5405
+	sluiceEgress     = "sluice egress: resolved"
 
 	// hitNames is the size of the cache-hit query set.
 	hitNames = 1000
@@ -119,7 +123,7 @@ func render(tmpl string, port int, dir string) string {
 func (b *bench) dnsSection(ctx context.Context) []row {
 	m := b.mode
 	dir := filepath.Join(b.work, "dns")
-	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort},
+	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: sluiceEgress, port: sluiceEgressPort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort},
 		{name: groupsServer, port: groupsPort}}
 	hitQPS := map[string]*series{}
 	hitCPU := map[string]*series{}
@@ -136,6 +140,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	direct50, direct99 := &series{}, &series{}
 	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
 	ratioGroups, ratioGroupsDD, effGroups := &series{}, &series{}, &series{} // groups rows: with groups / without (QPS, per CPU-second), / dnsdist
+	ratioEgress, ratioEgressDD := &series{}, &series{}
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -146,7 +151,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			row{figure: "DNS hits QPS ratio sluice / dnsdist", unit: "×", s: ratioDD, rounds: R, goal: atLeast(1.0, "×")},
 			row{figure: "DNS hits QPS ratio sluice / unbound", unit: "×", s: ratioUB, rounds: R},
 			row{figure: fmt.Sprintf("DNS hits QPS ratio sluice with %d groups, %d peers / without", benchGroups, benchPeers), unit: "×", s: ratioGroups, rounds: R, goal: atLeast(0.95, "×")},
-			row{figure: fmt.Sprintf("DNS hits QPS ratio sluice with %d groups, %d peers / dnsdist", benchGroups, benchPeers), unit: "×", s: ratioGroupsDD, rounds: R, goal: atLeast(1.0, "×")})
+			row{figure: fmt.Sprintf("DNS hits QPS ratio sluice with %d groups, %d peers / dnsdist", benchGroups, benchPeers), unit: "×", s: ratioGroupsDD, rounds: R, goal: atLeast(1.0, "×")},
+			row{figure: "DNS hits QPS ratio sluice egress: resolved / open", unit: "×", s: ratioEgress, rounds: R, goal: atLeast(0.9, "×")},
+			row{figure: "DNS hits QPS ratio sluice egress: resolved / dnsdist", unit: "×", s: ratioEgressDD, rounds: R, goal: atLeast(1.0, "×")})
 		for _, s := range servers {
 			out = append(out, row{figure: "DNS hits server CPU under dnsperf — " + s.name, unit: " %", s: hitCPU[s.name], rounds: R})
 		}
@@ -201,16 +208,20 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	for _, s := range servers {
 		var err error
 		switch s.name {
-		case "sluice", groupsServer:
+		case "sluice", groupsServer, sluiceEgress:
 			if !b.have("dnsproxy-bench") {
 				s.na = b.why("dnsproxy-bench")
 				continue
 			}
-			args := []string{filepath.Join(b.bin, "dnsproxy-bench"), "-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort)}
-			if s.name == groupsServer {
+			name, args := "dnsproxy-bench-"+s.name, []string{filepath.Join(b.bin, "dnsproxy-bench"),
+				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort)}
+			switch s.name {
+			case groupsServer:
 				args = append(args, "-groups", strconv.Itoa(benchGroups), "-peers", strconv.Itoa(benchPeers))
+			case sluiceEgress:
+				name, args = "dnsproxy-bench-egress", append(args, "-egress")
 			}
-			s.p, err = b.r.start("dnsproxy-bench-"+s.name, b.dnsns, b.cpus.server, nil, args...)
+			s.p, err = b.r.start(name, b.dnsns, b.cpus.server, nil, args...)
 			if err == nil {
 				err = b.waitDNS(ctx, s.port, s.p)
 			}
@@ -256,6 +267,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			ratioGroupsDD.fail(s.na)
 		case "unbound":
 			ratioUB.fail(s.na)
+		case sluiceEgress:
+			ratioEgress.fail(s.na)
+			ratioEgressDD.fail(s.na)
 		}
 	}
 
@@ -315,6 +329,12 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		if qps[groupsServer] > 0 && qps["dnsdist"] > 0 {
 			ratioGroupsDD.add(qps[groupsServer] / qps["dnsdist"])
+		}
+		if qps[sluiceEgress] > 0 && qps["sluice"] > 0 {
+			ratioEgress.add(qps[sluiceEgress] / qps["sluice"])
+		}
+		if qps[sluiceEgress] > 0 && qps["dnsdist"] > 0 {
+			ratioEgressDD.add(qps[sluiceEgress] / qps["dnsdist"])
 		}
 
 		// latency of hits: one query at a time over the (now cached) set

@@ -38,6 +38,7 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 		{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", n), unit: " MiB", s: upRSS, rounds: scaleRounds},
 		{figure: fmt.Sprintf("Scale: firewall Apply with %d DoH entries (firewall benchmark)", b.mode.scaleDoH), unit: " ms", s: fwMS, rounds: scaleRounds},
 	}
+	rows = append(rows, b.egressRows()...)
 
 	// Go benchmarks of the packages, each round in a fresh process pinned to
 	// the server CPU (RSS of a process that already ran a round is not a
@@ -83,6 +84,7 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 			upRSS.fail(err.Error())
 		}
 	}
+	b.egressRounds(ctx)
 	b.notes = append(b.notes, fmt.Sprintf("Scale: each figure from %d fresh processes pinned to CPU %s; SyncPeers and firewall figures are the packages' own Go benchmarks (gateway/wgdev BenchmarkSyncPeers10k/add: empty userspace device to %d peers in one ConfigureDevice over UAPI; firewall BenchmarkApply: one atomic batch with %d DoH prefixes in interval sets); \"sluice up\" is the wall time from starting the daemon on a store of %d peers (filled by bench/cmd/scale) until `wg show` lists all of them, and its VmRSS %s later",
 		scaleRounds, b.cpus.server, n, b.mode.scaleDoH, n, rssSettle))
 	return rows

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/firewall"
 )
 
 const (
@@ -46,6 +47,7 @@ func run() error {
 		certFile   = flag.String("cert", "", "PEM certificate of the DoT/DoH listeners")
 		keyFile    = flag.String("key", "", "PEM key of the DoT/DoH listeners")
 		serverName = flag.String("server-name", "", "the name the certificate is for")
+		egress     = flag.Bool("egress", false, "learn answered addresses into an nftables table (egress: resolved) in this namespace")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -81,11 +83,19 @@ func run() error {
 		}
 	}
 
-	var idents dnsproxy.Identities
+	opts := dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()}
 	if *groups > 0 {
-		idents = withGroups(&cfg, *groups, *peers, *upstream)
+		opts.Identities = withGroups(&cfg, *groups, *peers, *upstream)
 	}
-	p, err := dnsproxy.New(cfg, dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry(), Identities: idents})
+	if *egress {
+		fw, err := egressFirewall(addr, log)
+		if err != nil {
+			return err
+		}
+		defer fw.Close()
+		opts.Observer = fw
+	}
+	p, err := dnsproxy.New(cfg, opts)
 	if err != nil {
 		return fmt.Errorf("create proxy: %w", err)
 	}
@@ -111,4 +121,26 @@ func run() error {
 	fmt.Fprintf(os.Stderr, "dnsproxy-bench: listening on %s\n", netip.AddrPortFrom(addr, uint16(*port)))
 	<-ctx.Done()
 	return nil
+}
+
+// egressFirewall applies a table with egress: resolved for loopback "peers"
+// (the bench runs in a namespace of its own) and returns it: the proxy then
+// learns every answered address before it answers, as in a gateway.
+func egressFirewall(resolver netip.Addr, log *slog.Logger) (*firewall.Firewall, error) {
+	fw, err := firewall.New(firewall.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("open firewall: %w", err)
+	}
+	spec := firewall.Spec{
+		Table:          "sluicebench",
+		Interface:      "wgbench0",
+		Resolvers:      []netip.Addr{resolver},
+		TunnelPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Config:         firewall.Config{EgressMode: firewall.EgressResolved},
+	}
+	if err := fw.Apply(spec); err != nil {
+		fw.Close()
+		return nil, fmt.Errorf("apply firewall: %w", err)
+	}
+	return fw, nil
 }
