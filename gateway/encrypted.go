@@ -76,27 +76,7 @@ func (g *Gateway) doctorEncrypted(ctx context.Context, r *Report, cfg *Config) {
 		return
 	}
 	leaf := g.proxy.TLSCertificate()
-	check := Check{Name: "dns tls certificate"}
-	switch left := time.Until(leafNotAfter(leaf)); {
-	case leaf == nil:
-		check.Detail = "no certificate loaded"
-		check.Action = "check dns.tls and the logs"
-	case left <= 0:
-		check.Detail = fmt.Sprintf("%s expired %s", enc.ServerName, leaf.NotAfter.UTC().Format(time.DateOnly))
-		check.Action = "clients refuse DoT/DoH: renew dns.tls.cert_file (or remove it to use sluice's own CA) and run sluice reload"
-	default:
-		check.OK = true
-		check.Detail = fmt.Sprintf("%s valid until %s (%d days)", enc.ServerName, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
-		if cfg.OwnDNSCA {
-			check.Detail += ", sluice's own CA"
-		}
-		if left < tlsca.RenewBefore {
-			check.Action = "renew the certificate within the month and run sluice reload"
-			if cfg.OwnDNSCA {
-				check.Action = "sluice renews its own certificate at reload: run sluice reload"
-			}
-		}
-	}
+	check := certCheck(leaf, enc.ServerName, cfg.OwnDNSCA, time.Now())
 	r.add(check)
 	if cfg.OwnDNSCA {
 		if _, ca, err := tlsca.ReadCA(cfg.Peers.StateDir); err == nil && time.Until(ca.NotAfter) < tlsca.RenewBefore {
@@ -131,13 +111,6 @@ func (g *Gateway) doctorEncrypted(ctx context.Context, r *Report, cfg *Config) {
 		}
 		r.add(c)
 	}
-}
-
-func leafNotAfter(c *x509.Certificate) time.Time {
-	if c == nil {
-		return time.Time{}
-	}
-	return c.NotAfter
 }
 
 // dotQuery asks the root NS over DoT at addr, verifying the certificate.
@@ -182,4 +155,34 @@ func dotQuery(ctx context.Context, addr, name string, roots *x509.CertPool) (tim
 		return 0, fmt.Errorf("answered %s", strings.ToUpper(dns.RcodeToString[r.Rcode]))
 	}
 	return time.Since(start), nil
+}
+
+// certCheck judges the certificate the listeners present: FAIL when there
+// is none or it expired, WARN (OK with an action) within tlsca.RenewBefore
+// of expiry, PASS otherwise.
+func certCheck(leaf *x509.Certificate, serverName string, own bool, now time.Time) Check {
+	check := Check{Name: "dns tls certificate"}
+	if leaf == nil {
+		check.Detail = "no certificate loaded"
+		check.Action = "check dns.tls and the logs"
+		return check
+	}
+	left := leaf.NotAfter.Sub(now)
+	if left <= 0 {
+		check.Detail = fmt.Sprintf("%s expired %s", serverName, leaf.NotAfter.UTC().Format(time.DateOnly))
+		check.Action = "clients refuse DoT/DoH: renew dns.tls.cert_file (or remove it to use sluice's own CA) and run sluice reload"
+		return check
+	}
+	check.OK = true
+	check.Detail = fmt.Sprintf("%s valid until %s (%d days)", serverName, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
+	if own {
+		check.Detail += ", sluice's own CA"
+	}
+	if left < tlsca.RenewBefore {
+		check.Action = "renew the certificate within the month and run sluice reload"
+		if own {
+			check.Action = "sluice renews its own certificate at reload: run sluice reload"
+		}
+	}
+	return check
 }

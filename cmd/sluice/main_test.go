@@ -221,6 +221,8 @@ func TestPrintTraceLine(t *testing.T) {
 	miss.Upstream = "10.30.0.53:53"
 	hit.CacheHit = true
 	blocked.Rcode, blocked.Group, blocked.Blocked = "NXDOMAIN", "", "doh"
+	dot := hit
+	dot.Transport = "dot"
 	for _, c := range []struct {
 		r    gateway.TraceRecord
 		want []string
@@ -228,6 +230,7 @@ func TestPrintTraceLine(t *testing.T) {
 		{miss, []string{"09:30:00.000", "alice/laptop", "git.corp.example.", "NOERROR", "corp.example <- 10.30.0.53:53", "250µs"}},
 		{hit, []string{"corp.example (cache)"}},
 		{blocked, []string{"NXDOMAIN", "blocked: doh"}},
+		{dot, []string{"corp.example (cache) [dot]"}},
 	} {
 		var b bytes.Buffer
 		if err := printTraceLine(&b, c.r); err != nil {

@@ -76,6 +76,9 @@ func printTraceLine(w io.Writer, r gateway.TraceRecord) error {
 	case r.Upstream != "":
 		via += " <- " + r.Upstream
 	}
+	if r.Transport == "dot" || r.Transport == "doh" {
+		via += " [" + r.Transport + "]" // encrypted: say so
+	}
 	peer := r.Peer
 	if peer == "" {
 		peer = r.Client.Addr().String()

@@ -6,6 +6,11 @@
 // Targets are queried in turn (query i goes to every target before query
 // i+1), so that all see the same machine state. Names cycle through a fixed
 // set, so after the warm-up every answer is a cache hit.
+//
+// With -load D it is a DoH load generator instead (Debian's dnsperf 2.10
+// loses DoH answers: it counts HTTP 200 responses as not completed): for D
+// it keeps -conns HTTP/2 connections with -inflight queries in flight in
+// total against the first target and prints sent, completed and QPS.
 package main
 
 import (
@@ -23,6 +28,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -69,6 +76,9 @@ func run() error {
 		caFile      = flag.String("ca", "", "CA certificate (PEM) the servers' certificates are verified against")
 		serverName  = flag.String("server-name", "", "name the certificates are verified for")
 		timeout     = flag.Duration("timeout", time.Second, "per-query timeout")
+		load        = flag.Duration("load", 0, "DoH load mode: run this long against the first target")
+		conns       = flag.Int("conns", 4, "load mode: HTTP/2 connections")
+		inflight    = flag.Int("inflight", 200, "load mode: queries in flight over all connections")
 	)
 	flag.Parse()
 	roots := x509.NewCertPool()
@@ -105,6 +115,9 @@ func run() error {
 	}
 	if len(targets) == 0 {
 		return errors.New("no targets")
+	}
+	if *load > 0 {
+		return runLoad(targets[0].url, tlsConf, *load, *conns, *inflight, *setSize, *timeout)
 	}
 	for i := range warmupQueries + *count {
 		name := fmt.Sprintf("q%d.bench.", i%*setSize)
@@ -203,4 +216,51 @@ func summarize(t *target) result {
 	r.P50us, r.P90us, r.P99us = pct(0.50), pct(0.90), pct(0.99)
 	r.MeanUs = float64(sum.Nanoseconds()) / 1e3 / float64(len(s))
 	return r
+}
+
+// loadResult is the JSON line of load mode.
+type loadResult struct {
+	Sent      int64   `json:"sent"`
+	Completed int64   `json:"completed"`
+	QPS       float64 `json:"qps"`
+	RunTime   float64 `json:"run_time_s"`
+}
+
+// runLoad sends DoH POSTs over conns HTTP/2 connections (one transport
+// each) from inflight goroutines for d, each waiting for its answer before
+// the next query.
+func runLoad(url string, tlsConf *tls.Config, d time.Duration, conns, inflight, setSize int, timeout time.Duration) error {
+	if !strings.HasPrefix(url, "https://") {
+		return fmt.Errorf("load mode is for DoH targets, not %s", url)
+	}
+	conns = max(conns, 1)
+	clients := make([]*http.Client, conns)
+	for i := range clients {
+		clients[i] = &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, MaxConnsPerHost: 1}}
+	}
+	var sent, completed atomic.Int64
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for g := range max(inflight, 1) {
+		ask := dohAsk(clients[g%conns], url)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; time.Now().Before(deadline); i += inflight {
+				m := new(dns.Msg)
+				m.SetQuestion(fmt.Sprintf("q%d.bench.", i%setSize), dns.TypeA)
+				m.Id = uint16(i)
+				wire, _ := m.Pack()
+				sent.Add(1)
+				if resp, err := ask(wire); err == nil && check(resp, m.Id) == nil {
+					completed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	rt := time.Since(start).Seconds()
+	return json.NewEncoder(os.Stdout).Encode(loadResult{Sent: sent.Load(), Completed: completed.Load(),
+		QPS: float64(completed.Load()) / rt, RunTime: rt})
 }
