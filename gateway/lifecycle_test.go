@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -127,10 +128,15 @@ func TestReloadBeforeReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	early := New(cfg, Options{})
+	var logged strings.Builder
+	early := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	early.parts = f.components()
 	if _, err := early.Reload(); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "still starting") {
 		t.Errorf("Reload before Run: %v, want ErrNotReady (still starting)", err)
+	}
+	// SIGHUP's answer is the log.
+	if !strings.Contains(logged.String(), `level=WARN msg="reload ignored" err="not ready yet: sluice is still starting"`) {
+		t.Errorf("early reload not logged as ignored: %q", logged.String())
 	}
 
 	r := startFakeGateway(t, f)
