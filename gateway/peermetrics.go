@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // peerStat is one configured peer's WireGuard state as the metrics show it.
@@ -72,12 +73,12 @@ func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 // peerStats reads the device's peers and names them through the peer
 // index; nothing before the device is up or after it is closed.
 func (g *Gateway) peerStats() []peerStat {
-	dev := g.dev // set before the admin listener starts, like status reads it
-	if dev == nil {
-		return nil
-	}
-	peers, err := dev.Stats()
-	if err != nil {
+	var peers []wgtypes.Peer
+	// Only while ready, like every other use of the device (see use).
+	if err := g.use(func() (err error) {
+		peers, err = g.dev.Stats()
+		return err
+	}); err != nil {
 		return nil
 	}
 	out := make([]peerStat, 0, len(peers))
