@@ -108,6 +108,7 @@ Keys (see examples/split.yaml for a commented file):
        cache[size max_ttl servfail_ttl] health[name interval timeout failures disabled]
        policy[canaries block_doh_names blocklist_file allowlist]
        limits[peer_qps peer_burst max_inflight]
+       encrypted tls[server_name cert_file key_file]
   enforce: off_policy_dns dot doh doh_ips_file doh_allow egress_interface
            peer_to_peer keep_on_stop table
   peers: state_dir routes persistent_keepalive
