@@ -226,6 +226,33 @@ func TestDoTIdleAndSlowClients(t *testing.T) {
 	}
 }
 
+// TestDoHSlowClient: a client that stops in the middle of its request
+// headers is disconnected.
+func TestDoHSlowClient(t *testing.T) {
+	up := startFake(t, answerA("198.51.100.15", 300))
+	p, roots := encryptedProxy(t, up.addr, func(c *Config) { c.Encrypted.IdleTimeout = 200 * time.Millisecond })
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", encAddr(t, p, "doh"), &tls.Config{RootCAs: roots, ServerName: testServerName, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("POST /dns-query HTTP/1.1\r\nHost: dns.test\r\nContent-Type: application/dns-message\r\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 512))
+	var ne net.Error
+	if err == nil && n > 0 {
+		// net/http may answer 408 before closing; the connection must end after it.
+		_, err = io.Copy(io.Discard, c)
+		if err == nil {
+			return // EOF: closed
+		}
+	}
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Errorf("connection of a stalled client still open after 10s")
+	}
+}
+
 // TestDoTTLSErrors: TLS 1.1 is refused; a client verifying another name
 // fails; a length below a DNS header ends the connection.
 func TestDoTTLSErrors(t *testing.T) {

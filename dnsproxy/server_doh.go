@@ -210,7 +210,7 @@ func (p *Proxy) newDoHServer(ln net.Listener, cfg EncryptedConfig) *dohServer {
 		Handler:           p.dohHandler(),
 		TLSConfig:         p.serverTLSConfig(),
 		Protocols:         protos,
-		ReadHeaderTimeout: tlsHandshakeTimeout,
+		ReadHeaderTimeout: min(tlsHandshakeTimeout, cfg.IdleTimeout), // handshake and headers: slow clients go
 		ReadTimeout:       dohReadTimeout,
 		WriteTimeout:      dohReadTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
