@@ -114,7 +114,7 @@ func (f *Firewall) Learn(ctx context.Context, v4, v6 netip.Addr, dsts []netip.Ad
 	start := time.Now()
 	now := start.UnixNano()
 	need, least := f.need(ttl)
-	req := &learnReq{done: make(chan error, 1)}
+	req := &learnReq{}
 	for _, d := range dsts {
 		d = d.Unmap()
 		peer := peerFor(v4, v6, d)
@@ -127,6 +127,7 @@ func (f *Firewall) Learn(ctx context.Context, v4, v6 netip.Addr, dsts []netip.Ad
 	if len(req.pairs) == 0 {
 		return nil
 	}
+	req.done = make(chan error, 1)
 	f.learn.start.Do(func() {
 		f.learn.wg.Add(1)
 		go f.writeLearned()
