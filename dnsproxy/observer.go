@@ -79,6 +79,9 @@ func (p *Proxy) observe(ctx context.Context, src netip.Addr, resp *dns.Msg) {
 		return
 	}
 	v4, v6 := p.peerAddrs(src.Unmap())
+	if p.obs.Covered(v4, v6, addrs, ttl) {
+		return // the common case: nothing to install, nothing to wait for
+	}
 	ctx, cancel := context.WithTimeout(ctx, observeTimeout)
 	defer cancel()
 	if err := p.obs.Learn(ctx, v4, v6, addrs, ttl); err != nil {

@@ -154,6 +154,9 @@ func TestObserverBeforeAnswer(t *testing.T) {
 	obs.called, obs.block = make(chan struct{}, 1), make(chan struct{})
 	p, _ := startProxy(t, testConfig(up.addr), Options{Observer: obs})
 	for _, network := range []string{"udp", "tcp"} {
+		obs.mu.Lock()
+		clear(obs.learned) // both networks get the same addresses: learn them anew
+		obs.mu.Unlock()
 		done := make(chan *dns.Msg, 1)
 		go func() {
 			m := new(dns.Msg)

@@ -16,7 +16,7 @@ import (
 // benchPairs fills f's learned map with n pairs across peers peers (the
 // table writes them on the next Apply).
 func benchPairs(f *Firewall, n, peers int) {
-	exp := time.Now().Add(time.Hour).UnixNano()
+	exp := time.Now().Add(2 * DefaultEgressMinTTL).UnixNano() // as Learn installs them
 	f.learn.mu.Lock()
 	defer f.learn.mu.Unlock()
 	for i := range n {
@@ -241,5 +241,56 @@ func BenchmarkForward(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestLearnedLifetime: an answer leaves its pair covered for at least
+// max(TTL, floor), so an answer right after Learn needs no kernel update,
+// and one once less than that is left does.
+func TestLearnedLifetime(t *testing.T) {
+	f, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.gating.Store(true)
+	f.minTTL.Store(int64(time.Hour))
+	for _, tc := range []struct {
+		ttl, install, least time.Duration
+	}{
+		{time.Minute, 2 * time.Hour, time.Hour},       // the floor
+		{3 * time.Hour, 6 * time.Hour, 3 * time.Hour}, // a TTL above it
+		{0, 2 * time.Hour, time.Hour},
+	} {
+		install, least := f.need(tc.ttl)
+		if install != tc.install || least != tc.least {
+			t.Errorf("ttl %v: install %v least %v, want %v %v", tc.ttl, install, least, tc.install, tc.least)
+		}
+		peer, dst := netip.MustParseAddr("10.20.0.2"), netip.MustParseAddr("192.0.2.9")
+		now := time.Now().UnixNano()
+		f.learn.mu.Lock()
+		f.learn.pairs[pair{peer, dst}] = now + int64(install) - int64(time.Second) // just learned
+		f.learn.mu.Unlock()
+		if !f.Covered(peer, netip.Addr{}, []netip.Addr{dst}, tc.ttl) {
+			t.Errorf("ttl %v: not covered right after learning", tc.ttl)
+		}
+		f.learn.mu.Lock()
+		f.learn.pairs[pair{peer, dst}] = now + int64(least) - int64(time.Second) // aged
+		f.learn.mu.Unlock()
+		if f.Covered(peer, netip.Addr{}, []netip.Addr{dst}, tc.ttl) {
+			t.Errorf("ttl %v: covered with less than %v left", tc.ttl, least)
+		}
+		// The other family has no peer address: nothing to cover.
+		if !f.Covered(peer, netip.Addr{}, []netip.Addr{netip.MustParseAddr("2001:db8::9")}, tc.ttl) {
+			t.Errorf("ttl %v: an IPv6 destination without a peer IPv6 address is not covered", tc.ttl)
+		}
+	}
+	// Expired pairs are swept.
+	f.learn.mu.Lock()
+	f.learn.pairs[pair{netip.MustParseAddr("10.20.0.3"), netip.MustParseAddr("192.0.2.1")}] = time.Now().Add(-time.Second).UnixNano()
+	f.learn.mu.Unlock()
+	f.sweepLearned()
+	if n := len(f.learn.pairs); n != 1 {
+		t.Errorf("%d pairs after sweep, want 1", n)
 	}
 }

@@ -60,13 +60,15 @@ func peerFor(v4, v6, dst netip.Addr) netip.Addr {
 	return v6
 }
 
-// need is how long a pair answered with ttl must stay at least (the TTL,
-// at least the floor), and least how long it must have left to need no
-// update: the TTL, and at least half the floor, so a name answered over and
-// over is refreshed early and never expires between two answers.
+// need returns how long a pair answered with ttl is installed for, and
+// least, how long it must have left to need no update. Every answer must
+// leave the pair in place for at least least = max(ttl, floor); it is
+// installed for twice that, so a name answered over and over is sent to the
+// kernel again only once per least, not on every answer (a cache hit whose
+// pairs are covered stays on the fast path).
 func (f *Firewall) need(ttl time.Duration) (need, least time.Duration) {
-	floor := time.Duration(f.minTTL.Load())
-	return max(ttl, floor), max(ttl, floor/2)
+	least = max(ttl, time.Duration(f.minTTL.Load()))
+	return 2 * least, least
 }
 
 // covered reports whether p is in the kernel for at least least from now.
@@ -112,7 +114,7 @@ func (f *Firewall) Learn(ctx context.Context, v4, v6 netip.Addr, dsts []netip.Ad
 	start := time.Now()
 	now := start.UnixNano()
 	need, least := f.need(ttl)
-	req := &learnReq{done: make(chan error, 1)}
+	req := &learnReq{}
 	for _, d := range dsts {
 		d = d.Unmap()
 		peer := peerFor(v4, v6, d)
@@ -125,6 +127,7 @@ func (f *Firewall) Learn(ctx context.Context, v4, v6 netip.Addr, dsts []netip.Ad
 	if len(req.pairs) == 0 {
 		return nil
 	}
+	req.done = make(chan error, 1)
 	f.learn.start.Do(func() {
 		f.learn.wg.Add(1)
 		go f.writeLearned()

@@ -41,7 +41,7 @@ func (b *bench) egressRounds(ctx context.Context) {
 		}
 		return
 	}
-	for range scaleRounds {
+	for round := range scaleRounds {
 		if ctx.Err() != nil {
 			return
 		}
@@ -69,13 +69,16 @@ func (b *bench) egressRounds(ctx context.Context) {
 			s.coveredNS.add(m["ns/op"])
 		}
 		var mbs, conn [2]float64
-		for i, v := range []string{"open", "learned100k"} {
+		variants := []string{"open", "learned100k"}
+		for k := range variants {
+			i := (round + k) % len(variants) // alternate which goes first
+			v := variants[i]
 			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/throughput$", "3s", "BenchmarkForward/"+v+"/throughput"); err == nil {
 				mbs[i] = m["MB/s"]
 			} else {
 				s.fwdRatio.fail(err.Error())
 			}
-			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/connect$", "3s", "BenchmarkForward/"+v+"/connect"); err == nil {
+			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/connect$", "3000x", "BenchmarkForward/"+v+"/connect"); err == nil {
 				conn[i] = 1e9 / m["ns/op"]
 			} else {
 				s.connRatio.fail(err.Error())
