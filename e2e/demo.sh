@@ -163,6 +163,8 @@ ip -n "$GW" addr add 203.0.113.1/24 dev inet0
 ip -n "$GW" addr add 2001:db8:1::1/64 dev inet0
 ip -n "$CL" addr add 192.0.2.2/24 dev ul0
 for a in 10.30.0.2/16 10.30.0.53/16 10.30.0.54/16 fd30::2/64; do ip -n "$CO" addr add "$a" dev gw0; done
+# git.corp.example's host, and a neighbour nobody resolves (resolution-gated egress).
+for a in 10.30.1.10/32 10.30.1.11/32 fd30::10/128; do ip -n "$CO" addr add "$a" dev lo; done
 ip -n "$IN" addr add 203.0.113.2/24 dev gw0
 ip -n "$IN" addr add 2001:db8:1::2/64 dev gw0
 for a in 198.51.100.53/32 203.0.113.10/32 203.0.113.11/32 2001:db8:53::53/128 2001:db8:443::10/128 2001:db8:853::11/128; do
@@ -185,7 +187,7 @@ corp=('local-zone: "corp.example." static'
 	'local-data: "git.corp.example. 60 IN AAAA fd30::10"')
 unbound_conf corp1 10.30.0.53 -- "${corp[@]}"
 unbound_conf corp2 10.30.0.54 -- "${corp[@]}"
-unbound_conf public 198.51.100.53 2001:db8:53::53 203.0.113.11@853 2001:db8:853::11@853 203.0.113.10@443 2001:db8:443::10@443 -- \
+unbound_conf public 198.51.100.53 2001:db8:53::53 198.51.100.53@5353 203.0.113.11@853 2001:db8:853::11@853 203.0.113.10@443 2001:db8:443::10@443 -- \
 	'tls-port: 853' 'https-port: 443' "tls-service-key: \"$WORK/tls.key\"" "tls-service-pem: \"$WORK/tls.pem\"" \
 	'local-zone: "corp.example." static' 'local-data: "git.corp.example. 60 IN A 198.51.100.66"' \
 	'local-zone: "example.net." static' 'local-data: "www.example.net. 60 IN A 203.0.113.20"' \
@@ -298,6 +300,23 @@ refused "$CL" client kdig +retry=0 +timeout=3 +tls @203.0.113.11 www.example.net
 refused "$CL" client kdig +retry=0 +timeout=3 +tls @2001:db8:853::11 www.example.net
 refused "$CL" client kdig +retry=0 +timeout=3 +https @203.0.113.10 www.example.net
 refused "$CL" client curl -sS --max-time 3 -k https://203.0.113.10/dns-query
+note "resolution-gated egress (enforce.egress: resolved, the default in full mode): a peer"
+note "opens connections only to addresses the gateway's resolver answered for it, so a"
+note "resolver on another port, DoH on an unlisted address or any IP literal is refused:"
+ip netns exec "$GW" "$SLUICE" peer trace alice/laptop --for 15s -c "$CONF" >"$WORK/trace-egress.txt" 2>&1 &
+TRACE_PID=$!
+sleep 0.5
+refused "$CL" client dig +tries=1 +time=3 -p 5353 @198.51.100.53 git.corp.example
+refused "$CL" client ping -c 1 -W 3 10.30.1.11
+note "an address the tunnel's resolver answered is reachable at once (learned before the answer left):"
+on "$CL" client dig +short git.corp.example
+on "$CL" client ping -c 1 -W 3 10.30.1.10
+sleep 0.2
+kill -INT "$TRACE_PID" 2>/dev/null || true
+wait "$TRACE_PID" 2>/dev/null || true
+grep -E "egress (refused|audit|log reader)" "$SLUICE_LOG" || true
+note "what sluice peer trace printed (queries and refused connections):"
+cat "$WORK/trace-egress.txt"
 
 section "The proof: firewall counters, DNS metrics, query log"
 on "$GW" gateway curl -s http://127.0.0.1:9153/metrics | grep -E '^sluice_(firewall_packets|dns_queries)_total' || true

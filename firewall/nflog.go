@@ -31,6 +31,7 @@ const (
 	nfulnlMsgConfig  = 1
 	nfulaCfgCmd      = 1
 	nfulaCfgMode     = 2
+	nfulaCfgQThresh  = 5
 	nfulnlCfgCmdBind = 1
 	nfulnlCopyPacket = 2
 	nfulaPayload     = 9
@@ -62,7 +63,11 @@ func (f *Firewall) EgressEvents(ctx context.Context, fn func(EgressEvent)) error
 	cmd := []byte{nfulnlCfgCmdBind}
 	mode := binary.BigEndian.AppendUint32(nil, nflogCopyRange)
 	mode = append(mode, nfulnlCopyPacket, 0)
-	for _, attr := range []netlink.Attribute{{Type: nfulaCfgCmd, Data: cmd}, {Type: nfulaCfgMode, Data: mode}} {
+	// One event per message, at once: the kernel's default batches up to
+	// 100 packets or one second, which would hold a trace line back. The
+	// rule already bounds the rate (egressLogRate).
+	qthresh := binary.BigEndian.AppendUint32(nil, 1)
+	for _, attr := range []netlink.Attribute{{Type: nfulaCfgCmd, Data: cmd}, {Type: nfulaCfgMode, Data: mode}, {Type: nfulaCfgQThresh, Data: qthresh}} {
 		if err := nflogConfig(c, attr); err != nil {
 			if ctx.Err() != nil {
 				return nil
