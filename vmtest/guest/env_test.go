@@ -748,3 +748,21 @@ func rssMiB(pid int) (float64, error) {
 	}
 	return 0, errors.New("no VmRSS")
 }
+
+// lockedBuffer collects a process's output from its copying goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

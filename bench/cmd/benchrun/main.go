@@ -7,8 +7,10 @@
 //
 // Sections: DNS cache hits (dnsperf, sluice vs dnsdist vs unbound), DNS cache
 // misses (dnslat, latency sluice adds over its upstream), tunnel throughput
-// (iperf3 through sluice vs standalone wireguard-go), and scale (peers and
-// firewall apply times).
+// (iperf3 through sluice vs standalone wireguard-go), scale (peers and
+// firewall apply times), and kernel (the scale figures on the kernel and
+// the embedded WireGuard backend in a VM running Debian's kernel, package
+// vmtest).
 package main
 
 import (
@@ -88,7 +90,7 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,tunnel,scale", "comma-separated sections to run: dns, tunnel, scale, profile (CPU profile of the proxy, not in the default)")
+		sections = flag.String("sections", "dns,tunnel,scale,kernel", "comma-separated sections to run: dns, tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -150,6 +152,9 @@ func run() error {
 	}
 	if want["scale"] && ctx.Err() == nil {
 		rows = append(rows, b.scaleSection(ctx)...)
+	}
+	if want["kernel"] && ctx.Err() == nil {
+		rows = append(rows, b.kernelSection(ctx)...)
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out
