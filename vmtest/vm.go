@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,12 +128,25 @@ func Run(ctx context.Context, s Spec) (console string, took time.Duration, err e
 	cmd := exec.Command(QEMU, args...)
 	cmd.Stdout, cmd.Stderr = out, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Pdeathsig fires when the forking thread exits, not the process: start
+	// and wait on one locked thread so that qemu dies with this process
+	// (and only then), never because the Go runtime retired a thread.
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return "", 0, fmt.Errorf("start %s: %w", QEMU, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	var werr error
 	select {
 	case werr = <-done:

@@ -37,6 +37,8 @@ const (
 	// rssSettle is how long the daemon idles before its RSS is read (as
 	// in bench's scale section).
 	rssSettle = time.Second
+	// scaleStopTimeout bounds a clean stop with 10,000 peers.
+	scaleStopTimeout = 3 * time.Minute
 )
 
 var backends = []string{"kernel", "userspace"}
@@ -61,7 +63,11 @@ func BenchmarkSync10k(b *testing.B) {
 			if err := n.do(func() (err error) { d, err = wgdev.Open(context.Background(), cfg, wgdev.Options{}); return err }); err != nil {
 				b.Fatal(err)
 			}
-			b.Cleanup(func() { _ = d.Close() })
+			b.Cleanup(func() {
+				start := time.Now()
+				_ = d.Close()
+				b.Logf("closed the %s device with %d peers in %s", backend, scalePeers, time.Since(start).Round(time.Millisecond))
+			})
 			if d.Backend() != wgdev.Backend(backend) {
 				b.Fatalf("backend %s, want %s", d.Backend(), backend)
 			}
@@ -110,9 +116,11 @@ func BenchmarkUp10k(b *testing.B) {
 	for i := range reqs {
 		reqs[i] = peers.AddRequest{User: fmt.Sprintf("user%05d", i)}
 	}
+	fill := time.Now()
 	if _, err := st.AddMany(reqs, pool); err != nil {
 		b.Fatalf("fill the peer store: %v", err)
 	}
+	b.Logf("filled the peer store with %d peers in %s", scalePeers, time.Since(fill).Round(time.Millisecond))
 	for _, backend := range backends {
 		b.Run(backend, func(b *testing.B) {
 			var upSecs, rss float64
@@ -175,12 +183,15 @@ admin: {listen: "", control_socket: %s/%s.sock}
 	exited := make(chan error, 1)
 	go func() { err := cmd.Wait(); pw.Close(); exited <- err }()
 	defer func() {
+		stop := time.Now()
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-exited:
-		case <-time.After(stopTimeout):
+			b.Logf("sluice (%s) stopped with %d peers in %s", backend, scalePeers, time.Since(stop).Round(time.Millisecond))
+		case <-time.After(scaleStopTimeout):
 			_ = cmd.Process.Kill()
 			<-exited
+			b.Logf("sluice (%s) killed: not stopped %s after SIGINT", backend, scaleStopTimeout)
 		}
 		<-scanned
 	}()

@@ -85,7 +85,7 @@ func (b *bench) kernelSection(ctx context.Context) []row {
 			Kernel:    k,
 			Initramfs: initrd,
 			Console:   filepath.Join(dir, fmt.Sprintf("console-%d.log", round+1)),
-			Args: []string{"-test.run=^$", "-test.bench=^Benchmark(Sync|Up)10k$", "-test.benchtime=1x",
+			Args: []string{"-test.v", "-test.run=^$", "-test.bench=^Benchmark(Sync|Up)10k$", "-test.benchtime=1x",
 				"-test.count=1", "-test.timeout=" + (kernelVMTimeout - 30*time.Second).String()},
 			Timeout: kernelVMTimeout,
 		})

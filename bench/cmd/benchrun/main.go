@@ -94,6 +94,11 @@ func run() error {
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
+	sectionsSet := false
+	flag.Visit(func(f *flag.Flag) { sectionsSet = sectionsSet || f.Name == "sections" })
+	if *quick && !sectionsSet {
+		*sections = "dns,tunnel,scale" // the kernel VM alone takes minutes under emulation
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
