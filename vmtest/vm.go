@@ -195,6 +195,9 @@ func ExitCode(console string) (int, bool) {
 type Result struct {
 	Name   string
 	Status string // PASS, FAIL or SKIP
+	// Took is the test's duration as the guest reported it (zero when it
+	// has no result line).
+	Took time.Duration
 	// Output is what the test printed between its RUN line and its result.
 	Output string
 }
@@ -227,7 +230,7 @@ func ParseResults(console string) []Result {
 			if !ok {
 				continue
 			}
-			name, _, _ := strings.Cut(rest, " (")
+			name, took, _ := strings.Cut(rest, " (")
 			i, seen := index[name]
 			if !seen {
 				i = len(out)
@@ -235,6 +238,9 @@ func ParseResults(console string) []Result {
 				out = append(out, Result{Name: name})
 			}
 			out[i].Status = st
+			if d, err := time.ParseDuration(strings.TrimSuffix(took, ")")); err == nil {
+				out[i].Took = d
+			}
 			if name == cur {
 				out[i].Output = buf.String()
 				cur = ""
