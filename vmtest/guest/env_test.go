@@ -399,6 +399,19 @@ func (g *gateway) start() *daemon {
 	return d
 }
 
+// waitLog waits (bounded) until the daemon has logged a line containing s.
+func (d *daemon) waitLog(t testing.TB, s string) {
+	t.Helper()
+	deadline := time.Now().Add(applyTimeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(d.logText(), s) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("sluice up did not log %q within %s:\n%s", s, applyTimeout, d.logText())
+}
+
 func (d *daemon) logText() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
