@@ -418,7 +418,8 @@ func (d *daemon) logText() string {
 	return d.log.String()
 }
 
-// signal sends sig and waits for the process to exit; it returns Wait's error.
+// stop sends sig and waits (bounded) for the process to exit; it returns
+// Wait's error.
 func (d *daemon) stop(t testing.TB, sig syscall.Signal) error {
 	t.Helper()
 	if err := d.cmd.Process.Signal(sig); err != nil {
