@@ -12,7 +12,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
 usage() {
-	echo "usage: bench/run.sh [--quick] [--sections=dns,encrypted,tunnel,scale,profile] [-v]" >&2
+	echo "usage: bench/run.sh [--quick] [--sections=dns,encrypted,tunnel,scale,kernel,profile] [-v]" >&2
 	exit 2
 }
 args=()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,12 +128,25 @@ func Run(ctx context.Context, s Spec) (console string, took time.Duration, err e
 	cmd := exec.Command(QEMU, args...)
 	cmd.Stdout, cmd.Stderr = out, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Pdeathsig fires when the forking thread exits, not the process: start
+	// and wait on one locked thread so that qemu dies with this process
+	// (and only then), never because the Go runtime retired a thread.
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return "", 0, fmt.Errorf("start %s: %w", QEMU, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	var werr error
 	select {
 	case werr = <-done:
@@ -181,6 +195,9 @@ func ExitCode(console string) (int, bool) {
 type Result struct {
 	Name   string
 	Status string // PASS, FAIL or SKIP
+	// Took is the test's duration as the guest reported it (zero when it
+	// has no result line).
+	Took time.Duration
 	// Output is what the test printed between its RUN line and its result.
 	Output string
 }
@@ -213,7 +230,7 @@ func ParseResults(console string) []Result {
 			if !ok {
 				continue
 			}
-			name, _, _ := strings.Cut(rest, " (")
+			name, took, _ := strings.Cut(rest, " (")
 			i, seen := index[name]
 			if !seen {
 				i = len(out)
@@ -221,6 +238,9 @@ func ParseResults(console string) []Result {
 				out = append(out, Result{Name: name})
 			}
 			out[i].Status = st
+			if d, err := time.ParseDuration(strings.TrimSuffix(took, ")")); err == nil {
+				out[i].Took = d
+			}
 			if name == cur {
 				out[i].Output = buf.String()
 				cur = ""

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strconv"
 	"testing"
+	"time"
 )
 
 func TestParseResults(t *testing.T) {
@@ -28,8 +29,8 @@ loaded 46 modules in 662ms
 `
 	got := ParseResults(console)
 	want := []Result{
-		{Name: "TestA", Status: "PASS", Output: ""},
-		{Name: "TestB", Status: "FAIL", Output: "    b_test.go:10: something broke\n"},
+		{Name: "TestA", Status: "PASS", Took: 1840 * time.Millisecond, Output: ""},
+		{Name: "TestB", Status: "FAIL", Took: 20 * time.Millisecond, Output: "    b_test.go:10: something broke\n"},
 		{Name: "TestC", Status: "SKIP", Output: "=== RUN   TestC/sub\n    --- PASS: TestC/sub (0.00s)\n"},
 		{Name: "TestC/sub", Status: "PASS"},
 		{Name: "TestD", Status: "FAIL", Output: "    d_test.go:7: started\n[   14.6] BUG: kernel NULL pointer dereference\n"},
@@ -41,6 +42,9 @@ loaded 46 modules in 662ms
 	for i := range want {
 		if got[i].Name != want[i].Name || got[i].Status != want[i].Status {
 			t.Errorf("result %d = %s %s, want %s %s", i, got[i].Name, got[i].Status, want[i].Name, want[i].Status)
+		}
+		if want[i].Took != got[i].Took {
+			t.Errorf("%s took %s, want %s", want[i].Name, got[i].Took, want[i].Took)
 		}
 		if want[i].Name != "TestC/sub" && got[i].Output != want[i].Output {
 			t.Errorf("%s output = %q, want %q", want[i].Name, got[i].Output, want[i].Output)

@@ -399,13 +399,27 @@ func (g *gateway) start() *daemon {
 	return d
 }
 
+// waitLog waits (bounded) until the daemon has logged a line containing s.
+func (d *daemon) waitLog(t testing.TB, s string) {
+	t.Helper()
+	deadline := time.Now().Add(applyTimeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(d.logText(), s) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("sluice up did not log %q within %s:\n%s", s, applyTimeout, d.logText())
+}
+
 func (d *daemon) logText() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.log.String()
 }
 
-// signal sends sig and waits for the process to exit; it returns Wait's error.
+// stop sends sig and waits (bounded) for the process to exit; it returns
+// Wait's error.
 func (d *daemon) stop(t testing.TB, sig syscall.Signal) error {
 	t.Helper()
 	if err := d.cmd.Process.Signal(sig); err != nil {
@@ -747,4 +761,22 @@ func rssMiB(pid int) (float64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+// lockedBuffer collects a process's output from its copying goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -73,6 +73,7 @@ func TestKernelPeersLive(t *testing.T) {
 	g.waitPeers("bob's addresses changed", func(ps []wgtypes.Peer) bool {
 		return len(ps) == 2 && hasPeer(ps, bob.key, want) && hasPeer(ps, alice.key, alice.allowed)
 	})
+	g.proc.waitLog(t, `msg="peers applied" total=2 added=0 removed=0 updated=1 `)
 
 	g.sluice("peer", "remove", "bob/phone")
 	g.waitPeers("bob removed", func(ps []wgtypes.Peer) bool {

@@ -7,8 +7,10 @@
 //
 // Sections: DNS cache hits (dnsperf, sluice vs dnsdist vs unbound), DNS cache
 // misses (dnslat, latency sluice adds over its upstream), tunnel throughput
-// (iperf3 through sluice vs standalone wireguard-go), and scale (peers and
-// firewall apply times).
+// (iperf3 through sluice vs standalone wireguard-go), scale (peers and
+// firewall apply times), and kernel (the scale figures on the kernel and
+// the embedded WireGuard backend in a VM running Debian's kernel, package
+// vmtest).
 package main
 
 import (
@@ -88,10 +90,15 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,encrypted,tunnel,scale", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, profile (CPU profile of the proxy, not in the default)")
+		sections = flag.String("sections", "dns,encrypted,tunnel,scale,kernel", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
+	sectionsSet := false
+	flag.Visit(func(f *flag.Flag) { sectionsSet = sectionsSet || f.Name == "sections" })
+	if *quick && !sectionsSet {
+		*sections = "dns,tunnel,scale" // the kernel VM alone takes minutes under emulation
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -153,6 +160,9 @@ func run() error {
 	}
 	if want["scale"] && ctx.Err() == nil {
 		rows = append(rows, b.scaleSection(ctx)...)
+	}
+	if want["kernel"] && ctx.Err() == nil {
+		rows = append(rows, b.kernelSection(ctx)...)
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out
