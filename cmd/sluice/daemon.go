@@ -70,7 +70,8 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 				return err
 			}
 			gw := gateway.New(cfg, gateway.Options{
-				Logger: log,
+				Logger:  log,
+				Version: version,
 				Ready: func() {
 					if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 						log.Warn("notify systemd", "err", err)

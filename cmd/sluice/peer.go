@@ -38,7 +38,7 @@ func (g *globals) store() (*peers.Store, *gateway.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := peers.Open(cfg.Peers.StateDir)
+	st, err := gateway.OpenStore(cfg) // the local file, or the fleet's etcd registry
 	if err != nil {
 		return nil, nil, fmt.Errorf("open peer store: %w", err)
 	}
