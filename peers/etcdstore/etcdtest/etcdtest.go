@@ -5,6 +5,7 @@ package etcdtest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -14,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"context"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -25,8 +25,12 @@ const Binary = "/usr/bin/etcd"
 // Server is one running etcd member.
 type Server struct {
 	Endpoint string
-	cmd      *exec.Cmd
+	args     []string
 	log      *syncBuffer
+
+	mu     sync.Mutex // protects cmd and exited
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 type syncBuffer struct {
@@ -69,25 +73,52 @@ func Start(t testing.TB) *Server {
 	client := fmt.Sprintf("http://127.0.0.1:%d", cport)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", pport)
 	s := &Server{Endpoint: client, log: &syncBuffer{}}
-	s.cmd = exec.Command(Binary,
+	s.args = []string{
 		"--name", "t0",
 		"--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "t0="+peer, "--initial-cluster-state", "new",
+		"--initial-cluster", "t0=" + peer, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-level", "warn",
-	)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
+	}
+	t.Cleanup(s.Stop)
+	s.start(t)
+	return s
+}
+
+// Stop kills the server (its data stays for Restart); stopping a stopped
+// server does nothing.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// Restart starts a stopped server again on the same data and ports.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.start(t)
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	cmd := exec.Command(Binary, s.args...)
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
 		t.Fatalf("start etcd: %v", err)
 	}
 	exited := make(chan struct{})
-	go func() { s.cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		<-exited
-	})
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	go func() { cmd.Wait(); close(exited) }()
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +129,7 @@ func Start(t testing.TB) *Server {
 		_, err := cli.Get(ctx, "probe")
 		cancel()
 		if err == nil {
-			return s
+			return
 		}
 		select {
 		case <-exited:
