@@ -119,17 +119,21 @@ func (b *Backend) resync(ctx context.Context) error {
 }
 
 // publish rebuilds the state from the key view, writes the snapshot and
-// signals Changed.
+// then serves the state (so every state a gateway applies is on disk
+// first), and signals Changed. Only Run's goroutine (and Start before it)
+// publishes.
 func (b *Backend) publish() {
 	b.mu.Lock()
 	st := stateOf(b.peersKV, b.released)
-	b.state, b.loaded = st, true
 	b.mu.Unlock()
 	if b.snapshot != "" {
 		if err := b.writeSnapshot(st); err != nil {
 			b.log.Error("write peer registry snapshot", "snapshot", b.snapshot, "err", err)
 		}
 	}
+	b.mu.Lock()
+	b.state, b.loaded = st, true
+	b.mu.Unlock()
 	select {
 	case b.changed <- struct{}{}:
 	default:
