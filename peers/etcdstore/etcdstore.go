@@ -138,8 +138,9 @@ type Backend struct {
 	fromSnap  bool // the state held came from the snapshot file
 	peersKV   map[string]peers.Peer
 	released  map[string]peers.Released
-	rev       int64 // revision of the state held
+	rev       int64 // revision the key view is at (the watch position)
 	state     peers.State
+	stateRev  int64 // revision of state; Version reports it
 	online    bool
 	lastErr   error
 	since     time.Time // when online last changed
@@ -358,7 +359,7 @@ func (b *Backend) Version() (string, error) {
 		if b.fromSnap {
 			return "snapshot", nil
 		}
-		return strconv.FormatInt(b.rev, 10), nil
+		return strconv.FormatInt(b.stateRev, 10), nil
 	}
 	b.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)

@@ -41,7 +41,7 @@ type Health struct {
 func (b *Backend) Health() Health {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	h := Health{Where: b.Where(), Online: b.online, Since: b.since, Revision: b.rev, FromSnapshot: b.fromSnap, Synced: b.synced, Peers: len(b.state.Peers)}
+	h := Health{Where: b.Where(), Online: b.online, Since: b.since, Revision: b.stateRev, FromSnapshot: b.fromSnap, Synced: b.synced, Peers: len(b.state.Peers)}
 	if b.lastErr != nil && !b.online {
 		h.Err = b.lastErr.Error()
 	}
@@ -125,14 +125,17 @@ func (b *Backend) resync(ctx context.Context) error {
 func (b *Backend) publish() {
 	b.mu.Lock()
 	st := stateOf(b.peersKV, b.released)
+	rev := b.rev
 	b.mu.Unlock()
 	if b.snapshot != "" {
 		if err := b.writeSnapshot(st); err != nil {
 			b.log.Error("write peer registry snapshot", "snapshot", b.snapshot, "err", err)
 		}
 	}
+	// The version and the state change together: a reader of Version
+	// then Load never records a version with an older state.
 	b.mu.Lock()
-	b.state, b.loaded = st, true
+	b.state, b.stateRev, b.loaded = st, rev, true
 	b.mu.Unlock()
 	select {
 	case b.changed <- struct{}{}:
