@@ -468,7 +468,7 @@ func TestFleet(t *testing.T) {
 	}
 	gwA.waitOnline(t, true)
 	gwB.waitOnline(t, true)
-	gwB.mustCLI(t, "peer", "remove", "ua0")
+	gwB.mustCLI(t, "peer", "remove", "ua0/default")
 	gwA.mustCLI(t, "peer", "add", "late")
 	for _, g := range []*fleetGW{gwA, gwB} {
 		g.waitPeers(t, 21, []string{"alice/laptop", "late/default", "ub0/default"}, []string{"ua0/default", "mallory/default"})

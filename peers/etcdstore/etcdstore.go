@@ -128,8 +128,9 @@ type Backend struct {
 	snapshot  string
 	log       *slog.Logger
 	changed   chan struct{}
-	// attempts counts transactions sent by Update (for the bench).
-	attempts, commits atomicCounter
+	// fetches, attempts and commits count Update's reads, transactions
+	// sent and transactions committed (for the bench).
+	fetches, attempts, commits atomicCounter
 
 	mu sync.Mutex // protects the fields below
 	// following is set by Start: Load and Version use the copy below.
@@ -377,6 +378,7 @@ func (b *Backend) Version() (string, error) {
 func (b *Backend) Update(fn func(*peers.State) error) error {
 	wait := 2 * time.Millisecond
 	for attempt := 1; attempt <= DefaultMaxAttempts; attempt++ {
+		b.fetches.add()
 		s, err := b.fetch(context.Background())
 		if err != nil {
 			var d *peers.DamagedError
@@ -418,8 +420,11 @@ func (b *Backend) Update(fn func(*peers.State) error) error {
 	return fmt.Errorf("change peers in %s: still conflicting with other writers after %d attempts", b.Where(), DefaultMaxAttempts)
 }
 
-// Stats reports how many transactions Update sent and how many committed.
-func (b *Backend) Stats() (attempts, commits uint64) { return b.attempts.get(), b.commits.get() }
+// Stats reports how many reads and transactions Update sent and how many
+// transactions committed.
+func (b *Backend) Stats() (fetches, attempts, commits uint64) {
+	return b.fetches.get(), b.attempts.get(), b.commits.get()
+}
 
 // diff turns old → new into guarded operations.
 func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clientv3.Op, error) {
