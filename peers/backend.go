@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Backend persists the registry. It is the seam between the registry's
@@ -90,15 +92,55 @@ func DecodeState(where string, data []byte) (State, error) {
 	return st, nil
 }
 
-// CheckState reports what would make st a damaged store (two peers with
-// one name, key or address), or "" when it is consistent.
+// CheckState reports what would make st a damaged store (an invalid name
+// or address, two peers with one name, key or address), or "" when it is
+// consistent: the checks of reading peers.json, without encoding it.
 func CheckState(st State) string {
-	data, err := encodeState(st)
-	if err != nil {
-		return err.Error()
+	ids := make(map[string]int, len(st.Peers))
+	pubs := make(map[wgtypes.Key]int, len(st.Peers))
+	addrs := make(map[netip.Addr]int, 2*len(st.Peers))
+	for i, p := range st.Peers {
+		for _, n := range []struct{ kind, v string }{{"user", p.User}, {"device", p.Device}, {"group", p.Group}} {
+			if n.kind == "group" && n.v == "" {
+				continue
+			}
+			if err := ValidateName(n.kind, n.v); err != nil {
+				return fmt.Sprintf("peer #%d (%s/%s): %v", i+1, p.User, p.Device, err)
+			}
+		}
+		if p.IPv4.IsValid() && !p.IPv4.Is4() {
+			return fmt.Sprintf("peer %s: ipv4 %s is not an IPv4 address", p.ID(), p.IPv4)
+		}
+		if p.IPv6.IsValid() && (!p.IPv6.Is6() || p.IPv6.Is4In6() || p.IPv6.Zone() != "") {
+			return fmt.Sprintf("peer %s: ipv6 %s is not an IPv6 address", p.ID(), p.IPv6)
+		}
+		if !p.IPv4.IsValid() && !p.IPv6.IsValid() {
+			return fmt.Sprintf("peer %s: no address", p.ID())
+		}
+		if j, dup := ids[p.ID()]; dup {
+			return fmt.Sprintf("peer %s appears twice (#%d and #%d)", p.ID(), j+1, i+1)
+		}
+		ids[p.ID()] = i
+		if j, dup := pubs[p.PublicKey]; dup {
+			return fmt.Sprintf("peers #%d and #%d (%s) have the same public key", j+1, i+1, p.ID())
+		}
+		pubs[p.PublicKey] = i
+		for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+			if !a.IsValid() {
+				continue
+			}
+			if j, dup := addrs[a]; dup {
+				return fmt.Sprintf("peers #%d and #%d (%s) have the same address %s", j+1, i+1, p.ID(), a)
+			}
+			addrs[a] = i
+		}
 	}
-	_, reason := decodeState(data)
-	return reason
+	for i, r := range st.Released {
+		if !r.Addr.IsValid() || r.Addr.Zone() != "" || r.Addr.Is4In6() {
+			return fmt.Sprintf("released address #%d %q is not an IP address", i+1, r.Addr)
+		}
+	}
+	return ""
 }
 
 // WriteFileAtomic writes data to path with mode 0600 through a temporary
@@ -126,16 +168,16 @@ func ReadStateFile(path string) (State, error) {
 // MarshalPeer encodes one peer as the peers.json record (with its keys:
 // the record is as secret as the store).
 func MarshalPeer(p Peer) ([]byte, error) {
-	st := State{Peers: []Peer{p}}
-	data, err := encodeState(st)
-	if err != nil {
-		return nil, err
-	}
-	var f storeFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, err
-	}
-	return json.Marshal(f.Peers[0])
+	return json.Marshal(recordOf(p))
+}
+
+// SamePeer reports whether a and b are stored alike (MarshalPeer would
+// give the same record).
+func SamePeer(a, b Peer) bool {
+	sameKey := func(x, y *wgtypes.Key) bool { return x == nil && y == nil || x != nil && y != nil && *x == *y }
+	return a.User == b.User && a.Device == b.Device && a.PublicKey == b.PublicKey && sameKey(a.PrivateKey, b.PrivateKey) &&
+		sameKey(a.PresharedKey, b.PresharedKey) && a.IPv4 == b.IPv4 && a.IPv6 == b.IPv6 && a.Created.Equal(b.Created) &&
+		a.Disabled == b.Disabled && a.Expires.Equal(b.Expires) && a.Group == b.Group
 }
 
 // UnmarshalPeer decodes and checks a record written by MarshalPeer.

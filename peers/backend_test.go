@@ -2,7 +2,9 @@ package peers
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
+	"time"
 )
 
 // retryingBackend runs every Update's fn twice on fresh states and keeps
@@ -81,6 +83,75 @@ func TestAllocatorSpreadStaysInPoolAndUnique(t *testing.T) {
 				t.Fatalf("spread allocation gave %s (seen before: %v)", a, seen[a])
 			}
 			seen[a] = true
+		}
+	}
+}
+
+func TestCheckStateFindsWhatReadingWould(t *testing.T) {
+	s := openTestStore(t)
+	if _, err := s.AddMany([]AddRequest{{User: "alice"}, {User: "bob"}}, testPool()); err != nil {
+		t.Fatal(err)
+	}
+	good, err := s.loadState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := CheckState(good); r != "" {
+		t.Fatalf("CheckState(valid) = %q", r)
+	}
+	for name, damage := range map[string]func(st *State){
+		"same address":    func(st *State) { st.Peers[1].IPv6 = st.Peers[0].IPv6 },
+		"same public key": func(st *State) { st.Peers[1].PublicKey = st.Peers[0].PublicKey },
+		"same name":       func(st *State) { st.Peers[1].User = st.Peers[0].User },
+		"bad user":        func(st *State) { st.Peers[0].User = "a b" },
+		"no address":      func(st *State) { st.Peers[0].IPv4, st.Peers[0].IPv6 = netip.Addr{}, netip.Addr{} },
+		"v6 as v4":        func(st *State) { st.Peers[0].IPv4 = st.Peers[0].IPv6 },
+	} {
+		st := State{Peers: append([]Peer(nil), good.Peers...)}
+		damage(&st)
+		reason := CheckState(st)
+		data, err := encodeState(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, readReason := decodeState(data)
+		if reason == "" || readReason == "" {
+			t.Errorf("%s: CheckState %q, reading the file %q: both must refuse", name, reason, readReason)
+		}
+	}
+}
+
+func TestSamePeerCoversEveryField(t *testing.T) {
+	// A field added to Peer must be compared by SamePeer (the etcd backend
+	// skips writing peers it finds the same) and stored by MarshalPeer.
+	if n := reflect.TypeOf(Peer{}).NumField(); n != 11 {
+		t.Fatalf("Peer has %d fields: update SamePeer, recordOf and this count", n)
+	}
+	s := openTestStore(t)
+	p, err := s.Add(AddRequest{User: "alice"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := MarshalPeer(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalPeer(data)
+	if err != nil || !SamePeer(p, back) {
+		t.Fatalf("MarshalPeer/UnmarshalPeer round trip: %+v, %v", back, err)
+	}
+	other := *p.PresharedKey
+	other[0] ^= 1
+	for name, change := range map[string]func(q *Peer){
+		"device": func(q *Peer) { q.Device = "phone" }, "group": func(q *Peer) { q.Group = "g" },
+		"disabled": func(q *Peer) { q.Disabled = true }, "expires": func(q *Peer) { q.Expires = q.Created.Add(time.Hour) },
+		"psk": func(q *Peer) { q.PresharedKey = &other }, "private key": func(q *Peer) { q.PrivateKey = nil },
+		"ipv6": func(q *Peer) { q.IPv6 = netip.MustParseAddr("fd20::99") },
+	} {
+		q := p
+		change(&q)
+		if SamePeer(p, q) {
+			t.Errorf("SamePeer misses a change of %s", name)
 		}
 	}
 }

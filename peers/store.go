@@ -517,6 +517,25 @@ type peerRecord struct {
 	Group        string    `json:"group,omitempty"` // "" = the default group
 }
 
+// recordOf is p as peers.json stores it.
+func recordOf(p Peer) peerRecord {
+	r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
+		Disabled: p.Disabled, Expires: p.Expires, Group: p.Group}
+	if p.PrivateKey != nil {
+		r.PrivateKey = p.PrivateKey.String()
+	}
+	if p.PresharedKey != nil {
+		r.PresharedKey = p.PresharedKey.String()
+	}
+	if p.IPv4.IsValid() {
+		r.IPv4 = p.IPv4.String()
+	}
+	if p.IPv6.IsValid() {
+		r.IPv6 = p.IPv6.String()
+	}
+	return r
+}
+
 func sortPeers(list []Peer) {
 	slices.SortFunc(list, func(a, b Peer) int {
 		if c := strings.Compare(a.User, b.User); c != 0 {
@@ -537,21 +556,7 @@ func encodeState(st State) ([]byte, error) {
 		f.Released = append(f.Released, releasedRecord{Address: r.Addr.String(), Peer: r.Peer, Removed: r.Removed})
 	}
 	for i, p := range list {
-		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
-			Disabled: p.Disabled, Expires: p.Expires, Group: p.Group}
-		if p.PrivateKey != nil {
-			r.PrivateKey = p.PrivateKey.String()
-		}
-		if p.PresharedKey != nil {
-			r.PresharedKey = p.PresharedKey.String()
-		}
-		if p.IPv4.IsValid() {
-			r.IPv4 = p.IPv4.String()
-		}
-		if p.IPv6.IsValid() {
-			r.IPv6 = p.IPv6.String()
-		}
-		f.Peers[i] = r
+		f.Peers[i] = recordOf(p)
 	}
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {

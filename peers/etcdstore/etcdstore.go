@@ -461,15 +461,12 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 			}
 		}
 		newOwner[b.pubKey(p)] = p.ID()
+		if op, ok := old.peers[k]; ok && peers.SamePeer(op, p) {
+			continue
+		}
 		val, err := peers.MarshalPeer(p)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
-		}
-		if op, ok := old.peers[k]; ok {
-			ov, err := peers.MarshalPeer(op)
-			if err == nil && string(ov) == string(val) {
-				continue
-			}
 		}
 		guard(k)
 		ops = append(ops, clientv3.OpPut(k, string(val)))
