@@ -304,3 +304,18 @@ again; it is also a backup of the registry.`,
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE (mode 0600) instead of standard output")
 	return cmd
 }
+
+// printFleetStatus prints status's fleet block; nothing without a fleet.
+func printFleetStatus(w io.Writer, f *gateway.FleetHealth) {
+	if f == nil {
+		return
+	}
+	state := fmt.Sprintf("online at revision %d", f.Revision)
+	if !f.Online {
+		state = "UNREACHABLE since " + f.Since.Format(time.RFC3339) + ": serving the last known peers, changes refused"
+		if f.FromSnapshot {
+			state += " (started from the local snapshot)"
+		}
+	}
+	fmt.Fprintf(w, "  fleet: gateway %s, registry %s: %s, %d peers\n", f.Name, f.Store, state, f.Peers)
+}

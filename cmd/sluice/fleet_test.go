@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/sluice-vpn/sluice/gateway"
 	"github.com/sluice-vpn/sluice/peers"
 	"github.com/sluice-vpn/sluice/peers/etcdstore"
 	"github.com/sluice-vpn/sluice/peers/etcdstore/etcdtest"
@@ -111,5 +112,19 @@ func TestFleetImportExportStatusAndGatewayConfig(t *testing.T) {
 	}
 	if _, errs, code := runC(t, "-c", fleet, "peer", "config", "alice", "--gateway", "gw-z"); code == 0 || !strings.Contains(errs, "gw-b") {
 		t.Errorf("--gateway of an unknown gateway: exit %d %q", code, errs)
+	}
+}
+
+func TestPrintFleetStatus(t *testing.T) {
+	var b strings.Builder
+	printFleetStatus(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("without a fleet: %q", b.String())
+	}
+	printFleetStatus(&b, &gateway.FleetHealth{Name: "gw-a", Store: "etcd http://10.50.0.11:2379 prefix /sluice/", FromSnapshot: true, Peers: 21})
+	for _, want := range []string{"gw-a", "10.50.0.11:2379", "UNREACHABLE", "snapshot", "21 peers"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("offline fleet status %q lacks %q", b.String(), want)
+		}
 	}
 }

@@ -88,7 +88,7 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,encrypted,tunnel,scale", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, profile (CPU profile of the proxy, not in the default)")
+		sections = flag.String("sections", "dns,encrypted,tunnel,scale,fleet", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, fleet (etcd registry), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -153,6 +153,9 @@ func run() error {
 	}
 	if want["scale"] && ctx.Err() == nil {
 		rows = append(rows, b.scaleSection(ctx)...)
+	}
+	if want["fleet"] && ctx.Err() == nil {
+		rows = append(rows, b.fleetSection(ctx)...)
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out
