@@ -420,11 +420,21 @@ func TestFleet(t *testing.T) {
 	gwA.waitPeers(t, 21, []string{"alice/laptop", "ua0/default", "ub9/default"}, nil)
 	gwB.waitPeers(t, 21, []string{"alice/laptop", "ua9/default", "ub0/default"}, nil)
 
-	// Partition: two of three members stop. Both gateways keep serving.
-	for _, i := range []int{1, 2} {
-		if err := fn.etcd[i].stop(10 * time.Second); err != nil {
-			t.Logf("stop etcd member %d: %v", i, err)
-		}
+	// One member of three down changes nothing: changes still commit and
+	// reach both gateways.
+	if err := fn.etcd[2].stop(10 * time.Second); err != nil {
+		t.Logf("stop etcd member 2: %v", err)
+	}
+	gwA.mustCLI(t, "peer", "add", "onedown")
+	gwB.waitPeers(t, 22, []string{"onedown/default"}, nil)
+	gwA.waitOnline(t, true)
+	gwA.mustCLI(t, "peer", "remove", "onedown/default")
+	gwA.waitPeers(t, 21, nil, []string{"onedown/default"})
+
+	// Partition: a second member stops, the cluster has no quorum. Both
+	// gateways keep serving.
+	if err := fn.etcd[1].stop(10 * time.Second); err != nil {
+		t.Logf("stop etcd member 1: %v", err)
 	}
 	gwA.waitOnline(t, false)
 	gwB.waitOnline(t, false)

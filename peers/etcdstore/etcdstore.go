@@ -60,6 +60,10 @@ const (
 	// probeInterval is how often a following backend checks that the
 	// cluster has quorum.
 	probeInterval = 2 * time.Second
+	// probeTimeout bounds one probe; probeFailures in a row mark the
+	// cluster unreachable.
+	probeTimeout  = 3 * time.Second
+	probeFailures = 2
 	// resyncBackoffMax bounds the wait between two failed resyncs.
 	resyncBackoffMax = 2 * time.Second
 )
@@ -146,7 +150,6 @@ type Backend struct {
 	lastErr   error
 	since     time.Time // when online last changed
 	synced    time.Time // when the state was last read from or confirmed by the cluster
-	stopWatch context.CancelFunc
 }
 
 type atomicCounter struct {

@@ -196,9 +196,6 @@ func (b *Backend) Run(ctx context.Context) {
 func (b *Backend) watch(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	b.mu.Lock()
-	b.stopWatch = cancel
-	b.mu.Unlock()
 	peersP, relP := b.prefix+"peers/", b.prefix+"released/"
 	wch := b.cli.Watch(wctx, b.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
 	for resp := range wch {
@@ -251,33 +248,40 @@ func (b *Backend) watch(ctx context.Context, rev int64) error {
 	return errors.New("watch channel closed")
 }
 
-// probe checks quorum every probeInterval; a failure marks the backend
-// offline and ends the watch, so that Run reads everything again when the
-// cluster is back.
+// probe checks quorum every probeInterval and keeps Health current:
+// offline after probeFailures failures in a row (one slow answer on a busy
+// host is not an outage), online again at the first success. It does not
+// touch the watch: a member without a leader ends it (WithRequireLeader)
+// and Run reads everything again; a watch that survives an outage resumes
+// from its revision and misses nothing.
 func (b *Backend) probe(ctx context.Context) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
+	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, probeInterval)
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		_, err := b.cli.Get(pctx, b.prefix+"peers/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			b.setOnline(false, err)
-			b.mu.Lock()
-			if b.stopWatch != nil {
-				b.stopWatch()
+			if failures++; failures >= probeFailures {
+				b.setOnline(false, err)
 			}
-			b.mu.Unlock()
+			continue
 		}
-		// Success needs nothing here: when the backend was offline, Run is
-		// retrying its resync, which marks it online.
+		failures = 0
+		b.mu.Lock()
+		synced := b.loaded && !b.fromSnap
+		b.mu.Unlock()
+		if synced {
+			b.setOnline(true, nil)
+		}
 	}
 }
