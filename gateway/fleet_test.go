@@ -141,13 +141,13 @@ func devicePeers(f *fakes) map[string]bool {
 	return out
 }
 
-// waitFor polls cond for up to 20 s.
+// waitFor polls cond for up to 30 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s", what)
+			t.Fatalf("%s: not within 30s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -22,6 +22,10 @@ import (
 // is four etcd operations, under etcd's default --max-txn-ops of 128.
 const importChunk = 25
 
+// importReleasedChunk is how many quarantine entries (one operation each)
+// one import transaction writes.
+const importReleasedChunk = 100
+
 func newFleetCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fleet",
@@ -160,7 +164,7 @@ peer) stops the import before anything is written, with the whole list.`,
 			if err != nil {
 				return fmt.Errorf("read local store: %w", err)
 			}
-			added, same, err := fleetImport(be, local)
+			added, same, err := fleetImport(be, local, cfg.Pool())
 			if err != nil {
 				return err
 			}
@@ -176,38 +180,30 @@ peer) stops the import before anything is written, with the whole list.`,
 // listed and nothing is written; otherwise the missing peers are written in
 // transactions of importChunk (each re-checked against the registry as it
 // is then), and the quarantine entries with the last one.
-func fleetImport(be peers.Backend, local peers.State) (added, same int, err error) {
+func fleetImport(be peers.Backend, local peers.State, pool peers.Pool) (added, same int, err error) {
 	cur, err := be.Load()
 	if err != nil {
 		return 0, 0, err
 	}
 	todo, same, conflicts := importPlan(cur, local.Peers)
+	for _, p := range local.Peers {
+		for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+			if a.IsValid() && !pool.Contains(a) {
+				conflicts = append(conflicts, fmt.Sprintf("%s: address %s is outside this fleet's tunnel prefixes (interface.addresses) or reserved", p.ID(), a))
+			}
+		}
+	}
 	if len(conflicts) > 0 {
 		return 0, 0, fmt.Errorf("import refused, nothing written: %d conflicts with the registry:\n  %s", len(conflicts), strings.Join(conflicts, "\n  "))
 	}
-	for i := 0; i < len(todo) || i == 0; i += importChunk {
+	for i := 0; i < len(todo); i += importChunk {
 		chunk := todo[i:min(i+importChunk, len(todo))]
-		last := i+importChunk >= len(todo)
 		err := be.Update(func(st *peers.State) error {
 			add, _, conflicts := importPlan(*st, chunk)
 			if len(conflicts) > 0 {
 				return fmt.Errorf("import stopped: the registry changed meanwhile:\n  %s", strings.Join(conflicts, "\n  "))
 			}
 			st.Peers = append(st.Peers, add...)
-			if last {
-				held := map[netip.Addr]bool{}
-				for _, p := range st.Peers {
-					held[p.IPv4], held[p.IPv6] = true, true
-				}
-				for _, r := range st.Released {
-					held[r.Addr] = true
-				}
-				for _, r := range local.Released {
-					if !held[r.Addr] {
-						st.Released = append(st.Released, r)
-					}
-				}
-			}
 			if reason := peers.CheckState(*st); reason != "" {
 				return fmt.Errorf("import: %s", reason)
 			}
@@ -217,6 +213,29 @@ func fleetImport(be peers.Backend, local peers.State) (added, same int, err erro
 			return added, same, err
 		}
 		added += len(chunk)
+	}
+	// The quarantine goes along (addresses of removed peers stay unused
+	// fleet-wide), a transaction's worth at a time.
+	for i := 0; i < len(local.Released); i += importReleasedChunk {
+		chunk := local.Released[i:min(i+importReleasedChunk, len(local.Released))]
+		err := be.Update(func(st *peers.State) error {
+			held := map[netip.Addr]bool{}
+			for _, p := range st.Peers {
+				held[p.IPv4], held[p.IPv6] = true, true
+			}
+			for _, r := range st.Released {
+				held[r.Addr] = true
+			}
+			for _, r := range chunk {
+				if !held[r.Addr] {
+					st.Released = append(st.Released, r)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return added, same, fmt.Errorf("import the quarantine: %w", err)
+		}
 	}
 	return added, same, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,6 +46,18 @@ func TestFleetImportExportStatusAndGatewayConfig(t *testing.T) {
 	_, errs, code := runC(t, "-c", fleet, "fleet", "import", "--from", filepath.Join(otherDir, "state", peers.StoreFile))
 	if code == 0 || !strings.Contains(errs, "nothing written") || !strings.Contains(errs, "alice/default") {
 		t.Errorf("conflicting import: exit %d %q", code, errs)
+	}
+
+	// A store of another tunnel prefix would leave addresses the fleet's
+	// allocator calls damaged: refused too.
+	renumbered, renDir := writeConfig(t, "")
+	if err := os.WriteFile(renumbered, []byte(strings.NewReplacer("10.20.0.", "10.21.0.", "fd20::", "fd21::").Replace(readFileT(t, renumbered))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "-c", renumbered, "peer", "add", "zed")
+	_, errs, code = runC(t, "-c", fleet, "fleet", "import", "--from", filepath.Join(renDir, "state", peers.StoreFile))
+	if code == 0 || !strings.Contains(errs, "outside this fleet's tunnel prefixes") {
+		t.Errorf("import from another prefix: exit %d %q", code, errs)
 	}
 
 	want, err := peers.ReadStateFile(localStore)
@@ -113,6 +126,15 @@ func TestFleetImportExportStatusAndGatewayConfig(t *testing.T) {
 	if _, errs, code := runC(t, "-c", fleet, "peer", "config", "alice", "--gateway", "gw-z"); code == 0 || !strings.Contains(errs, "gw-b") {
 		t.Errorf("--gateway of an unknown gateway: exit %d %q", code, errs)
 	}
+}
+
+func readFileT(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
 
 func TestPrintFleetStatus(t *testing.T) {

@@ -516,11 +516,30 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		guard(k)
 		ops = append(ops, clientv3.OpPut(k, string(val)))
 	}
-	for k := range old.released {
-		if _, ok := newRel[k]; !ok {
+	// Entries that left the quarantine: the mutation's prune drops every
+	// expired one, which after a mass removal can be more than a
+	// transaction holds. An expired entry holds no address, so only as
+	// many as fit are deleted now; later changes delete the rest. An entry
+	// that went because its address was given back is always deleted.
+	var expired []string
+	for k, r := range old.released {
+		if _, ok := newRel[k]; ok {
+			continue
+		}
+		if _, reused := newOwner[b.addrKey(r.Addr)]; reused {
 			guard(k)
 			ops = append(ops, clientv3.OpDelete(k))
+			continue
 		}
+		expired = append(expired, k)
+	}
+	slices.Sort(expired)
+	for _, k := range expired {
+		if len(ops) >= b.maxOps || len(cmps) >= b.maxOps {
+			break
+		}
+		guard(k)
+		ops = append(ops, clientv3.OpDelete(k))
 	}
 	return cmps, ops, nil
 }

@@ -221,3 +221,52 @@ func TestFollowerWatchSnapshotAndOutage(t *testing.T) {
 		t.Errorf("start without cluster or snapshot = %v, want ErrNoState", err)
 	}
 }
+
+// Pruning the quarantine never makes a change too large for one
+// transaction: after many removals have served their quarantine, the next
+// changes still commit and delete the expired entries a few at a time.
+func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}, MaxTxnOps: 8})
+	s.SetAddressQuarantine(time.Second)
+	for i := range 6 {
+		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("p%d", i)}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		if _, err := s.Remove(fmt.Sprintf("p%d", i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	count := func() int64 {
+		resp, err := cli.Get(context.Background(), DefaultPrefix+"released/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	if n := count(); n != 12 {
+		t.Fatalf("%d quarantine entries after removing 6 peers, want 12", n)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	last := count()
+	for i := range 6 {
+		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("q%d", i)}, testPool()); err != nil {
+			t.Fatalf("add after the quarantine expired: %v", err)
+		}
+		n := count()
+		if n > last {
+			t.Fatalf("quarantine entries grew from %d to %d", last, n)
+		}
+		last = n
+	}
+	if last != 0 {
+		t.Errorf("%d expired quarantine entries left after 6 changes", last)
+	}
+}
