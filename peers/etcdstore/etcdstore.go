@@ -442,31 +442,22 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
 		}
 	}
-	// Peers.
+	// Peers. Only the peers that changed (added, removed, modified) touch
+	// keys: an unchanged peer's address and key entries stay as they are.
 	newPeers := make(map[string]peers.Peer, len(st.Peers))
 	for _, p := range st.Peers {
 		newPeers[b.peerKey(p)] = p
 	}
-	oldOwner := map[string]string{} // addrs/ and keys/ key → peer ID in old
-	for _, p := range old.peers {
-		for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
-			if a.IsValid() {
-				oldOwner[b.addrKey(a)] = p.ID()
-			}
-		}
-		oldOwner[b.pubKey(p)] = p.ID()
-	}
-	newOwner := map[string]string{}
+	var before, after []peers.Peer // the changed peers as they were and as they are
 	for k, p := range newPeers {
-		for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
-			if a.IsValid() {
-				newOwner[b.addrKey(a)] = p.ID()
-			}
-		}
-		newOwner[b.pubKey(p)] = p.ID()
-		if op, ok := old.peers[k]; ok && peers.SamePeer(op, p) {
+		op, had := old.peers[k]
+		if had && peers.SamePeer(op, p) {
 			continue
 		}
+		if had {
+			before = append(before, op)
+		}
+		after = append(after, p)
 		val, err := peers.MarshalPeer(p)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
@@ -474,12 +465,26 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		guard(k)
 		ops = append(ops, clientv3.OpPut(k, string(val)))
 	}
-	for k := range old.peers {
+	for k, op := range old.peers {
 		if _, ok := newPeers[k]; !ok {
+			before = append(before, op)
 			guard(k)
 			ops = append(ops, clientv3.OpDelete(k))
 		}
 	}
+	owners := func(list []peers.Peer) map[string]string { // addrs/ and keys/ key → peer ID
+		m := make(map[string]string, 3*len(list))
+		for _, p := range list {
+			for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
+				if a.IsValid() {
+					m[b.addrKey(a)] = p.ID()
+				}
+			}
+			m[b.pubKey(p)] = p.ID()
+		}
+		return m
+	}
+	oldOwner, newOwner := owners(before), owners(after)
 	// Uniqueness keys: an address or public key new to the registry must
 	// not exist yet (or is an orphan this change takes over, guarded by
 	// its revision); one that moved between peers is rewritten, guarded by
@@ -521,12 +526,16 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 	// transaction holds. An expired entry holds no address, so only as
 	// many as fit are deleted now; later changes delete the rest. An entry
 	// that went because its address was given back is always deleted.
+	inUse := make(map[netip.Addr]bool, 2*len(st.Peers))
+	for _, p := range st.Peers {
+		inUse[p.IPv4], inUse[p.IPv6] = true, true
+	}
 	var expired []string
 	for k, r := range old.released {
 		if _, ok := newRel[k]; ok {
 			continue
 		}
-		if _, reused := newOwner[b.addrKey(r.Addr)]; reused {
+		if inUse[r.Addr] {
 			guard(k)
 			ops = append(ops, clientv3.OpDelete(k))
 			continue
