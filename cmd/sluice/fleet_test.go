@@ -150,3 +150,24 @@ func TestPrintFleetStatus(t *testing.T) {
 		}
 	}
 }
+
+// On a fleet gateway, peer names complete from the local snapshot of the
+// registry (no etcd request per tab).
+func TestFleetCompletionFromSnapshot(t *testing.T) {
+	local, localDir := writeConfig(t, "")
+	mustRun(t, "-c", local, "peer", "add", "dave")
+	fleet, fleetDir := writeConfig(t, "fleet:\n  name: gw-a\n  etcd:\n    endpoints: [http://127.0.0.1:1]\n")
+	if got, _ := complete(t, "-c", fleet, "peer", "show", ""); len(got) != 0 {
+		t.Errorf("fleet without a snapshot: %q", got)
+	}
+	if err := os.MkdirAll(filepath.Join(fleetDir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data := readFileT(t, filepath.Join(localDir, "state", peers.StoreFile))
+	if err := os.WriteFile(filepath.Join(fleetDir, "state", gateway.SnapshotFile), []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := complete(t, "-c", fleet, "peer", "show", ""); strings.Join(got, " ") != "dave dave/default" {
+		t.Errorf("fleet completion from the snapshot: %q", got)
+	}
+}
