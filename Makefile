@@ -10,7 +10,7 @@ FUZZTIME ?= 15s
 # Debian packages the tests and the demo use: WireGuard client tools, the
 # resolvers and DNS clients of the e2e network, and packet tools.
 TEST_PKGS  := wireguard-tools wireguard-go nftables unbound bind9-dnsutils knot-dnsutils \
-              iproute2 iputils-ping curl tcpdump conntrack ca-certificates
+              iproute2 iputils-ping curl tcpdump conntrack ca-certificates etcd-server
 BENCH_PKGS := dnsperf dnsdist iperf3
 # The systemd tier of e2e (e2e/systemd_test.go) builds a Debian root with
 # debootstrap and boots it with systemd-nspawn.

@@ -12,7 +12,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 
 usage() {
-	echo "usage: bench/run.sh [--quick] [--sections=dns,encrypted,tunnel,scale,kernel,profile] [-v]" >&2
+	echo "usage: bench/run.sh [--quick] [--sections=dns,encrypted,tunnel,scale,kernel,fleet,profile] [-v]" >&2
 	exit 2
 }
 args=()
@@ -34,7 +34,7 @@ fi
 declare -A pkg=(
 	[dnsperf]=dnsperf [dnsdist]=dnsdist [unbound]=unbound [iperf3]=iperf3
 	[wg]=wireguard-tools [/usr/bin/wireguard-go]=wireguard-go [taskset]=util-linux
-	[ip]=iproute2 [nft]=nftables [ping]=iputils-ping
+	[ip]=iproute2 [nft]=nftables [ping]=iputils-ping [/usr/bin/etcd]=etcd-server
 )
 missing=()
 for c in "${!pkg[@]}"; do
@@ -101,6 +101,7 @@ build_sluice_side scale ./bench/cmd/scale
 # the packages' own scale benchmarks, run from test binaries
 build_sluice_side wgdev.test ./gateway/wgdev test
 build_sluice_side firewall.test ./firewall test
+build_sluice_side etcdstore.test ./peers/etcdstore test
 
 "$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" ${args[@]+"${args[@]}"} &
 pid=$!

@@ -249,6 +249,9 @@ type LimitsConfig struct {
 type QueryLogConfig struct {
 	Path   string // "" off, "-" stderr, else a file opened for append (0640)
 	Buffer int    // records queued before drops
+	// Gateway, when set, names this gateway in every record (a fleet's
+	// fleet.name: "which node answered").
+	Gateway string
 }
 
 // Config is the whole proxy configuration. Start from DefaultConfig.

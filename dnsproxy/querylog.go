@@ -40,6 +40,7 @@ type queryLog struct {
 	out      slog.Handler // owned by run once it started
 	closer   io.Closer    // nil for stderr; owned by run once it started
 	peerName func(netip.Addr) string
+	gateway  string // named in every record when set
 	dropped  prometheus.Counter
 	done     chan struct{}
 }
@@ -62,12 +63,22 @@ func openQueryLog(cfg QueryLogConfig, peerName func(netip.Addr) string, dropped 
 		ch:       make(chan logRecord, cfg.Buffer),
 		reopenCh: make(chan chan error),
 		path:     cfg.Path,
-		out:      slog.NewJSONHandler(w, nil),
+		out:      queryLogHandler(w, cfg.Gateway),
 		closer:   closer,
 		peerName: peerName,
+		gateway:  cfg.Gateway,
 		dropped:  dropped,
 		done:     make(chan struct{}),
 	}, nil
+}
+
+// queryLogHandler writes JSON records, each naming gateway when set.
+func queryLogHandler(w io.Writer, gateway string) slog.Handler {
+	h := slog.NewJSONHandler(w, nil)
+	if gateway == "" {
+		return h
+	}
+	return h.WithAttrs([]slog.Attr{slog.String("gateway", gateway)})
 }
 
 // add queues r without blocking.
@@ -140,7 +151,7 @@ drain: // what was queued belongs to the old file
 	if l.closer != nil {
 		l.closer.Close()
 	}
-	l.out, l.closer = slog.NewJSONHandler(f, nil), f
+	l.out, l.closer = queryLogHandler(f, l.gateway), f
 	return nil
 }
 

@@ -57,6 +57,10 @@ func (g *Gateway) adminHandler() http.Handler {
 			http.Error(w, "not ready:\n"+strings.Join(why, "\n"), http.StatusServiceUnavailable)
 			return
 		}
+		if why := g.fleetDegraded(); why != "" {
+			fmt.Fprintln(w, "ready, degraded:\n"+why)
+			return
+		}
 		fmt.Fprintln(w, "ready")
 	})
 	return mux

@@ -122,6 +122,7 @@ type Config struct {
 	Peers            peers.Config
 	Groups           GroupsConfig // groups.go
 	Admin            AdminConfig
+	Fleet            FleetConfig // fleet_config.go
 	// OwnDNSCA is set when DoT/DoH use sluice's own CA and certificate in
 	// the state directory (no dns.tls.cert_file).
 	OwnDNSCA bool
@@ -326,6 +327,7 @@ func build(name string, fc *fileConfig, pos positions, early ...*ConfigError) (*
 	b.buildPeers(&fc.Peers)
 	buildGroups(c, fc, b.bad)
 	b.buildAdmin(&fc.Admin)
+	buildFleet(c, &fc.Fleet, b.bad)
 	if len(b.errs) > 0 {
 		// In file order; errors about absent keys (line 0) last.
 		slices.SortStableFunc(b.errs, func(x, y *ConfigError) int { return cmp.Compare(lineOrder(x), lineOrder(y)) })

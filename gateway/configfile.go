@@ -40,6 +40,7 @@ type fileConfig struct {
 	Peers     peers.FileConfig     `yaml:"peers" doc:"the peer store and what clients route"`
 	Admin     adminFile            `yaml:"admin" doc:"metrics, health and the CLI's control socket"`
 	Groups    map[string]fileGroup `yaml:"groups" doc:"peer groups by name: the internal zones and routes each may reach (absent: every peer sees every zone and route)"`
+	Fleet     fleetFile            `yaml:"fleet" doc:"several gateways sharing one peer registry in etcd (absent: the local store in peers.state_dir)"`
 }
 
 type interfaceFile struct {

@@ -227,6 +227,7 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 		return nil, nil, err
 	}
 	out := make(chan TraceRecord, buf)
+	gwName := g.Config().Fleet.Name
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() { // names each record; ends at stop
@@ -235,11 +236,11 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 			select {
 			case rec := <-records:
 				select {
-				case out <- TraceRecord{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr())}:
+				case out <- TraceRecord{QueryRecord: rec, Peer: g.peerName(rec.Client.Addr()), Gateway: gwName}:
 				default: // the reader lags: drop, like the tap
 				}
 			case ev := <-refusals:
-				line := TraceRecord{Peer: g.peerName(ev.Src), Egress: &EgressTrace{Dst: ev.Dst.String(), Proto: ev.Proto, Port: ev.Port, Refused: ev.Refused}}
+				line := TraceRecord{Peer: g.peerName(ev.Src), Gateway: gwName, Egress: &EgressTrace{Dst: ev.Dst.String(), Proto: ev.Proto, Port: ev.Port, Refused: ev.Refused}}
 				line.Time, line.Client = ev.Time, netip.AddrPortFrom(ev.Src, 0)
 				select {
 				case out <- line:
@@ -265,6 +266,8 @@ func (g *Gateway) Trace(peer string, buf int) (<-chan TraceRecord, func(), error
 // TraceRecord is one query of a traced peer, as `sluice peer trace` shows it.
 type TraceRecord struct {
 	Peer string `json:"peer"`
+	// Gateway is the fleet gateway that saw it (fleet.name); "" without fleet.
+	Gateway string `json:"gateway,omitempty"`
 	dnsproxy.QueryRecord
 	Egress *EgressTrace `json:"egress,omitempty"` // set for a refused (or audited) flow, not a query
 }

@@ -72,6 +72,7 @@ func (g *Gateway) doctorLocked(ctx context.Context, peer string) *Report {
 	}
 	g.doctorProxy(ctx, r, cfg)
 	g.doctorEncrypted(ctx, r, cfg)
+	g.doctorFleet(r)
 	if peer != "" {
 		g.doctorPeer(r, peer)
 	}

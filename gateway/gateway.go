@@ -37,6 +37,8 @@ type Options struct {
 	Reloading func()
 	// Watchdog, if set, is called periodically while the gateway runs.
 	Watchdog func()
+	// Version is sluice's version, in the fleet registration.
+	Version string
 }
 
 // Gateway is one running sluice instance.
@@ -44,7 +46,8 @@ type Gateway struct {
 	log      *slog.Logger
 	opts     Options
 	reg      *prometheus.Registry
-	parts    components // builds the device, proxy and firewall; fakes in tests
+	regr     prometheus.Registerer // reg, with the gateway label in a fleet
+	parts    components            // builds the device, proxy and firewall; fakes in tests
 	metrics  *gatewayMetrics
 	syncMu   sync.Mutex // serializes peer syncs
 	lastSync string     // store version last applied; protected by syncMu
@@ -63,6 +66,7 @@ type Gateway struct {
 	phase   phase // protected by life
 	started time.Time
 	store   *peers.Store
+	fleet   *fleetRun // the etcd registry follower; nil without fleet (fleet.go)
 	dev     device
 	proxy   resolver
 	fw      table
@@ -134,9 +138,16 @@ func New(cfg *Config, opts Options) *Gateway {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	g := &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, metrics: newGatewayMetrics(reg), parts: hostComponents()}
-	reg.MustRegister(newPeerCollector(g.peerStats))
+	var regr prometheus.Registerer = reg
+	if cfg.Fleet.Enabled {
+		// "Which node answered" is one grep away: every metric and log
+		// line of a fleet gateway carries its name.
+		regr = prometheus.WrapRegistererWith(prometheus.Labels{"gateway": cfg.Fleet.Name}, reg)
+		opts.Logger = opts.Logger.With("gateway", cfg.Fleet.Name)
+	}
+	regr.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g := &Gateway{log: opts.Logger, opts: opts, cfg: cfg, reg: reg, regr: regr, metrics: newGatewayMetrics(regr), parts: hostComponents()}
+	regr.MustRegister(newPeerCollector(g.peerStats))
 	return g
 }
 
@@ -176,9 +187,10 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if g.store, err = peers.Open(cfg.Peers.StateDir); err != nil {
-		return fmt.Errorf("open peer store: %w", err)
+	if g.store, err = g.openPeerStore(ctx, cfg); err != nil {
+		return err
 	}
+	undo = append(undo, func() { g.store.Close() })
 	// The control socket is claimed first: a second `sluice up` for the same
 	// interface stops here without touching the running one. It answers from
 	// now until the very end ("not ready yet" while starting and stopping).
@@ -202,7 +214,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The table goes in before the interface exists and comes out after it
 	// is gone, so no peer packet ever passes without it (it matches the
 	// interface by name). Forwarding is only turned on once it is in place.
-	fw, err := g.parts.firewall(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.reg,
+	fw, err := g.parts.firewall(firewall.Options{Logger: g.log.With("component", "firewall"), Registerer: g.regr,
 		LearnedFile: learnedFile(cfg)})
 	if err != nil {
 		return fmt.Errorf("open firewall: %w", err)
@@ -246,7 +258,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	proxy, err := g.parts.resolver(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
-		Registerer: g.reg,
+		Registerer: g.regr,
 		Identities: &g.peerIdx,
 		Observer:   g.fw, // egress learning: the firewall's learned pairs
 	})
@@ -289,6 +301,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		start("admin listener", func(ctx context.Context) error { return g.serveAdmin(ctx, admin) })
 	}
 	start("peer watch", g.watchPeers)
+	if g.fleet != nil {
+		start("fleet registry", g.runFleet)
+	}
 	start("egress log", g.watchEgress)
 	if cfg.OwnDNSCA {
 		start("dns certificate renewal", g.renewDNSCert)

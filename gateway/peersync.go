@@ -8,6 +8,7 @@ import (
 
 	"github.com/sluice-vpn/sluice/dnsproxy"
 	"github.com/sluice-vpn/sluice/gateway/wgdev"
+	"github.com/sluice-vpn/sluice/peers"
 )
 
 // peerPollInterval bounds how long a peer change made without the control
@@ -27,13 +28,18 @@ func (g *Gateway) watchPeers(ctx context.Context) error {
 	t := time.NewTicker(peerPollInterval)
 	defer t.Stop()
 	var errs errorLatch // a damaged store is logged once, and on change
+	var changed <-chan struct{}
+	if n, ok := g.store.Backend().(peers.Notifier); ok {
+		changed = n.Changed() // a fleet registry's watch: apply at once
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			errs.report(g.log, "sync peers", g.syncPeers())
+		case <-changed:
 		}
+		errs.report(g.log, "sync peers", g.syncPeers())
 	}
 }
 

@@ -137,6 +137,9 @@ func restartKeys(a, b *Config) []string {
 	if a.FirewallTable != b.FirewallTable {
 		keys = append(keys, "enforce.table")
 	}
+	if !a.Fleet.Equal(b.Fleet) {
+		keys = append(keys, "fleet")
+	}
 	return keys
 }
 

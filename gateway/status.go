@@ -24,6 +24,11 @@ type Status struct {
 	// NotReady lists why /readyz fails (no healthy upstream in a group,
 	// firewall table missing); empty when ready.
 	NotReady []string `json:"not_ready,omitempty"`
+	// Fleet is the shared peer registry's state; absent without fleet.
+	Fleet *FleetHealth `json:"fleet,omitempty"`
+	// Degraded lists what works but not fully (a fleet gateway serving
+	// its last known peers while etcd is unreachable); /readyz stays 200.
+	Degraded []string `json:"degraded,omitempty"`
 }
 
 // InterfaceStatus describes the WireGuard interface.
@@ -110,6 +115,10 @@ func (g *Gateway) statusLocked() *Status {
 		s.Firewall[string(r)] = c
 	}
 	s.NotReady = g.readinessLocked(s.DNS.Upstreams)
+	s.Fleet = g.fleetHealth()
+	if why := g.fleetDegraded(); why != "" {
+		s.Degraded = append(s.Degraded, why)
+	}
 	s.Egress = g.egressStatus(cfg, counters)
 	return s
 }

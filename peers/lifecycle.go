@@ -20,55 +20,54 @@ const DefaultAddressQuarantine = 7 * 24 * time.Hour
 // new one for it without taking the private key away from the device.
 var ErrOwnKey = errors.New("the device brought its own public key: give its new public key")
 
-// storeState is everything peers.json holds.
-type storeState struct {
-	peers    []Peer
-	released []released
+// State is the whole registry as a Backend stores it: the peers and the
+// addresses of removed peers in quarantine. Every change to the registry is
+// a pure function over one State (Store.updateState), so the allocation,
+// quarantine, rename and group logic is the same for every backend.
+type State struct {
+	Peers    []Peer
+	Released []Released
 }
 
-// released is one address of a removed peer, in quarantine.
-type released struct {
-	Addr    netip.Addr
-	Peer    string
-	Removed time.Time
-}
-
-// Released is an address in quarantine as Store.Quarantined reports it.
+// Released is an address of a removed peer in quarantine.
 type Released struct {
 	Addr netip.Addr
 	// Peer is the user/device that had it.
-	Peer           string
-	Removed, Until time.Time
+	Peer    string
+	Removed time.Time
+	// Until is when it may be handed out again; set by Store.Quarantined
+	// only (the stored state keeps Removed).
+	Until time.Time
 }
 
 // release puts p's addresses into quarantine.
-func (st *storeState) release(p Peer, now time.Time) {
+func (st *State) release(p Peer, now time.Time) {
 	now = now.UTC().Truncate(time.Second)
 	for _, a := range []netip.Addr{p.IPv4, p.IPv6} {
 		if a.IsValid() {
-			st.released = append(st.released, released{Addr: a, Peer: p.ID(), Removed: now})
+			st.Released = append(st.Released, Released{Addr: a, Peer: p.ID(), Removed: now})
 		}
 	}
 }
 
 // prune drops quarantine entries older than q, and entries whose address
 // a peer holds again (import assigns addresses explicitly).
-func (st *storeState) prune(now time.Time, q time.Duration) {
-	inUse := make(map[netip.Addr]bool, 2*len(st.peers))
-	for _, p := range st.peers {
+func (st *State) prune(now time.Time, q time.Duration) {
+	inUse := make(map[netip.Addr]bool, 2*len(st.Peers))
+	for _, p := range st.Peers {
 		inUse[p.IPv4], inUse[p.IPv6] = true, true
 	}
-	st.released = slices.DeleteFunc(st.released, func(r released) bool {
+	st.Released = slices.DeleteFunc(st.Released, func(r Released) bool {
 		return inUse[r.Addr] || !now.Before(r.Removed.Add(q))
 	})
-	slices.SortStableFunc(st.released, func(a, b released) int { return a.Removed.Compare(b.Removed) })
+	slices.SortStableFunc(st.Released, func(a, b Released) int { return a.Removed.Compare(b.Removed) })
 }
 
 // holdQuarantined marks the addresses still in quarantine as used in al and
 // returns how many it held.
-func (s *Store) holdQuarantined(st *storeState, al *allocator, now time.Time) int {
+func (s *Store) holdQuarantined(st *State, al *allocator, now time.Time) int {
 	n := 0
-	for _, r := range st.released {
+	for _, r := range st.Released {
 		if now.Before(r.Removed.Add(s.quarantine)) && al.hold(r.Addr) {
 			n++
 		}
@@ -95,7 +94,7 @@ func (s *Store) Quarantined() ([]Released, error) {
 	}
 	now := s.now()
 	var out []Released
-	for _, r := range st.released {
+	for _, r := range st.Released {
 		until := r.Removed.Add(s.quarantine)
 		if now.Before(until) {
 			out = append(out, Released{Addr: r.Addr, Peer: r.Peer, Removed: r.Removed, Until: until})
@@ -163,10 +162,10 @@ func (s *Store) Find(user, device string) ([]Peer, error) {
 // ErrNotFound when nothing matches.
 func (s *Store) RemoveMatching(user, device string) ([]Peer, error) {
 	var removed []Peer
-	err := s.updateState(func(st *storeState) error {
+	err := s.updateState(func(st *State) error {
 		now := s.now()
 		removed = nil
-		st.peers = slices.DeleteFunc(st.peers, func(p Peer) bool {
+		st.Peers = slices.DeleteFunc(st.Peers, func(p Peer) bool {
 			if !matches(p, user, device) {
 				return false
 			}

@@ -3,6 +3,7 @@ package peers
 import (
 	"encoding/binary"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/netip"
 )
 
@@ -194,6 +195,28 @@ type famAlloc struct {
 	*family
 	used map[netip.Addr]struct{}
 	next uint64
+	// among > 1 makes take pick at random among the lowest among free
+	// addresses instead of the lowest (see allocator.spread).
+	among int
+}
+
+// maxSpread bounds how far allocator.spread scatters allocations.
+const maxSpread = 64
+
+// spread makes the allocator pick among the lowest few free addresses at
+// random, more of them the more retries a writer needed: concurrent
+// writers of a fleet then stop all taking the same lowest address and
+// conflicting again. retries 0 keeps the lowest-free order.
+func (al *allocator) spread(retries int) {
+	if retries <= 0 {
+		return
+	}
+	n := min(maxSpread, 4*retries)
+	for _, fa := range []*famAlloc{al.v4, al.v6} {
+		if fa != nil {
+			fa.among = n
+		}
+	}
 }
 
 func newAllocator(p Pool) (*allocator, error) {
@@ -243,6 +266,30 @@ func (al *allocator) use(p Peer) error {
 }
 
 func (fa *famAlloc) take() (netip.Addr, error) {
+	if fa.among > 1 {
+		// Choose the k-th free address from the cursor; the cursor stays,
+		// so the addresses skipped remain available.
+		k := mrand.IntN(fa.among)
+		var first netip.Addr
+		for i := fa.next; i <= fa.last; i++ {
+			a := fa.addr(i)
+			if _, u := fa.used[a]; u {
+				continue
+			}
+			if !first.IsValid() {
+				first = a
+			}
+			if k == 0 {
+				fa.used[a] = struct{}{}
+				return a, nil
+			}
+			k--
+		}
+		if first.IsValid() {
+			fa.used[first] = struct{}{}
+			return first, nil
+		}
+	}
 	for ; fa.next <= fa.last; fa.next++ {
 		a := fa.addr(fa.next)
 		if _, u := fa.used[a]; !u {

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
+	iofs "io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -60,18 +60,32 @@ type AddRequest struct {
 	Group   string // "" = the default group
 }
 
-// Store is the peer registry on disk. It is safe for concurrent use by
-// goroutines and by processes: every change is one read-modify-write under
-// an exclusive flock on <dir>/peers.lock, written to a temporary file that
-// is fsynced and renamed over peers.json. Readers take no lock: the rename
-// makes every read see one whole version.
+// Store is the peer registry. Its logic is pure functions over one State;
+// where that state lives is its Backend. Over the file backend (Open) it
+// is safe for concurrent use by goroutines and by processes: every change
+// is one read-modify-write under an exclusive flock on <dir>/peers.lock,
+// written to a temporary file that is fsynced and renamed over peers.json,
+// and readers take no lock: the rename makes every read see one whole
+// version. Over the etcd backend every change is one transaction.
 type Store struct {
-	dir, path, lockPath string
-	now                 func() time.Time
-	lockTimeout         time.Duration
-	beforeRename        func() error  // test hook: fail or observe a write midway
-	quarantine          time.Duration // how long a removed peer's addresses stay unused
+	be Backend
+	// fileStore is be when the backend is the local file (tests reach
+	// its hooks through it); nil otherwise.
+	*fileStore
+	now        func() time.Time
+	quarantine time.Duration // how long a removed peer's addresses stay unused
 }
+
+// fileStore is the Backend of a single host: peers.json in the state
+// directory.
+type fileStore struct {
+	dir, path, lockPath string
+	tmpPrefix           string
+	lockTimeout         time.Duration
+	beforeRename        func() error // test hook: fail or observe a write midway
+}
+
+var timeNow = time.Now
 
 // Open opens the registry in dir, creating dir (0700) when missing. An
 // existing peers.json is read and checked now so that a damaged store is
@@ -90,14 +104,7 @@ func Open(dir string) (*Store, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("open peer state directory %q: not a directory", dir)
 	}
-	s := &Store{
-		dir:         dir,
-		path:        filepath.Join(dir, StoreFile),
-		lockPath:    filepath.Join(dir, LockFile),
-		now:         time.Now,
-		lockTimeout: DefaultLockTimeout,
-		quarantine:  DefaultAddressQuarantine,
-	}
+	s := NewStore(newFileStore(dir))
 	if _, err := s.load(); err != nil {
 		return nil, err
 	}
@@ -110,8 +117,25 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
-// Path is the store file, <dir>/peers.json.
-func (s *Store) Path() string { return s.path }
+func newFileStore(dir string) *fileStore {
+	return &fileStore{
+		dir:         dir,
+		path:        filepath.Join(dir, StoreFile),
+		lockPath:    filepath.Join(dir, LockFile),
+		tmpPrefix:   tempPrefix,
+		lockTimeout: DefaultLockTimeout,
+	}
+}
+
+// Where is the store file, <dir>/peers.json.
+func (fs *fileStore) Where() string { return fs.path }
+
+// Close does nothing: the file backend holds nothing open between calls.
+func (fs *fileStore) Close() error { return nil }
+
+// Path is where the registry lives: the store file <dir>/peers.json for
+// the file backend (see Backend.Where).
+func (s *Store) Path() string { return s.be.Where() }
 
 // Add registers one device, allocating its addresses from pool. Keys are
 // generated unless req.PublicKey is set; a preshared key is always
@@ -148,18 +172,28 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 			return nil, fmt.Errorf("add peer %s/%s: public key is all zeros", reqs[i].User, reqs[i].Device)
 		}
 	}
-	al, err := newAllocator(pool)
-	if err != nil {
+	if _, err := newAllocator(pool); err != nil {
 		return nil, fmt.Errorf("add peer: %w", err)
 	}
 	var added []Peer
-	err = s.updateState(func(st *storeState) error {
-		list := st.peers
+	runs := 0
+	err := s.updateState(func(st *State) error {
+		// A fresh allocator per run: a backend runs fn again after a
+		// concurrent writer took an address; from the second run on, the
+		// allocator spreads over the lowest free addresses so that
+		// concurrent adders stop colliding on the same one.
+		runs++
+		al, err := newAllocator(pool)
+		if err != nil {
+			return fmt.Errorf("add peer: %w", err)
+		}
+		al.spread(runs - 1)
+		list := st.Peers
 		ids := make(map[string]struct{}, len(list)+len(reqs))
 		keys := make(map[wgtypes.Key]string, len(list)+len(reqs))
 		for _, p := range list {
 			if err := al.use(p); err != nil {
-				return &DamagedError{Path: s.path, Reason: err.Error()}
+				return &DamagedError{Path: s.Where(), Reason: err.Error()}
 			}
 			ids[p.ID()] = struct{}{}
 			keys[p.PublicKey] = p.ID()
@@ -199,7 +233,7 @@ func (s *Store) AddMany(reqs []AddRequest, pool Pool) ([]Peer, error) {
 			keys[p.PublicKey] = p.ID()
 			added = append(added, p)
 		}
-		st.peers = append(list, added...)
+		st.Peers = append(list, added...)
 		return nil
 	})
 	if err != nil {
@@ -214,14 +248,14 @@ func (s *Store) Remove(user, device string) (Peer, error) {
 		device = DefaultDevice
 	}
 	var removed Peer
-	err := s.updateState(func(st *storeState) error {
-		i := slices.IndexFunc(st.peers, func(p Peer) bool { return p.User == user && p.Device == device })
+	err := s.updateState(func(st *State) error {
+		i := slices.IndexFunc(st.Peers, func(p Peer) bool { return p.User == user && p.Device == device })
 		if i < 0 {
 			return fmt.Errorf("remove peer %s/%s: %w", user, device, ErrNotFound)
 		}
-		removed = st.peers[i]
+		removed = st.Peers[i]
 		st.release(removed, s.now())
-		st.peers = slices.Delete(st.peers, i, i+1)
+		st.Peers = slices.Delete(st.Peers, i, i+1)
 		return nil
 	})
 	return removed, err
@@ -260,29 +294,33 @@ func (s *Store) Check(pool Pool) error {
 	}
 	al, err := newAllocator(pool)
 	if err != nil {
-		return fmt.Errorf("check peer store %s: %w", s.path, err)
+		return fmt.Errorf("check peer store %s: %w", s.Where(), err)
 	}
 	for _, p := range list {
 		if p.PrivateKey != nil && p.PrivateKey.PublicKey() != p.PublicKey {
-			return &DamagedError{Path: s.path, Reason: fmt.Sprintf("peer %s: private_key does not belong to public_key %s", p.ID(), p.PublicKey)}
+			return &DamagedError{Path: s.Where(), Reason: fmt.Sprintf("peer %s: private_key does not belong to public_key %s", p.ID(), p.PublicKey)}
 		}
 		if err := al.use(p); err != nil {
-			return &DamagedError{Path: s.path, Reason: err.Error()}
+			return &DamagedError{Path: s.Where(), Reason: err.Error()}
 		}
 	}
 	return nil
 }
 
-// Version is a cheap change token: it differs whenever peers.json was
-// replaced (inode, modification time and size), and is "absent" before the
-// first peer is added. The daemon polls it to apply changes made by the CLI.
-func (s *Store) Version() (string, error) {
-	st, err := os.Stat(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
+// Version is a cheap change token (Backend.Version). For the file
+// backend it differs whenever peers.json was replaced (inode, modification
+// time and size), and is "absent" before the first peer is added. The
+// daemon polls it to apply changes made by the CLI.
+func (s *Store) Version() (string, error) { return s.be.Version() }
+
+// Version implements Backend.
+func (fs *fileStore) Version() (string, error) {
+	st, err := os.Stat(fs.path)
+	if errors.Is(err, iofs.ErrNotExist) {
 		return "absent", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("stat peer store %q: %w", s.path, err)
+		return "", fmt.Errorf("stat peer store %q: %w", fs.path, err)
 	}
 	var ino uint64
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
@@ -294,45 +332,58 @@ func (s *Store) Version() (string, error) {
 // update runs fn on the current list under the exclusive lock and writes
 // the result atomically. Nothing is written when fn or the read fails.
 func (s *Store) update(fn func([]Peer) ([]Peer, error)) error {
-	return s.updateState(func(st *storeState) error {
-		list, err := fn(st.peers)
-		st.peers = list
+	return s.updateState(func(st *State) error {
+		list, err := fn(st.Peers)
+		st.Peers = list
 		return err
 	})
 }
 
-// updateState is update with the whole file state (peers and the
-// addresses in quarantine). Quarantine entries that have served their
-// time are dropped on every write.
-func (s *Store) updateState(fn func(*storeState) error) error {
-	unlock, err := s.lock()
+// updateState runs fn on the whole state (peers and the addresses in
+// quarantine) through the backend, which stores the result atomically.
+// Quarantine entries that have served their time are dropped on every
+// write, and a state the next read would call damaged is never stored.
+// fn may run more than once (Backend.Update).
+func (s *Store) updateState(fn func(*State) error) error {
+	return s.be.Update(func(st *State) error {
+		if err := fn(st); err != nil {
+			return err
+		}
+		st.prune(s.now(), s.quarantine)
+		sortPeers(st.Peers)
+		if reason := CheckState(*st); reason != "" {
+			return fmt.Errorf("update peer store %q: refusing to write an inconsistent registry: %s", s.Where(), reason)
+		}
+		return nil
+	})
+}
+
+// Update implements Backend: fn runs under the exclusive lock and the
+// result is written atomically. Nothing is written when fn or the read
+// fails.
+func (fs *fileStore) Update(fn func(*State) error) error {
+	unlock, err := fs.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	s.removeStaleTemps()
-	st, err := s.loadState()
+	fs.removeStaleTemps()
+	st, err := fs.Load()
 	if err != nil {
 		return err
 	}
 	if err := fn(&st); err != nil {
 		return err
 	}
-	st.prune(s.now(), s.quarantine)
-	sortPeers(st.peers)
 	data, err := encodeState(st)
 	if err != nil {
-		return fmt.Errorf("encode peer store %q: %w", s.path, err)
+		return fmt.Errorf("encode peer store %q: %w", fs.path, err)
 	}
-	// Never write a file the next read would call damaged.
-	if _, reason := decodeState(data); reason != "" {
-		return fmt.Errorf("update peer store %q: refusing to write an inconsistent registry: %s", s.path, reason)
-	}
-	return s.writeAtomic(data)
+	return fs.writeAtomic(data)
 }
 
 // lock takes the exclusive flock, polling so that the wait is bounded.
-func (s *Store) lock() (unlock func(), err error) {
+func (s *fileStore) lock() (unlock func(), err error) {
 	f, err := os.OpenFile(s.lockPath, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open peer store lock %q: %w", s.lockPath, err)
@@ -359,8 +410,8 @@ func (s *Store) lock() (unlock func(), err error) {
 
 // removeStaleTemps deletes temporary files left by a writer that died
 // before its rename; called with the lock held, so none is in progress.
-func (s *Store) removeStaleTemps() {
-	matches, _ := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
+func (s *fileStore) removeStaleTemps() {
+	matches, _ := filepath.Glob(filepath.Join(s.dir, s.tmpPrefix+"*"))
 	for _, m := range matches {
 		os.Remove(m)
 	}
@@ -368,8 +419,8 @@ func (s *Store) removeStaleTemps() {
 
 // writeAtomic writes data to a temporary file in the store directory,
 // fsyncs it, renames it over peers.json and fsyncs the directory.
-func (s *Store) writeAtomic(data []byte) (err error) {
-	tmp, err := os.CreateTemp(s.dir, tempPrefix+"*")
+func (s *fileStore) writeAtomic(data []byte) (err error) {
+	tmp, err := os.CreateTemp(s.dir, s.tmpPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("write peer store %q: %w", s.path, err)
 	}
@@ -413,21 +464,25 @@ func (s *Store) writeAtomic(data []byte) (err error) {
 // load reads and checks the store; a missing file is an empty registry.
 func (s *Store) load() ([]Peer, error) {
 	st, err := s.loadState()
-	return st.peers, err
+	return st.Peers, err
 }
 
-// loadState reads and checks the whole store file.
-func (s *Store) loadState() (storeState, error) {
-	data, err := os.ReadFile(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return storeState{}, nil
+// loadState reads the whole state through the backend.
+func (s *Store) loadState() (State, error) { return s.be.Load() }
+
+// Load implements Backend: it reads and checks the whole store file; a
+// missing file is an empty registry.
+func (fs *fileStore) Load() (State, error) {
+	data, err := os.ReadFile(fs.path)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return State{}, nil
 	}
 	if err != nil {
-		return storeState{}, fmt.Errorf("read peer store %q: %w", s.path, err)
+		return State{}, fmt.Errorf("read peer store %q: %w", fs.path, err)
 	}
 	st, reason := decodeState(data)
 	if reason != "" {
-		return storeState{}, &DamagedError{Path: s.path, Reason: reason}
+		return State{}, &DamagedError{Path: fs.path, Reason: reason}
 	}
 	return st, nil
 }
@@ -462,6 +517,25 @@ type peerRecord struct {
 	Group        string    `json:"group,omitempty"` // "" = the default group
 }
 
+// recordOf is p as peers.json stores it.
+func recordOf(p Peer) peerRecord {
+	r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
+		Disabled: p.Disabled, Expires: p.Expires, Group: p.Group}
+	if p.PrivateKey != nil {
+		r.PrivateKey = p.PrivateKey.String()
+	}
+	if p.PresharedKey != nil {
+		r.PresharedKey = p.PresharedKey.String()
+	}
+	if p.IPv4.IsValid() {
+		r.IPv4 = p.IPv4.String()
+	}
+	if p.IPv6.IsValid() {
+		r.IPv6 = p.IPv6.String()
+	}
+	return r
+}
+
 func sortPeers(list []Peer) {
 	slices.SortFunc(list, func(a, b Peer) int {
 		if c := strings.Compare(a.User, b.User); c != 0 {
@@ -472,31 +546,17 @@ func sortPeers(list []Peer) {
 }
 
 func encodeStore(list []Peer) ([]byte, error) {
-	return encodeState(storeState{peers: list})
+	return encodeState(State{Peers: list})
 }
 
-func encodeState(st storeState) ([]byte, error) {
-	list := st.peers
+func encodeState(st State) ([]byte, error) {
+	list := st.Peers
 	f := storeFile{Version: StoreFormat, Peers: make([]peerRecord, len(list))}
-	for _, r := range st.released {
+	for _, r := range st.Released {
 		f.Released = append(f.Released, releasedRecord{Address: r.Addr.String(), Peer: r.Peer, Removed: r.Removed})
 	}
 	for i, p := range list {
-		r := peerRecord{User: p.User, Device: p.Device, PublicKey: p.PublicKey.String(), Created: p.Created,
-			Disabled: p.Disabled, Expires: p.Expires, Group: p.Group}
-		if p.PrivateKey != nil {
-			r.PrivateKey = p.PrivateKey.String()
-		}
-		if p.PresharedKey != nil {
-			r.PresharedKey = p.PresharedKey.String()
-		}
-		if p.IPv4.IsValid() {
-			r.IPv4 = p.IPv4.String()
-		}
-		if p.IPv6.IsValid() {
-			r.IPv6 = p.IPv6.String()
-		}
-		f.Peers[i] = r
+		f.Peers[i] = recordOf(p)
 	}
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -509,11 +569,11 @@ func encodeState(st storeState) ([]byte, error) {
 // file is damaged.
 func decodeStore(data []byte) (list []Peer, reason string) {
 	st, reason := decodeState(data)
-	return st.peers, reason
+	return st.Peers, reason
 }
 
 // decodeState is decodeStore with the quarantine list.
-func decodeState(data []byte) (st storeState, reason string) {
+func decodeState(data []byte) (st State, reason string) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return st, "the file is empty"
 	}
@@ -521,15 +581,15 @@ func decodeState(data []byte) (st storeState, reason string) {
 	if reason != "" {
 		return st, reason
 	}
-	st.peers = list
+	st.Peers = list
 	var f storeFile
 	_ = json.Unmarshal(data, &f) // decodePeers parsed it strictly already
 	for i, r := range f.Released {
 		a, err := netip.ParseAddr(r.Address)
 		if err != nil || a.Zone() != "" || a.Is4In6() {
-			return storeState{}, fmt.Sprintf("released address #%d %q is not an IP address", i+1, r.Address)
+			return State{}, fmt.Sprintf("released address #%d %q is not an IP address", i+1, r.Address)
 		}
-		st.released = append(st.released, released{Addr: a, Peer: r.Peer, Removed: r.Removed})
+		st.Released = append(st.Released, Released{Addr: a, Peer: r.Peer, Removed: r.Removed})
 	}
 	return st, ""
 }

@@ -343,7 +343,7 @@ func TestDamagedStoreIsReportedAndKept(t *testing.T) {
 				}
 			}
 			// A store opened before the damage refuses to write over it.
-			s := &Store{dir: dir, path: path, lockPath: filepath.Join(dir, LockFile), now: time.Now, lockTimeout: time.Second}
+			s := NewStore(&fileStore{dir: dir, path: path, lockPath: filepath.Join(dir, LockFile), tmpPrefix: tempPrefix, lockTimeout: time.Second})
 			if _, err := s.Add(AddRequest{User: "zed"}, testPool()); !errors.Is(err, ErrDamaged) {
 				t.Errorf("Add on damaged store = %v, want ErrDamaged", err)
 			}

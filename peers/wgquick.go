@@ -197,16 +197,19 @@ type ImportResult struct {
 // nothing is written. A peer already imported (same key, same addresses)
 // is reported unchanged.
 func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
-	al, err := newAllocator(pool)
-	if err != nil {
+	if _, err := newAllocator(pool); err != nil {
 		return ImportResult{}, fmt.Errorf("import peers: %w", err)
 	}
 	var res ImportResult
-	err = s.updateState(func(st *storeState) error {
+	err := s.updateState(func(st *State) error {
 		res = ImportResult{}
-		byKey := make(map[wgtypes.Key]Peer, len(st.peers))
-		byID := make(map[string]Peer, len(st.peers))
-		for _, p := range st.peers {
+		al, err := newAllocator(pool) // fresh on every run of fn
+		if err != nil {
+			return fmt.Errorf("import peers: %w", err)
+		}
+		byKey := make(map[wgtypes.Key]Peer, len(st.Peers))
+		byID := make(map[string]Peer, len(st.Peers))
+		for _, p := range st.Peers {
 			if err := al.use(p); err != nil {
 				return &DamagedError{Path: s.path, Reason: err.Error()}
 			}
@@ -281,7 +284,7 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 				}
 				if !al.free(a) {
 					owner := "another peer in this file"
-					for _, p := range st.peers {
+					for _, p := range st.Peers {
 						if p.IPv4 == a || p.IPv6 == a {
 							owner = p.ID()
 						}
@@ -329,7 +332,7 @@ func (s *Store) Import(in []ServerPeer, pool Pool) (ImportResult, error) {
 				res.Readdressed = append(res.Readdressed, p.ID())
 			}
 			res.Added = append(res.Added, p)
-			st.peers = append(st.peers, p)
+			st.Peers = append(st.Peers, p)
 		}
 		if len(res.Added) == 0 {
 			return errNothingToWrite

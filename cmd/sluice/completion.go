@@ -2,11 +2,13 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sluice-vpn/sluice/gateway"
 	"github.com/sluice-vpn/sluice/peers"
 )
 
@@ -85,13 +87,23 @@ func peerNames(g *globals, devices bool) []string {
 	if _, err := os.Stat(cfg.Peers.StateDir); err != nil {
 		return nil
 	}
-	st, err := peers.Open(cfg.Peers.StateDir)
-	if err != nil {
-		return nil
-	}
-	list, err := st.List()
-	if err != nil {
-		return nil
+	var list []peers.Peer
+	if cfg.Fleet.Enabled {
+		// A fleet gateway's last applied registry: no etcd round trip on
+		// every tab.
+		snap, err := peers.ReadStateFile(filepath.Join(cfg.Peers.StateDir, gateway.SnapshotFile))
+		if err != nil {
+			return nil
+		}
+		list = snap.Peers
+	} else {
+		st, err := peers.Open(cfg.Peers.StateDir)
+		if err != nil {
+			return nil
+		}
+		if list, err = st.List(); err != nil {
+			return nil
+		}
 	}
 	seen := map[string]bool{}
 	var out []string

@@ -70,7 +70,8 @@ sluice reports READY=1 once everything is up and pings the watchdog.`,
 				return err
 			}
 			gw := gateway.New(cfg, gateway.Options{
-				Logger: log,
+				Logger:  log,
+				Version: version,
 				Ready: func() {
 					if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 						log.Warn("notify systemd", "err", err)
@@ -160,6 +161,7 @@ func printStatus(w io.Writer, st *gateway.Status) {
 	fmt.Fprintf(w, "interface: %s (%s backend, %s mode)\n", in.Name, in.Backend, in.Mode)
 	fmt.Fprintf(w, "  public key: %s\n  listening port: %d\n  addresses: %s\n  resolvers: %s\n  uptime: %s\n",
 		in.PublicKey, in.ListenPort, strings.Join(in.Addresses, ", "), strings.Join(in.Resolvers, ", "), st.Uptime)
+	printFleetStatus(w, st.Fleet)
 	for _, p := range st.Peers {
 		id := p.ID
 		if id == "" {
@@ -189,6 +191,9 @@ func printStatus(w io.Writer, st *gateway.Status) {
 	}
 	for _, e := range st.NotReady {
 		fmt.Fprintf(w, "not ready: %s\n", e)
+	}
+	for _, e := range st.Degraded {
+		fmt.Fprintf(w, "degraded: %s\n", e)
 	}
 }
 

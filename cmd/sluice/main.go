@@ -114,6 +114,7 @@ resolvers as the default DNS group, state in /var/lib/sluice/sluice0.
 		newFirewallCmd(g),
 		newConfigCmd(),
 		newCACmd(g),
+		newFleetCmd(g),
 		&cobra.Command{
 			Use:         "version",
 			Short:       "Print the version",

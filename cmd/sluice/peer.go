@@ -38,7 +38,7 @@ func (g *globals) store() (*peers.Store, *gateway.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := peers.Open(cfg.Peers.StateDir)
+	st, err := gateway.OpenStore(cfg) // the local file, or the fleet's etcd registry
 	if err != nil {
 		return nil, nil, fmt.Errorf("open peer store: %w", err)
 	}
@@ -155,7 +155,7 @@ func (g *globals) peerByID(id string) (*peers.Store, *gateway.Config, peers.Peer
 }
 
 func newPeerConfigCmd(g *globals) *cobra.Command {
-	var format, out, endpoint, platform string
+	var format, out, endpoint, platform, gw string
 	cmd := &cobra.Command{
 		Use:   "config USER[/DEVICE]",
 		Short: "Render a device's client config",
@@ -178,7 +178,7 @@ Formats:
 			if err != nil {
 				return err
 			}
-			data, err := renderFor(cmd, cfg, p, format, endpoint, platform)
+			data, err := renderForGateway(cmd, cfg, p, format, endpoint, platform, gw)
 			if err != nil {
 				return err
 			}
@@ -206,6 +206,7 @@ Formats:
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE (mode 0600) instead of standard output")
 	cmd.Flags().StringVar(&endpoint, "endpoint", "", "endpoint host:port clients dial (default: interface.endpoint)")
 	cmd.Flags().StringVar(&platform, "platform", peers.DefaultApplePlatform, "mobileconfig: the Apple platform, ios or macos")
+	cmd.Flags().StringVar(&gw, "gateway", "", "fleet: render for this gateway of the fleet (its endpoint and public key from the registry; default: this one)")
 	return cmd
 }
 

@@ -544,6 +544,12 @@ func renderFor(cmd *cobra.Command, cfg *gateway.Config, p peers.Peer, format, en
 	if err := checkDaemon(cmd, cfg, &serverPub); err != nil {
 		return nil, err
 	}
+	return renderWith(cfg, p, format, endpoint, platform, serverPub)
+}
+
+// renderWith renders p's config for the gateway with public key serverPub
+// at endpoint (this one, or another gateway of the fleet).
+func renderWith(cfg *gateway.Config, p peers.Peer, format, endpoint, platform string, serverPub wgtypes.Key) ([]byte, error) {
 	encDNS, err := cfg.ClientEncryptedDNS()
 	if err != nil {
 		return nil, err

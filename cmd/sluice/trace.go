@@ -83,6 +83,9 @@ func printTraceLine(w io.Writer, r gateway.TraceRecord) error {
 	if peer == "" {
 		peer = r.Client.Addr().String()
 	}
+	if r.Gateway != "" {
+		peer += "@" + r.Gateway // the fleet gateway that answered
+	}
 	_, err := fmt.Fprintf(w, "%s  %-16s %-40s %-6s %-9s %-36s %s\n", r.Time.Local().Format("15:04:05.000"), peer, r.Name, r.Type, r.Rcode, via,
 		r.Latency.Round(time.Microsecond))
 	return err
@@ -94,6 +97,9 @@ func printEgressLine(w io.Writer, r gateway.TraceRecord) error {
 	peer := r.Peer
 	if peer == "" {
 		peer = r.Client.Addr().String()
+	}
+	if r.Gateway != "" {
+		peer += "@" + r.Gateway // the fleet gateway that answered
 	}
 	verdict := "refused: not resolved by the gateway"
 	if !e.Refused {

@@ -90,7 +90,7 @@ func run() error {
 		work     = flag.String("work", "", "scratch directory (default: a new one under /tmp)")
 		out      = flag.String("out", "", "directory for <date>-<host>.md (empty: do not write)")
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
-		sections = flag.String("sections", "dns,encrypted,tunnel,scale,kernel", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), profile (CPU profile of the proxy, not in the default)")
+		sections = flag.String("sections", "dns,encrypted,tunnel,scale,kernel,fleet", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), fleet (etcd registry), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -163,6 +163,9 @@ func run() error {
 	}
 	if want["kernel"] && ctx.Err() == nil {
 		rows = append(rows, b.kernelSection(ctx)...)
+	}
+	if want["fleet"] && ctx.Err() == nil {
+		rows = append(rows, b.fleetSection(ctx)...)
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out

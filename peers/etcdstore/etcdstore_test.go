@@ -1,0 +1,272 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sluice-vpn/sluice/peers"
+	"github.com/sluice-vpn/sluice/peers/etcdstore/etcdtest"
+)
+
+func testPool() peers.Pool {
+	return peers.Pool{
+		V4:       netip.MustParsePrefix("10.20.0.0/24"),
+		V6:       netip.MustParsePrefix("fd20::/64"),
+		Reserved: []netip.Addr{netip.MustParseAddr("10.20.0.1"), netip.MustParseAddr("fd20::1"), netip.MustParseAddr("10.20.0.53"), netip.MustParseAddr("fd20::53")},
+	}
+}
+
+func openStore(t *testing.T, cfg Config) (*peers.Store, *Backend) {
+	t.Helper()
+	be, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	return peers.NewStore(be), be
+}
+
+// Two gateways (two clients, two stores) add 20 devices each at the same
+// time: every add commits, and names, keys and addresses are unique
+// fleet-wide. Repeated on fresh prefixes so that a lucky interleaving does
+// not pass by chance.
+func TestConcurrentAddsOnTwoStoresAreUnique(t *testing.T) {
+	srv := etcdtest.Start(t)
+	const perStore, rounds = 20, 3
+	for round := range rounds {
+		prefix := fmt.Sprintf("/t%d/", round)
+		a, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}, Prefix: prefix})
+		b, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}, Prefix: prefix})
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*perStore)
+		for i := range perStore {
+			for gw, s := range map[string]*peers.Store{"a": a, "b": b} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := s.Add(peers.AddRequest{User: fmt.Sprintf("u%s%d", gw, i)}, testPool())
+					errs <- err
+				}()
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: concurrent add: %v", round, err)
+			}
+		}
+		list, err := a.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 2*perStore {
+			t.Fatalf("round %d: %d peers after %d concurrent adds", round, len(list), 2*perStore)
+		}
+		v4, v6 := map[netip.Addr]string{}, map[netip.Addr]string{}
+		for _, p := range list {
+			if o, dup := v4[p.IPv4]; dup || !p.IPv4.IsValid() {
+				t.Errorf("round %d: %s and %s share v4 %s", round, o, p.ID(), p.IPv4)
+			}
+			if o, dup := v6[p.IPv6]; dup || !p.IPv6.IsValid() {
+				t.Errorf("round %d: %s and %s share v6 %s", round, o, p.ID(), p.IPv6)
+			}
+			v4[p.IPv4], v6[p.IPv6] = p.ID(), p.ID()
+		}
+		// The uniqueness keys match the peers exactly.
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for sub, want := range map[string]int{"peers/": 40, "addrs/": 80, "keys/": 40} {
+			resp, err := cli.Get(context.Background(), prefix+sub, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Count != int64(want) {
+				t.Errorf("round %d: %d keys under %s, want %d", round, resp.Count, sub, want)
+			}
+		}
+		cli.Close()
+	}
+}
+
+// The registry's logic runs unchanged on etcd: duplicate names and keys
+// are refused, removal quarantines the addresses, rename keeps them.
+func TestRegistryOperationsOnEtcd(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	alice, err := s.Add(peers.AddRequest{User: "alice"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add(peers.AddRequest{User: "alice"}, testPool()); !errors.Is(err, peers.ErrExists) {
+		t.Errorf("second alice = %v, want ErrExists", err)
+	}
+	pub := alice.PublicKey
+	if _, err := s.Add(peers.AddRequest{User: "mallory", PublicKey: &pub}, testPool()); !errors.Is(err, peers.ErrExists) {
+		t.Errorf("add with alice's key = %v, want ErrExists", err)
+	}
+	if _, err := s.Remove("alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.Quarantined()
+	if err != nil || len(q) != 2 {
+		t.Fatalf("quarantine after remove = %v, %v", q, err)
+	}
+	bob, err := s.Add(peers.AddRequest{User: "bob"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bob.IPv4 == alice.IPv4 || bob.IPv6 == alice.IPv6 {
+		t.Errorf("bob got alice's quarantined address %s/%s", bob.IPv4, bob.IPv6)
+	}
+	if _, err := s.Rename("bob", "", "carol", ""); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Get("carol", "")
+	if err != nil || c.IPv4 != bob.IPv4 || c.PublicKey != bob.PublicKey {
+		t.Errorf("carol = %+v, %v; want bob's key and address", c, err)
+	}
+	if _, err := s.Get("bob", ""); !errors.Is(err, peers.ErrNotFound) {
+		t.Errorf("bob after rename = %v", err)
+	}
+	if _, err := s.SetDisabled("carol", "", true); err != nil {
+		t.Fatal(err)
+	}
+	if act, _, err := s.Active(time.Now()); err != nil || len(act) != 0 {
+		t.Errorf("active after disable = %v, %v", act, err)
+	}
+}
+
+// A follower sees another writer's change through its watch and writes it
+// to its snapshot; a follower started while the cluster is unreachable
+// serves the snapshot and refuses changes with an error naming the store.
+func TestFollowerWatchSnapshotAndOutage(t *testing.T) {
+	srv := etcdtest.Start(t)
+	snap := filepath.Join(t.TempDir(), "fleet-snapshot.json")
+	_, fb := openStore(t, Config{Endpoints: []string{srv.Endpoint}, Snapshot: snap})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := fb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { fb.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	follower := peers.NewStore(fb)
+
+	writer, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	p, err := writer.Add(peers.AddRequest{User: "dave"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(20 * time.Second)
+	for {
+		if got, err := follower.Get("dave", ""); err == nil && got.PublicKey == p.PublicKey {
+			break
+		}
+		select {
+		case <-fb.Changed():
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("follower did not see dave within 20s")
+		}
+	}
+	st, err := peers.ReadStateFile(snap)
+	if err != nil || len(st.Peers) != 1 || st.Peers[0].ID() != "dave/default" {
+		t.Fatalf("snapshot = %+v, %v", st, err)
+	}
+	if h := fb.Health(); !h.Online || h.Peers != 1 {
+		t.Errorf("health = %+v", h)
+	}
+
+	// A gateway whose cluster is unreachable (nothing listens there)
+	// comes up from the snapshot.
+	dead := "http://127.0.0.1:1"
+	off, err := Open(Config{Endpoints: []string{dead}, Snapshot: snap, RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	if err := off.Start(context.Background()); err != nil {
+		t.Fatalf("start from snapshot: %v", err)
+	}
+	os := peers.NewStore(off)
+	if got, err := os.Get("dave", ""); err != nil || got.PublicKey != p.PublicKey {
+		t.Errorf("dave from the snapshot = %v, %v", got, err)
+	}
+	_, err = os.Add(peers.AddRequest{User: "erin"}, testPool())
+	if !errors.Is(err, peers.ErrUnavailable) || !strings.Contains(err.Error(), dead) {
+		t.Errorf("add while unreachable = %v, want ErrUnavailable naming %s", err, dead)
+	}
+	if h := off.Health(); h.Online || !h.FromSnapshot {
+		t.Errorf("health while unreachable = %+v", h)
+	}
+	// Without a snapshot there is nothing to serve.
+	none, err := Open(Config{Endpoints: []string{dead}, RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer none.Close()
+	if err := none.Start(context.Background()); !errors.Is(err, ErrNoState) {
+		t.Errorf("start without cluster or snapshot = %v, want ErrNoState", err)
+	}
+}
+
+// Pruning the quarantine never makes a change too large for one
+// transaction: after many removals have served their quarantine, the next
+// changes still commit and delete the expired entries a few at a time.
+func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}, MaxTxnOps: 8})
+	s.SetAddressQuarantine(time.Second)
+	for i := range 6 {
+		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("p%d", i)}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		if _, err := s.Remove(fmt.Sprintf("p%d", i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	count := func() int64 {
+		resp, err := cli.Get(context.Background(), DefaultPrefix+"released/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	if n := count(); n != 12 {
+		t.Fatalf("%d quarantine entries after removing 6 peers, want 12", n)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	last := count()
+	for i := range 6 {
+		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("q%d", i)}, testPool()); err != nil {
+			t.Fatalf("add after the quarantine expired: %v", err)
+		}
+		n := count()
+		if n > last {
+			t.Fatalf("quarantine entries grew from %d to %d", last, n)
+		}
+		last = n
+	}
+	if last != 0 {
+		t.Errorf("%d expired quarantine entries left after 6 changes", last)
+	}
+}
