@@ -161,6 +161,15 @@ func (c *Config) Pool() peers.Pool {
 	return p
 }
 
+// GatewayAddrs are the gateway's own tunnel addresses (the interface's).
+func (c *Config) GatewayAddrs() []netip.Addr {
+	out := make([]netip.Addr, len(c.Interface.Addresses))
+	for i, a := range c.Interface.Addresses {
+		out[i] = a.Addr()
+	}
+	return out
+}
+
 // TunnelPrefixes are the interface prefixes (peer sources).
 func (c *Config) TunnelPrefixes() []netip.Prefix {
 	out := make([]netip.Prefix, len(c.Interface.Addresses))

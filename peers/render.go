@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,7 +50,12 @@ type ClientParams struct {
 	FullTunnel bool
 	Routes     []netip.Prefix
 	// Resolvers are the in-tunnel resolver addresses, IPv4 and IPv6.
-	Resolvers     []netip.Addr
+	Resolvers []netip.Addr
+	// GatewayAddrs are the gateway's own tunnel addresses. Split-mode
+	// configs route them too: the table's ICMP rejections of off-policy DNS
+	// and refused flows come from them, and a client that dropped those
+	// would wait for a timeout instead of failing at once.
+	GatewayAddrs  []netip.Addr
 	SearchDomains []string
 	// Zones are the internal zones the gateway forwards conditionally
 	// (reverse zones included). Formats with per-domain DNS routing (nrpt,
@@ -287,7 +293,7 @@ func renderConf(p ClientParams, o confOptions) string {
 		line("PresharedKey = %s", p.Peer.PresharedKey)
 	}
 	line("Endpoint = %s", p.Endpoint)
-	line("AllowedIPs = %s", joinPrefixes(AllowedIPs(p.FullTunnel, p.Routes, p.Resolvers)))
+	line("AllowedIPs = %s", joinPrefixes(AllowedIPs(p.FullTunnel, p.Routes, append(slices.Clone(p.Resolvers), p.GatewayAddrs...))))
 	if p.Keepalive > 0 {
 		line("PersistentKeepalive = %d", int(p.Keepalive/time.Second))
 	}

@@ -61,7 +61,7 @@ func TestPeerGroups(t *testing.T) {
 	// The contractor's client config routes only its group's routes (and
 	// the resolvers); the employee's routes peers.routes.
 	conf, errs, code := run(t, "peer", "config", "bob/laptop", "-c", cfg)
-	if code != 0 || !strings.Contains(conf, "AllowedIPs = 10.20.0.53/32, 10.30.4.0/24, fd20::53/128") || strings.Contains(conf, "10.30.0.0/16") {
+	if code != 0 || !strings.Contains(conf, "AllowedIPs = 10.20.0.1/32, 10.20.0.53/32, 10.30.4.0/24, fd20::1/128, fd20::53/128") || strings.Contains(conf, "10.30.0.0/16") {
 		t.Errorf("contractor config (%d %s):\n%s", code, errs, conf)
 	}
 	conf, _, _ = run(t, "peer", "config", "alice/laptop", "-c", cfg)

@@ -563,6 +563,7 @@ func renderWith(cfg *gateway.Config, p peers.Peer, format, endpoint, platform st
 		FullTunnel:      cfg.FullTunnel(),
 		Routes:          cfg.PeerRoutes(p), // the group's routes (groups)
 		Resolvers:       cfg.Resolvers(),
+		GatewayAddrs:    cfg.GatewayAddrs(),
 		SearchDomains:   cfg.SearchDomains,
 		Zones:           cfg.ZoneNames(),
 		Keepalive:       cfg.Peers.PersistentKeepalive,
