@@ -234,14 +234,18 @@ func (u *upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg)
 
 var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); return &b }}
 
-// exchangeUDP uses a fresh socket (a new random source port) per try and
-// reads past answers whose ID or question do not match until the deadline.
-func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (*dns.Msg, error) {
-	c, err := u.spares.get()
+// exchangeUDP sends one try on a socket of its own for the try (a random
+// source port, see spareSockets) and reads past answers whose ID or
+// question do not match until the deadline.
+func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (r *dns.Msg, err error) {
+	sp, err := u.spares.get()
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}
-	defer u.spares.release(c)
+	// Only a socket whose try was answered cleanly carries another query.
+	clean := true
+	defer func() { u.spares.release(sp, err == nil && clean) }()
+	c := sp.c
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -256,6 +260,7 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 		n, err := c.Read(buf)
 		if errors.Is(err, io.EOF) { // an empty datagram (os.File reports it as EOF)
 			lastErr = errors.New("empty answer")
+			clean = false
 			continue
 		}
 		if err != nil {
@@ -264,16 +269,18 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 			}
 			return nil, fmt.Errorf("read udp %s: %w", u.label, err)
 		}
-		r := new(dns.Msg)
-		if err := r.Unpack(buf[:n]); err != nil {
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
 			lastErr = fmt.Errorf("unpack answer: %w", err)
+			clean = false
 			continue
 		}
-		if !answerMatches(q, r) {
+		if !answerMatches(q, m) {
 			lastErr = errors.New("answer does not match query")
+			clean = false
 			continue
 		}
-		return r, nil
+		return m, nil
 	}
 	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", u.label, lastErr)}
 }
