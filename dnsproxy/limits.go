@@ -111,15 +111,17 @@ func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 // over either family share one budget; a source no identity knows counts
 // on its own.
 func (p *Proxy) limitKey(src netip.Addr) netip.Addr {
-	if p.idents == nil {
-		return src
-	}
-	if peer, ok := p.idents.Lookup(src); ok {
-		if peer.V4.IsValid() {
-			return peer.V4
+	return limitKeyOf(src, p.identify(src))
+}
+
+// limitKeyOf is limitKey for a source whose peer (nil: none) is known.
+func limitKeyOf(src netip.Addr, who *Peer) netip.Addr {
+	if who != nil {
+		if who.V4.IsValid() {
+			return who.V4
 		}
-		if peer.V6.IsValid() {
-			return peer.V6
+		if who.V6.IsValid() {
+			return who.V6
 		}
 	}
 	return src

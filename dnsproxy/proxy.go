@@ -516,7 +516,13 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 	if !st.allowed(src) {
 		return dns.RcodeRefused, false
 	}
-	if !p.lim.allow(p.limitKey(src), now) {
+	return p.admitPeer(src, p.identify(src), now)
+}
+
+// admitPeer is the rate limit of admit for an allowed source whose peer
+// (nil: none) is known.
+func (p *Proxy) admitPeer(src netip.Addr, who *Peer, now int64) (int, bool) {
+	if !p.lim.allow(limitKeyOf(src, who), now) {
 		p.rateLimited.Add(1)
 		p.met.ratelimited.Inc()
 		return dns.RcodeRefused, false

@@ -280,7 +280,15 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 	p.enc.requests[tr].inc(ls.shard)
 	q := &ls.q
 	kn, ok := parseQuery(pkt, q, &ls.key)
-	if rc, admitted := p.admit(st, a, now); !admitted {
+	// One identity lookup serves the rate limit, the group view and the
+	// egress check below.
+	var who *Peer
+	rc, admitted := dns.RcodeRefused, st.allowed(a)
+	if admitted {
+		who = p.identify(a)
+		rc, admitted = p.admitPeer(a, who, now)
+	}
+	if !admitted {
 		if !ok {
 			return nil, false
 		}
@@ -302,14 +310,14 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 	if e == nil || e.gen.Load() != st.gen {
 		return nil, true
 	}
-	view := p.view(st, a)
+	view := viewOf(st, who)
 	if !view.hitAllowed(e, ls.key[:q.nameLen]) {
 		return nil, true // the slow path refuses it (groups.go)
 	}
 	if p.obs != nil && len(e.addrs) > 0 {
 		// Egress learning: the slow path installs what is not there yet
 		// before it answers.
-		if v4, v6 := p.peerAddrs(a); !p.obs.Covered(v4, v6, e.addrs, e.addrTTL) {
+		if v4, v6 := addrsOf(a, who); !p.obs.Covered(v4, v6, e.addrs, e.addrTTL) {
 			return nil, true
 		}
 	}

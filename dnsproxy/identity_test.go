@@ -1,0 +1,106 @@
+package dnsproxy
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// countingIdentities counts Lookup calls.
+type countingIdentities struct {
+	m IdentityMap
+	n atomic.Int64
+}
+
+func (c *countingIdentities) Lookup(src netip.Addr) (*Peer, bool) {
+	c.n.Add(1)
+	return c.m.Lookup(src)
+}
+
+// everythingOnProxy is an unstarted proxy with groups, an answer observer
+// (which has learned the cached answer's address for the peer) and a
+// per-peer rate limit, all of which ask who the source is; its cache holds
+// www.example.com/A. It returns the proxy, a query packet for the cached
+// name and the peer's source address.
+func everythingOnProxy(tb testing.TB, ids Identities) (*Proxy, []byte, netip.AddrPort) {
+	tb.Helper()
+	up := startFakeTB(tb, answerA("10.30.0.53", 3600))
+	cfg := testConfig(up)
+	cfg.Limits.PeerQPS = 1 << 30
+	cfg.Limits.PeerBurst = 1 << 30
+	cfg.Groups = []PeerGroup{{Name: "employees", AllZones: true}, {Name: "contractors"}}
+	cfg.DefaultGroup = "contractors"
+	obs := newFakeObserver()
+	obs.learned[[2]netip.Addr{netip.MustParseAddr("10.20.0.2"), netip.MustParseAddr("10.30.0.53")}] = time.Hour
+	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry(), Identities: ids, Observer: obs})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	src := netip.MustParseAddr("127.0.0.1")
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.com.", dns.TypeA)
+	if r, err := p.Exchange(tb.Context(), m, src); err != nil || len(r.Answer) != 1 {
+		tb.Fatalf("warm cache: %v %v", r, err)
+	}
+	m.SetEdns0(1232, false)
+	pkt, err := m.Pack()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p, pkt, netip.AddrPortFrom(src, 40000)
+}
+
+func employeeIdentity() IdentityMap {
+	peer := &Peer{Name: "alice/laptop", Group: "employees", V4: netip.MustParseAddr("10.20.0.2")}
+	return IdentityMap{netip.MustParseAddr("127.0.0.1"): peer}
+}
+
+// TestFastPathOneIdentityLookup: a cache hit with groups, egress learning
+// and the per-peer rate limit on asks Identities once, not once per check,
+// and still allocates nothing.
+func TestFastPathOneIdentityLookup(t *testing.T) {
+	ids := &countingIdentities{m: employeeIdentity()}
+	p, pkt, src := everythingOnProxy(t, ids)
+	ls := newLoopState(0)
+	ids.n.Store(0)
+	resp, slow := p.handlePacket(ls, pkt, src)
+	if slow || resp == nil {
+		t.Fatalf("not a fast-path hit (slow=%v)", slow)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(resp); err != nil || len(r.Answer) != 1 {
+		t.Fatalf("fast-path answer %v %v", r, err)
+	}
+	if n := ids.n.Load(); n != 1 {
+		t.Errorf("a cache hit looked up the source's identity %d times, want 1", n)
+	}
+	if allocs := testing.AllocsPerRun(1000, func() { p.handlePacket(ls, pkt, src) }); allocs != 0 {
+		t.Errorf("fast path with groups and egress allocates %v per hit, want 0", allocs)
+	}
+	// The same hit for a peer whose group sees no zone leaves the fast path.
+	ids.m[src.Addr()] = &Peer{Name: "bob/laptop", Group: "contractors", V4: netip.MustParseAddr("10.20.0.3")}
+	if resp, slow := p.handlePacket(ls, pkt, src); resp != nil || !slow {
+		t.Error("a hit outside the peer's group was answered on the fast path")
+	}
+}
+
+// BenchmarkCacheHitEverything is BenchmarkCacheHit with groups, egress
+// learning (a covered hit) and the per-peer rate limit, each of which needs
+// the source's identity.
+func BenchmarkCacheHitEverything(b *testing.B) {
+	p, pkt, src := everythingOnProxy(b, employeeIdentity())
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ls := newLoopState(int(time.Now().UnixNano()))
+		for pb.Next() {
+			if resp, _ := p.handlePacket(ls, pkt, src); resp == nil {
+				b.Fatal("miss")
+			}
+		}
+	})
+}
