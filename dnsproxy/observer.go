@@ -78,7 +78,12 @@ func (p *Proxy) observe(ctx context.Context, src netip.Addr, resp *dns.Msg) {
 		return
 	}
 	addrs, ttl := answerAddrs(resp.Answer)
-	if len(addrs) == 0 {
+	p.observeAddrs(ctx, src, addrs, ttl)
+}
+
+// observeAddrs is observe for an answer's addresses and their TTL.
+func (p *Proxy) observeAddrs(ctx context.Context, src netip.Addr, addrs []netip.Addr, ttl time.Duration) {
+	if p.obs == nil || len(addrs) == 0 {
 		return
 	}
 	v4, v6 := p.peerAddrs(src.Unmap())

@@ -365,8 +365,31 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 	if req.Response {
 		return nil
 	}
-	resp, info := p.serve(ctx, st, req, shard, src.Addr().Unmap())
+	// A query of the plain shape parseQuery reads (nearly all) can be
+	// answered from a cache entry with writeHit, fresh from the upstream
+	// or not, instead of copying, finishing and packing a message.
+	var q query
+	var key [keyMax]byte
+	_, plain := parseQuery(pkt, &q, &key)
+	resp, e, info := p.serveEntry(ctx, st, req, shard, src.Addr().Unmap(), plain)
 	info.transport = tr
+	if e != nil {
+		maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
+		if tr.stream() {
+			maxSize = dns.MaxMsgSize
+		}
+		out := writeHit(make([]byte, 0, len(e.wire)+64), e, pkt[headerLen:headerLen+q.nameLen], &q,
+			p.now().UnixNano(), st.cfg.EDNSBufferSize, maxSize)
+		if binary.BigEndian.Uint16(out[2:])&flagTC == 0 {
+			if info.fresh != nil {
+				p.observe(ctx, src.Addr(), info.fresh)
+			} else {
+				p.observeAddrs(ctx, src.Addr(), e.addrs, e.addrTTL)
+			}
+		}
+		p.accountRcode(shard, start, req, e.rcode, info, src)
+		return out
+	}
 	size := minEDNSBufferSize
 	if opt := req.IsEdns0(); opt != nil {
 		size = maxUDPSize(true, opt.UDPSize(), st.cfg.EDNSBufferSize)

@@ -423,6 +423,7 @@ func (g *group) order() []*upstream {
 // groupResult is the outcome of asking a group.
 type groupResult struct {
 	msg      *dns.Msg
+	entry    *cacheEntry // msg as cached (resolve), when it was cacheable
 	upstream string
 	ede      uint16 // set when msg is nil
 	text     string
