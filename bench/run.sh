@@ -101,6 +101,7 @@ build_sluice_side scale ./bench/cmd/scale
 # the packages' own scale benchmarks, run from test binaries
 build_sluice_side wgdev.test ./gateway/wgdev test
 build_sluice_side firewall.test ./firewall test
+build_sluice_side dnsproxy.test ./dnsproxy test
 
 "$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" ${args[@]+"${args[@]}"} &
 pid=$!

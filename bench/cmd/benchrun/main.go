@@ -46,16 +46,20 @@ type mode struct {
 	tunRounds   int
 	scalePeers  int
 	scaleDoH    int
+	// scaleDaemon is the store sizes `sluice up` is measured at.
+	scaleDaemon []int
 }
 
 var (
 	fullMode = mode{
 		name: "full", rounds: 5, dnsperfTime: 10 * time.Second, latQueries: 20000,
 		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []int{10000, 50000},
 	}
 	quickMode = mode{
 		name: "quick", rounds: 3, dnsperfTime: 2 * time.Second, latQueries: 4000,
 		iperfTime: 2 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []int{10000},
 	}
 )
 
