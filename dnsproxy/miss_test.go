@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"testing"
 	"time"
@@ -92,5 +93,100 @@ func TestMissAnsweredLikeHit(t *testing.T) {
 	}
 	if s := p.Stats(); s.CacheMisses != 4 || s.CacheHits != 4 {
 		t.Errorf("stats %d misses %d hits, want 4 and 4", s.CacheMisses, s.CacheHits)
+	}
+}
+
+// TestCacheWireLikeNewCacheEntry: an entry made from the upstream's bytes
+// (cacheWire) renders the same records, TTLs, flags and rcode as one packed
+// from the message, for positive, negative, chained and EDNS answers; odd
+// shapes are refused so that the message path handles them.
+func TestCacheWireLikeNewCacheEntry(t *testing.T) {
+	g := &group{label: "default"}
+	q := new(dns.Msg)
+	q.SetQuestion("Www.Example.com.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	mk := func(f func(m *dns.Msg)) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.RecursionAvailable = true
+		m.Compress = true
+		f(m)
+		return m
+	}
+	cases := map[string]*dns.Msg{
+		"a with opt": mk(func(m *dns.Msg) {
+			m.Answer = []dns.RR{mustRR("www.example.com. 300 IN A 192.0.2.1"), mustRR("www.example.com. 90 IN A 192.0.2.2")}
+			m.SetEdns0(1232, true)
+		}),
+		"chain no opt": mk(func(m *dns.Msg) {
+			m.Answer = []dns.RR{mustRR("www.example.com. 3600 IN CNAME e.cdn.example."), mustRR("e.cdn.example. 20 IN A 198.51.100.10")}
+		}),
+		"nxdomain": mk(func(m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{mustRR("example.com. 3600 IN SOA ns.example.com. h.example.com. 1 2 3 4 60")}
+			m.SetEdns0(1232, false)
+		}),
+	}
+	for name, resp := range cases {
+		raw, err := resp.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := new(dns.Msg)
+		if err := msg.Unpack(raw); err != nil {
+			t.Fatal(err)
+		}
+		clampNegativeSOA(msg)
+		ttl := cacheTTL(msg, time.Hour, 0)
+		want, ok := newCacheEntry("k", msg, ttl, 0, g)
+		if !ok {
+			t.Fatalf("%s: newCacheEntry refused", name)
+		}
+		got, ok := newCacheEntryWire("k", raw, msg, ttl, 0, g)
+		if !ok {
+			t.Fatalf("%s: newCacheEntryWire refused", name)
+		}
+		qpkt, _ := q.Pack()
+		var qi query
+		var key [keyMax]byte
+		if _, ok := parseQuery(qpkt, &qi, &key); !ok {
+			t.Fatal("parse query")
+		}
+		render := func(e *cacheEntry) *dns.Msg {
+			b := writeHit(nil, e, qpkt[headerLen:headerLen+qi.nameLen], &qi, int64(5*time.Second), 1232, 65535)
+			m := new(dns.Msg)
+			if err := m.Unpack(b); err != nil {
+				t.Fatalf("%s: unpack rendered entry: %v", name, err)
+			}
+			m.Compress = false
+			return m
+		}
+		w, g2 := render(want), render(got)
+		if w.String() != g2.String() {
+			t.Errorf("%s: entries render differently:\nmessage path:\n%v\nwire path:\n%v", name, w, g2)
+		}
+		if got.rcode != want.rcode || got.addrTTL != want.addrTTL || len(got.addrs) != len(want.addrs) {
+			t.Errorf("%s: rcode %d/%d addrTTL %v/%v addrs %v/%v", name, got.rcode, want.rcode, got.addrTTL, want.addrTTL, got.addrs, want.addrs)
+		}
+	}
+	// Shapes left to the message path.
+	base := cases["a with opt"]
+	optFirst := base.Copy()
+	optFirst.Extra = append([]dns.RR{optFirst.Extra[0]}, mustRR("ns.example.com. 60 IN A 192.0.2.53"))
+	b, _ := optFirst.Pack()
+	if _, _, ok := cacheWire(b, 60); ok {
+		t.Error("cacheWire took an OPT record that is not last")
+	}
+	b, _ = base.Pack()
+	if _, _, ok := cacheWire(append(b, 0), 60); ok {
+		t.Error("cacheWire took trailing bytes")
+	}
+	ptr := append([]byte(nil), b[:headerLen]...)
+	ptr = append(ptr, 0xC0, 0x0C, 0, 1, 0, 1)
+	binary.BigEndian.PutUint16(ptr[6:], 0)
+	binary.BigEndian.PutUint16(ptr[8:], 0)
+	binary.BigEndian.PutUint16(ptr[10:], 0)
+	if _, _, ok := cacheWire(ptr, 60); ok {
+		t.Error("cacheWire took a compressed question name")
 	}
 }

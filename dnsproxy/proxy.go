@@ -869,7 +869,14 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 	}
 	if msg != nil {
 		if ttl := cacheTTL(msg, st.cfg.Cache.MaxTTL, st.cfg.Cache.ServfailTTL); ttl >= time.Second {
-			if e, ok := newCacheEntry(key, msg, ttl, now, g); ok {
+			e, ok := (*cacheEntry)(nil), false
+			if msg == f.res.msg && f.res.raw != nil {
+				e, ok = newCacheEntryWire(key, f.res.raw, msg, ttl, now, g)
+			}
+			if !ok {
+				e, ok = newCacheEntry(key, msg, ttl, now, g)
+			}
+			if ok {
 				e.gen.Store(st.gen)
 				p.cache.put(e)
 				if msg == f.res.msg {

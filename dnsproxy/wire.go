@@ -246,3 +246,72 @@ func lower8(x uint64) uint64 {
 	upper := ge &^ gt &^ x & high
 	return x | upper>>2
 }
+
+// cacheWire rewrites an upstream answer in place into the form the cache
+// keeps (what newCacheEntry packs from a message): ID 0, TC clear, the
+// question name in lower case, a final OPT record dropped, every TTL capped
+// to secs. It returns the message and its TTL offsets, or false for any
+// other shape (a compressed question name, OPT anywhere but last, bytes
+// after the last record), which the caller handles from the message.
+func cacheWire(msg []byte, secs uint32) ([]byte, []uint16, bool) {
+	if len(msg) < headerLen || len(msg) > 0xFFFF || binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return nil, nil, false
+	}
+	off := headerLen
+	for {
+		if off >= len(msg) {
+			return nil, nil, false
+		}
+		l := int(msg[off])
+		off++
+		if l == 0 {
+			break
+		}
+		if l > 63 { // a pointer or an unknown label type
+			return nil, nil, false
+		}
+		off += l
+	}
+	nameEnd := off
+	if nameEnd-headerLen > maxNameWire || off+4 > len(msg) {
+		return nil, nil, false
+	}
+	off += 4
+	arcount := int(binary.BigEndian.Uint16(msg[10:]))
+	count := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + arcount
+	offs := make([]uint16, 0, count)
+	end := len(msg)
+	for i := range count {
+		start := off
+		var ok bool
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return nil, nil, false
+		}
+		next := off + 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if next > len(msg) {
+			return nil, nil, false
+		}
+		if binary.BigEndian.Uint16(msg[off:]) == typeOPT {
+			if i != count-1 || next != len(msg) || arcount == 0 {
+				return nil, nil, false
+			}
+			end = start
+			binary.BigEndian.PutUint16(msg[10:], uint16(arcount-1))
+			off = next
+			break
+		}
+		if binary.BigEndian.Uint32(msg[off+4:]) > secs {
+			binary.BigEndian.PutUint32(msg[off+4:], secs)
+		}
+		offs = append(offs, uint16(off+4))
+		off = next
+	}
+	if off != len(msg) {
+		return nil, nil, false
+	}
+	msg = msg[:end]
+	binary.BigEndian.PutUint16(msg[0:], 0)
+	msg[2] &^= byte(flagTC >> 8)
+	foldCopy(msg[headerLen:nameEnd], msg[headerLen:nameEnd])
+	return msg, offs, true
+}
