@@ -7,8 +7,13 @@ import (
 )
 
 const (
-	// sparesMax is how many ready sockets one UDP upstream keeps.
+	// sparesMax is how many ready sockets the worker keeps made ahead of
+	// queries for one UDP upstream.
 	sparesMax = 8
+	// sparesPoolMax is how many idle sockets one UDP upstream keeps in all:
+	// sockets coming back from a burst of concurrent queries stay for the
+	// next ones (within spareMaxUses and spareMaxAge) up to this many.
+	sparesPoolMax = 64
 	// spareMaxAge bounds how long a socket serves queries from its
 	// creation: a connected socket keeps the source address chosen when it
 	// was made, so old ones are replaced in case the host's addresses
@@ -83,7 +88,7 @@ const (
 func newSpareSockets(addr netip.AddrPort) *spareSockets {
 	return &spareSockets{
 		addr:  addr,
-		ready: make(chan spare, sparesMax),
+		ready: make(chan spare, sparesPoolMax),
 		used:  make(chan udpConn, sparesMax*4),
 		wake:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
@@ -206,7 +211,7 @@ func (s *spareSockets) closeUsed() {
 }
 
 func (s *spareSockets) fill() {
-	for len(s.ready) < cap(s.ready) {
+	for len(s.ready) < sparesMax {
 		c, err := s.dial()
 		if err != nil {
 			return // the query path dials itself and reports the error
