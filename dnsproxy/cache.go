@@ -267,6 +267,17 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 	}, true
 }
 
+// addrTTLAt is the longest TTL of e's addresses as an answer rendered at
+// now carries it (writeHit counts down whole seconds): what an observer
+// must keep the addresses for from now on.
+func (e *cacheEntry) addrTTLAt(now int64) time.Duration {
+	elapsed := time.Duration(0)
+	if d := now - e.stored; d > 0 {
+		elapsed = time.Duration(d) / time.Second * time.Second
+	}
+	return max(e.addrTTL-elapsed, 0)
+}
+
 // writeHit renders e as the answer to query q (whose wire question name,
 // in the client's case, is qname) into out (which must
 // have room for len(e.wire)+11 bytes): ID and question name as the client

@@ -1,7 +1,9 @@
 package dnsproxy
 
 import (
+	"context"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -160,5 +162,83 @@ func BenchmarkCacheHitPeers(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// expiringObserver learns pairs until now+ttl on its clock and calls a
+// pair covered only while it has at least ttl left, as the firewall does.
+type expiringObserver struct {
+	mu     sync.Mutex
+	now    func() time.Time
+	exp    map[netip.Addr]time.Time
+	learns int
+}
+
+func (o *expiringObserver) Covered(v4, v6 netip.Addr, addrs []netip.Addr, ttl time.Duration) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, a := range addrs {
+		if exp, ok := o.exp[a]; !ok || exp.Sub(o.now()) < ttl {
+			return false
+		}
+	}
+	return true
+}
+
+func (o *expiringObserver) Learn(ctx context.Context, v4, v6 netip.Addr, addrs []netip.Addr, ttl time.Duration) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.learns++
+	for _, a := range addrs {
+		o.exp[a] = o.now().Add(ttl)
+	}
+	return nil
+}
+
+// TestHitCoveredWithRemainingTTL: a cache hit asks the observer to cover
+// the TTL the answer carries now, not the one the entry was stored with,
+// so a pair learned with the miss keeps every later hit on the fast path
+// (before, every hit after the first second went to the slow path and
+// learned the pair again).
+func TestHitCoveredWithRemainingTTL(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	obs := &expiringObserver{now: clock.Now, exp: map[netip.Addr]time.Time{}}
+	up := startFakeTB(t, answerA("10.30.0.53", 300))
+	p, err := New(testConfig(up), Options{Registerer: prometheus.NewRegistry(), Identities: employeeIdentity(),
+		Observer: obs, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	src := netip.MustParseAddrPort("127.0.0.1:40000")
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.com.", dns.TypeA)
+	pkt, _ := m.Pack()
+	ls := newLoopState(0)
+	if _, slow := p.handlePacket(ls, pkt, src); !slow {
+		t.Fatal("first query not a miss")
+	}
+	if out := p.slowPacket(t.Context(), pkt, src, 0); out == nil {
+		t.Fatal("miss not answered")
+	}
+	if obs.learns != 1 {
+		t.Fatalf("%d Learn calls after the miss, want 1", obs.learns)
+	}
+	for _, step := range []time.Duration{100 * time.Second, 150 * time.Second} {
+		clock.Advance(step)
+		resp, slow := p.handlePacket(ls, pkt, src)
+		if slow || resp == nil {
+			t.Fatalf("hit %v later left the fast path", step)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(resp); err != nil || len(r.Answer) != 1 {
+			t.Fatalf("hit answer %v %v", r, err)
+		}
+		if exp := obs.exp[netip.MustParseAddr("10.30.0.53")]; clock.Now().Add(time.Duration(r.Answer[0].Header().Ttl) * time.Second).After(exp) {
+			t.Errorf("answer TTL %d outlives the learned pair (expires %v, now %v)", r.Answer[0].Header().Ttl, exp, clock.Now())
+		}
+	}
+	if obs.learns != 1 {
+		t.Errorf("%d Learn calls, want 1", obs.learns)
 	}
 }

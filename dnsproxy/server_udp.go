@@ -317,7 +317,9 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 	if p.obs != nil && len(e.addrs) > 0 {
 		// Egress learning: the slow path installs what is not there yet
 		// before it answers.
-		if v4, v6 := addrsOf(a, who); !p.obs.Covered(v4, v6, e.addrs, e.addrTTL) {
+		// The TTL the answer will carry, not the one it was stored with: a
+		// pair learned when the entry was made covers the entry's lifetime.
+		if v4, v6 := addrsOf(a, who); !p.obs.Covered(v4, v6, e.addrs, e.addrTTLAt(now)) {
 			return nil, true
 		}
 	}
@@ -384,7 +386,7 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 			if info.fresh != nil {
 				p.observe(ctx, src.Addr(), info.fresh)
 			} else {
-				p.observeAddrs(ctx, src.Addr(), e.addrs, e.addrTTL)
+				p.observeAddrs(ctx, src.Addr(), e.addrs, e.addrTTLAt(p.now().UnixNano()))
 			}
 		}
 		p.accountRcode(shard, start, req, e.rcode, info, src)
