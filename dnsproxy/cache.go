@@ -192,6 +192,35 @@ func clampNegativeSOA(msg *dns.Msg) {
 	}
 }
 
+// newCacheEntryWire is newCacheEntry from raw, the bytes msg was unpacked
+// from (which it takes over and rewrites in place, see cacheWire): no copy
+// and no pack of msg. The entry keeps the upstream's name compression.
+// false when raw has a shape cacheWire leaves to newCacheEntry.
+func newCacheEntryWire(key string, raw []byte, msg *dns.Msg, ttl time.Duration, now int64, g *group) (*cacheEntry, bool) {
+	if msg.Rcode > 0xF || msg.Truncated { // an extended rcode lives in the OPT record cacheWire drops
+		return nil, false
+	}
+	secs := uint32(ttl / time.Second)
+	wire, offs, ok := cacheWire(raw, secs)
+	if !ok {
+		return nil, false
+	}
+	addrs, addrTTL := answerAddrs(msg.Answer)
+	return &cacheEntry{
+		addrs:    addrs,
+		addrTTL:  min(addrTTL, time.Duration(secs)*time.Second),
+		key:      key,
+		wire:     wire,
+		ttlOffs:  offs,
+		stored:   now,
+		expires:  now + int64(ttl),
+		group:    g.label,
+		zidx:     g.zidx,
+		counters: g.counters,
+		rcode:    msg.Rcode,
+	}, true
+}
+
 // newCacheEntry packs msg for the cache: ID 0, lower-case question, no OPT,
 // every TTL capped to ttl (and the SOA of a negative answer to its minimum).
 func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *group) (*cacheEntry, bool) {
@@ -236,6 +265,17 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 		counters: g.counters,
 		rcode:    m.Rcode,
 	}, true
+}
+
+// addrTTLAt is the longest TTL of e's addresses as an answer rendered at
+// now carries it (writeHit counts down whole seconds): what an observer
+// must keep the addresses for from now on.
+func (e *cacheEntry) addrTTLAt(now int64) time.Duration {
+	elapsed := time.Duration(0)
+	if d := now - e.stored; d > 0 {
+		elapsed = time.Duration(d) / time.Second * time.Second
+	}
+	return max(e.addrTTL-elapsed, 0)
 }
 
 // writeHit renders e as the answer to query q (whose wire question name,

@@ -97,15 +97,19 @@ func (v *groupView) blockedWire(name []byte) bool {
 // view returns the group view of the peer at src: nil when no groups are
 // configured, the default group's for a source that is no known peer.
 func (p *Proxy) view(st *state, src netip.Addr) *groupView {
+	if st.grp == nil {
+		return nil
+	}
+	return viewOf(st, p.identify(src))
+}
+
+// viewOf is view for a source whose peer (nil: none) is known.
+func viewOf(st *state, who *Peer) *groupView {
 	gs := st.grp
 	if gs == nil {
 		return nil
 	}
-	if p.idents == nil {
-		return gs.def
-	}
-	who, ok := p.idents.Lookup(src)
-	if !ok || who.Group == "" {
+	if who == nil || who.Group == "" {
 		return gs.def
 	}
 	if v, ok := gs.views[who.Group]; ok {

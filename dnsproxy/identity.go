@@ -30,6 +30,20 @@ func (m IdentityMap) Lookup(src netip.Addr) (*Peer, bool) {
 	return p, ok
 }
 
+// identify is the one identity lookup of a request: src's peer, or nil when
+// src is no known peer or no Identities is set. The fast path looks up once
+// and hands the result to the rate limit, the group view and the egress
+// check (admitPeer, viewOf, addrsOf).
+func (p *Proxy) identify(src netip.Addr) *Peer {
+	if p.idents == nil {
+		return nil
+	}
+	if who, ok := p.idents.Lookup(src); ok {
+		return who
+	}
+	return nil
+}
+
 // peerName is "user/device" for src, or "" when src is no known peer.
 func (p *Proxy) peerName(src netip.Addr) string {
 	if p.idents == nil {

@@ -13,6 +13,12 @@ const (
 	// limiterShardMax bounds the peers one shard remembers; idle ones are
 	// forgotten when it is reached.
 	limiterShardMax = 4096
+	// limiterMergeMin and limiterMergeAge bound how long new sources wait
+	// in a shard's pending map before it is merged into the lock-free one:
+	// once they are a quarter of it (at least limiterMergeMin), or after
+	// limiterMergeAge.
+	limiterMergeMin = 8
+	limiterMergeAge = int64(time.Second)
 )
 
 // bucket is a GCRA token bucket: tat is the theoretical arrival time (unix
@@ -22,14 +28,19 @@ type bucket struct {
 }
 
 type limiterShard struct {
-	mu sync.Mutex                             // serializes writers of m
-	m  atomic.Pointer[map[netip.Addr]*bucket] // copy-on-write: readers never lock
-	_  [48]byte
+	m atomic.Pointer[map[netip.Addr]*bucket] // copy-on-write: readers never lock
+
+	mu        sync.Mutex // serializes writers of m; protects pending, lastMerge
+	pending   map[netip.Addr]*bucket
+	lastMerge int64
+	_         [24]byte
 }
 
 // limiter is a per-source rate limit, sharded by address. Lookups of known
-// peers are lock-free; a new peer copies its shard's map (peers are the
-// tunnel's devices, so this is rare and bounded).
+// peers are lock-free. A new peer waits in its shard's pending map (found
+// under the shard's lock) until enough have come, or enough time has
+// passed, to copy the shard's map once for all of them: learning n peers
+// costs O(n) copies, not O(n²/shards) as one copy per new peer did.
 type limiter struct {
 	interval atomic.Int64 // nanoseconds per query; 0 = unlimited
 	tol      atomic.Int64 // burst * interval
@@ -81,8 +92,9 @@ func (l *limiter) allow(src netip.Addr, now int64) bool {
 	return false
 }
 
-// add returns src's bucket, creating it (and forgetting idle peers when the
-// shard is full).
+// add returns src's bucket, creating it in the pending map, and merges the
+// pending map into the lock-free one when it is due (forgetting idle peers
+// when the shard is full).
 func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -90,18 +102,37 @@ func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 	if b := old[src]; b != nil {
 		return b
 	}
-	next := make(map[netip.Addr]*bucket, len(old)+1)
-	for a, b := range old {
+	b := s.pending[src]
+	if b == nil {
+		if s.pending == nil {
+			s.pending = map[netip.Addr]*bucket{}
+		}
+		b = &bucket{}
+		s.pending[src] = b
+	}
+	if len(s.pending) < max(limiterMergeMin, len(old)/4) && now-s.lastMerge < limiterMergeAge {
+		return b
+	}
+	total := len(old) + len(s.pending)
+	next := make(map[netip.Addr]*bucket, total)
+	for a, ob := range old {
 		// A bucket whose tat has passed is full again: it carries no state.
-		if len(old) < limiterShardMax || b.tat.Load() > now {
-			next[a] = b
+		if total <= limiterShardMax || ob.tat.Load() > now {
+			next[a] = ob
 		}
 	}
-	if len(next) >= limiterShardMax {
+	if len(next)+len(s.pending) > limiterShardMax {
 		clear(next) // a flood of sources must not grow memory
 	}
-	b := &bucket{}
+	for a, pb := range s.pending {
+		if len(next) >= limiterShardMax {
+			break
+		}
+		next[a] = pb
+	}
 	next[src] = b
+	s.pending = nil
+	s.lastMerge = now
 	s.m.Store(&next)
 	return b
 }
@@ -111,15 +142,17 @@ func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 // over either family share one budget; a source no identity knows counts
 // on its own.
 func (p *Proxy) limitKey(src netip.Addr) netip.Addr {
-	if p.idents == nil {
-		return src
-	}
-	if peer, ok := p.idents.Lookup(src); ok {
-		if peer.V4.IsValid() {
-			return peer.V4
+	return limitKeyOf(src, p.identify(src))
+}
+
+// limitKeyOf is limitKey for a source whose peer (nil: none) is known.
+func limitKeyOf(src netip.Addr, who *Peer) netip.Addr {
+	if who != nil {
+		if who.V4.IsValid() {
+			return who.V4
 		}
-		if peer.V6.IsValid() {
-			return peer.V6
+		if who.V6.IsValid() {
+			return who.V6
 		}
 	}
 	return src

@@ -34,10 +34,13 @@ type AnswerObserver interface {
 // peerAddrs returns the tunnel addresses of src's peer; a source no
 // identity knows stands for itself in its own family.
 func (p *Proxy) peerAddrs(src netip.Addr) (v4, v6 netip.Addr) {
-	if p.idents != nil {
-		if peer, ok := p.idents.Lookup(src); ok {
-			return peer.V4, peer.V6
-		}
+	return addrsOf(src, p.identify(src))
+}
+
+// addrsOf is peerAddrs for a source whose peer (nil: none) is known.
+func addrsOf(src netip.Addr, who *Peer) (v4, v6 netip.Addr) {
+	if who != nil {
+		return who.V4, who.V6
 	}
 	if src.Is4() {
 		return src, netip.Addr{}
@@ -75,7 +78,12 @@ func (p *Proxy) observe(ctx context.Context, src netip.Addr, resp *dns.Msg) {
 		return
 	}
 	addrs, ttl := answerAddrs(resp.Answer)
-	if len(addrs) == 0 {
+	p.observeAddrs(ctx, src, addrs, ttl)
+}
+
+// observeAddrs is observe for an answer's addresses and their TTL.
+func (p *Proxy) observeAddrs(ctx context.Context, src netip.Addr, addrs []netip.Addr, ttl time.Duration) {
+	if p.obs == nil || len(addrs) == 0 {
 		return
 	}
 	v4, v6 := p.peerAddrs(src.Unmap())

@@ -516,7 +516,13 @@ func (p *Proxy) admit(st *state, src netip.Addr, now int64) (int, bool) {
 	if !st.allowed(src) {
 		return dns.RcodeRefused, false
 	}
-	if !p.lim.allow(p.limitKey(src), now) {
+	return p.admitPeer(src, p.identify(src), now)
+}
+
+// admitPeer is the rate limit of admit for an allowed source whose peer
+// (nil: none) is known.
+func (p *Proxy) admitPeer(src netip.Addr, who *Peer, now int64) (int, bool) {
+	if !p.lim.allow(limitKeyOf(src, who), now) {
 		p.rateLimited.Add(1)
 		p.met.ratelimited.Inc()
 		return dns.RcodeRefused, false
@@ -533,12 +539,22 @@ type answerInfo struct {
 	blocked   string
 	cacheHit  bool
 	cacheMiss bool
+	entry     *cacheEntry // serveEntry's answer; never set outside it
+	// fresh is the upstream's answer (shared, read-only) behind a fresh
+	// entry: the observer learns its addresses with the TTLs the upstream
+	// gave, as it does for answers rendered from messages.
+	fresh *dns.Msg
 }
 
 // account records one answered query (slow path) in metrics and the query
 // log: the one place its counters move. The proxy's own probes (see Probe)
 // are not client traffic and are not recorded.
 func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info answerInfo, src netip.AddrPort) {
+	p.accountRcode(shard, start, req, resp.Rcode, info, src)
+}
+
+// accountRcode is account for an answer known by its rcode.
+func (p *Proxy) accountRcode(shard int, start time.Time, req *dns.Msg, rcode int, info answerInfo, src netip.AddrPort) {
 	if p.probing(src) {
 		return
 	}
@@ -557,10 +573,10 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 		qtype, name = req.Question[0].Qtype, req.Question[0].Name
 	}
 	lat := p.now().Sub(start)
-	p.met.group(info.group).inc(shard, qtype, resp.Rcode)
+	p.met.group(info.group).inc(shard, qtype, rcode)
 	p.met.duration.observe(shard, lat)
 	if p.wantRecord(src.Addr().Unmap()) {
-		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: resp.Rcode, transport: info.transport,
+		p.record(logRecord{time: start, src: src, name: name, qtype: qtype, rcode: rcode, transport: info.transport,
 			group: info.group, upstream: info.upstream, cacheHit: info.cacheHit, latency: lat, blocked: info.blocked,
 			peerGroup: info.peerGroup})
 	}
@@ -569,6 +585,27 @@ func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info ans
 // serve is the slow path for one admitted query from src: every transport
 // (UDP slow path, TCP, Exchange) answers through it.
 func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int, src netip.Addr) (*dns.Msg, answerInfo) {
+	resp, _, info := p.serveEntry(ctx, st, req, shard, src, false)
+	return resp, info
+}
+
+// serveEntry is serve for a caller that can render a cache entry itself
+// (wantEntry; the wire transports, with writeHit): when the answer is a
+// cache entry as it stands, from the cache or fresh from the upstream, it
+// returns that entry and no message, sparing the copy, finish and pack of
+// a message. The entry is then answered exactly like the cache hit that
+// follows it will be.
+func (p *Proxy) serveEntry(ctx context.Context, st *state, req *dns.Msg, shard int, src netip.Addr, wantEntry bool) (*dns.Msg, *cacheEntry, answerInfo) {
+	resp, info := p.serveMsg(ctx, st, req, shard, src, wantEntry)
+	if info.entry != nil {
+		e := info.entry
+		info.entry = nil
+		return nil, e, info
+	}
+	return resp, nil, info
+}
+
+func (p *Proxy) serveMsg(ctx context.Context, st *state, req *dns.Msg, shard int, src netip.Addr, wantEntry bool) (*dns.Msg, answerInfo) {
 	view := p.view(st, src)
 	info := answerInfo{group: localGroup, peerGroup: view.label()}
 	resp := new(dns.Msg)
@@ -622,6 +659,11 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int, s
 	now := p.now().UnixNano()
 	if e := p.cache.get(key[:kn], now); e != nil && e.group == g.label {
 		e.gen.Store(st.gen) // revalidated against current policy and routing
+		if wantEntry {
+			info.cacheHit = true
+			info.entry = e
+			return nil, info
+		}
 		qi := query{id: req.Id, flags: msgFlags(req), nameLen: nn}
 		if opt != nil {
 			qi.do = opt.Do()
@@ -639,6 +681,10 @@ func (p *Proxy) serve(ctx context.Context, st *state, req *dns.Msg, shard int, s
 	if res.msg == nil {
 		resp.SetRcode(req, dns.RcodeServerFailure)
 		return p.finish(st, resp, req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: res.ede, ExtraText: res.text}}), info
+	}
+	if wantEntry && res.entry != nil {
+		info.entry, info.fresh = res.entry, res.msg
+		return nil, info
 	}
 	return p.finish(st, res.msg.Copy(), req, nil), info
 }
@@ -823,9 +869,19 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 	}
 	if msg != nil {
 		if ttl := cacheTTL(msg, st.cfg.Cache.MaxTTL, st.cfg.Cache.ServfailTTL); ttl >= time.Second {
-			if e, ok := newCacheEntry(key, msg, ttl, now, g); ok {
+			e, ok := (*cacheEntry)(nil), false
+			if msg == f.res.msg && f.res.raw != nil {
+				e, ok = newCacheEntryWire(key, f.res.raw, msg, ttl, now, g)
+			}
+			if !ok {
+				e, ok = newCacheEntry(key, msg, ttl, now, g)
+			}
+			if ok {
 				e.gen.Store(st.gen)
 				p.cache.put(e)
+				if msg == f.res.msg {
+					f.res.entry = e
+				}
 			}
 		}
 	}

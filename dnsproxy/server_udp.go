@@ -280,7 +280,15 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 	p.enc.requests[tr].inc(ls.shard)
 	q := &ls.q
 	kn, ok := parseQuery(pkt, q, &ls.key)
-	if rc, admitted := p.admit(st, a, now); !admitted {
+	// One identity lookup serves the rate limit, the group view and the
+	// egress check below.
+	var who *Peer
+	rc, admitted := dns.RcodeRefused, st.allowed(a)
+	if admitted {
+		who = p.identify(a)
+		rc, admitted = p.admitPeer(a, who, now)
+	}
+	if !admitted {
 		if !ok {
 			return nil, false
 		}
@@ -302,14 +310,16 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 	if e == nil || e.gen.Load() != st.gen {
 		return nil, true
 	}
-	view := p.view(st, a)
+	view := viewOf(st, who)
 	if !view.hitAllowed(e, ls.key[:q.nameLen]) {
 		return nil, true // the slow path refuses it (groups.go)
 	}
 	if p.obs != nil && len(e.addrs) > 0 {
 		// Egress learning: the slow path installs what is not there yet
 		// before it answers.
-		if v4, v6 := p.peerAddrs(a); !p.obs.Covered(v4, v6, e.addrs, e.addrTTL) {
+		// The TTL the answer will carry, not the one it was stored with: a
+		// pair learned when the entry was made covers the entry's lifetime.
+		if v4, v6 := addrsOf(a, who); !p.obs.Covered(v4, v6, e.addrs, e.addrTTLAt(now)) {
 			return nil, true
 		}
 	}
@@ -357,8 +367,31 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 	if req.Response {
 		return nil
 	}
-	resp, info := p.serve(ctx, st, req, shard, src.Addr().Unmap())
+	// A query of the plain shape parseQuery reads (nearly all) can be
+	// answered from a cache entry with writeHit, fresh from the upstream
+	// or not, instead of copying, finishing and packing a message.
+	var q query
+	var key [keyMax]byte
+	_, plain := parseQuery(pkt, &q, &key)
+	resp, e, info := p.serveEntry(ctx, st, req, shard, src.Addr().Unmap(), plain)
 	info.transport = tr
+	if e != nil {
+		maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
+		if tr.stream() {
+			maxSize = dns.MaxMsgSize
+		}
+		out := writeHit(make([]byte, 0, len(e.wire)+64), e, pkt[headerLen:headerLen+q.nameLen], &q,
+			p.now().UnixNano(), st.cfg.EDNSBufferSize, maxSize)
+		if binary.BigEndian.Uint16(out[2:])&flagTC == 0 {
+			if info.fresh != nil {
+				p.observe(ctx, src.Addr(), info.fresh)
+			} else {
+				p.observeAddrs(ctx, src.Addr(), e.addrs, e.addrTTLAt(p.now().UnixNano()))
+			}
+		}
+		p.accountRcode(shard, start, req, e.rcode, info, src)
+		return out
+	}
 	size := minEDNSBufferSize
 	if opt := req.IsEdns0(); opt != nil {
 		size = maxUDPSize(true, opt.UDPSize(), st.cfg.EDNSBufferSize)

@@ -7,12 +7,21 @@ import (
 )
 
 const (
-	// sparesMax is how many ready sockets one UDP upstream keeps.
+	// sparesMax is how many ready sockets the worker keeps made ahead of
+	// queries for one UDP upstream.
 	sparesMax = 8
-	// spareMaxAge bounds how long a ready socket waits for a query: a
-	// connected socket keeps the source address chosen when it was made,
-	// so old ones are replaced in case the host's addresses changed.
+	// sparesPoolMax is how many idle sockets one UDP upstream keeps in all:
+	// sockets coming back from a burst of concurrent queries stay for the
+	// next ones (within spareMaxUses and spareMaxAge) up to this many.
+	sparesPoolMax = 64
+	// spareMaxAge bounds how long a socket serves queries from its
+	// creation: a connected socket keeps the source address chosen when it
+	// was made, so old ones are replaced in case the host's addresses
+	// changed, and a source port stays open for at most this long.
 	spareMaxAge = 10 * time.Second
+	// spareMaxUses is how many queries, one after the other, one socket
+	// (one random source port) carries before it is closed.
+	spareMaxUses = 16
 )
 
 // udpConn is a connected UDP socket to one upstream, used for one try.
@@ -23,20 +32,37 @@ type udpConn interface {
 	Close() error
 }
 
-// spare is a connected UDP socket that no query has used yet.
+// spare is a connected UDP socket that is not carrying a query.
 type spare struct {
 	c    udpConn
 	born time.Time
+	uses int // queries it has carried
 }
 
 // spareSockets keeps a few connected UDP sockets to one upstream ready
-// before queries need them. Every socket still carries exactly one try and
-// is closed afterwards, so each upstream query leaves from its own random
-// source port (picked by the kernel at connect); what moves off the query's
-// path is the socket's creation (socket, connect, poller registration) and
-// its close, which a worker goroutine does when the proxy would otherwise
-// be waiting. Without the worker (before first use, after close) get and
-// release fall back to doing that work inline.
+// before queries need them, and lets a socket carry a few queries one after
+// the other before it is closed.
+//
+// The defence against off-path spoofing is the pair (source port, ID)
+// that a forged answer must hit. The port of each socket is picked at
+// random by the kernel at connect; the ID of each query comes from
+// crypto/rand; an answer must also repeat the question. A socket carries at
+// most one query at a time (get takes it out of the pool until release), at
+// most spareMaxUses queries and only for spareMaxAge from its creation,
+// and only after answered tries: a try that failed (timeout, mismatched
+// answers) closes its socket, so a port an attacker is aiming at is never
+// reused. An off-path attacker never sees the port, so one query still
+// costs them the whole port range times 65,536 IDs; what reuse changes is
+// that a port they did learn (e.g. by an ICMP side channel) is good for up
+// to spareMaxUses queries within spareMaxAge instead of one, while a ready
+// socket was already open and connected for up to spareMaxAge before its
+// one query when each socket carried one try.
+//
+// What moves off the query's path is the socket's creation (socket,
+// connect, poller registration) and its close, amortized over its uses and
+// done by a worker goroutine when the pool runs low. Without the worker
+// (before first use, after close) get and release fall back to doing that
+// work inline.
 type spareSockets struct {
 	addr netip.AddrPort
 
@@ -62,7 +88,7 @@ const (
 func newSpareSockets(addr netip.AddrPort) *spareSockets {
 	return &spareSockets{
 		addr:  addr,
-		ready: make(chan spare, sparesMax),
+		ready: make(chan spare, sparesPoolMax),
 		used:  make(chan udpConn, sparesMax*4),
 		wake:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
@@ -75,28 +101,54 @@ func (s *spareSockets) dial() (udpConn, error) {
 	return dialUDP(s.addr)
 }
 
-// get returns a socket for one try: a ready one when there is one young
-// enough, else a new one.
-func (s *spareSockets) get() (udpConn, error) {
+// get returns a socket for one try, which the caller owns until it hands
+// it to release: a ready one when there is one young enough, else a new one.
+func (s *spareSockets) get() (spare, error) {
 	if !s.start() {
-		return s.dial()
+		c, err := s.dial()
+		return spare{c: c, born: time.Now()}, err
 	}
-	defer s.poke()
 	for {
 		select {
 		case sp := <-s.ready:
 			if time.Since(sp.born) < spareMaxAge {
-				return sp.c, nil
+				if len(s.ready) < sparesMax/2 {
+					s.poke()
+				}
+				return sp, nil
 			}
-			s.release(sp.c)
+			s.retire(sp.c)
 		default:
-			return s.dial()
+			s.poke()
+			c, err := s.dial()
+			return spare{c: c, born: time.Now()}, err
 		}
 	}
 }
 
-// release hands a used socket back to be closed.
-func (s *spareSockets) release(c udpConn) {
+// release takes back a socket from get after its try. answered says the
+// try got its matching answer; only then may the socket carry another
+// query (see spareSockets), else it is closed.
+func (s *spareSockets) release(sp spare, answered bool) {
+	sp.uses++
+	if answered && sp.uses < spareMaxUses && time.Since(sp.born) < spareMaxAge {
+		s.mu.Lock()
+		running := s.state == sparesRunning
+		if running {
+			select {
+			case s.ready <- sp:
+				s.mu.Unlock()
+				return
+			default:
+			}
+		}
+		s.mu.Unlock()
+	}
+	s.retire(sp.c)
+}
+
+// retire hands a socket that will carry no more queries to be closed.
+func (s *spareSockets) retire(c udpConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state == sparesClosed {
@@ -159,7 +211,7 @@ func (s *spareSockets) closeUsed() {
 }
 
 func (s *spareSockets) fill() {
-	for len(s.ready) < cap(s.ready) {
+	for len(s.ready) < sparesMax {
 		c, err := s.dial()
 		if err != nil {
 			return // the query path dials itself and reports the error

@@ -215,38 +215,52 @@ func (u *upstream) observeLatency(d time.Duration) {
 // hot path sets socket deadlines instead of creating a timer context per try.
 // UDP answers with TC set are retried over TCP on the same address.
 func (u *upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
+	r, _, err := u.exchangeRaw(ctx, deadline, q)
+	return r, err
+}
+
+// exchangeRaw is exchange that also returns the answer's bytes as
+// received when it came over UDP (nil otherwise), for cacheWire.
+func (u *upstream) exchangeRaw(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, []byte, error) {
 	wire, err := q.Pack()
 	if err != nil {
-		return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("pack query: %w", err)}
+		return nil, nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("pack query: %w", err)}
 	}
 	switch u.spec.Proto {
 	case "tcp":
-		return u.exchangeStream(ctx, deadline, q, wire, false)
+		r, err := u.exchangeStream(ctx, deadline, q, wire, false)
+		return r, nil, err
 	case "tls":
-		return u.exchangeStream(ctx, deadline, q, wire, true)
+		r, err := u.exchangeStream(ctx, deadline, q, wire, true)
+		return r, nil, err
 	}
-	r, err := u.exchangeUDP(ctx, deadline, q, wire)
+	r, raw, err := u.exchangeUDP(ctx, deadline, q, wire)
 	if err == nil && r.Truncated {
-		return u.exchangeStream(ctx, deadline, q, wire, false)
+		r, err = u.exchangeStream(ctx, deadline, q, wire, false)
+		return r, nil, err
 	}
-	return r, err
+	return r, raw, err
 }
 
 var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); return &b }}
 
-// exchangeUDP uses a fresh socket (a new random source port) per try and
-// reads past answers whose ID or question do not match until the deadline.
-func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (*dns.Msg, error) {
-	c, err := u.spares.get()
+// exchangeUDP sends one try on a socket of its own for the try (a random
+// source port, see spareSockets) and reads past answers whose ID or
+// question do not match until the deadline.
+func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (r *dns.Msg, raw []byte, err error) {
+	sp, err := u.spares.get()
 	if err != nil {
-		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
+		return nil, nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}
-	defer u.spares.release(c)
+	// Only a socket whose try was answered cleanly carries another query.
+	clean := true
+	defer func() { u.spares.release(sp, err == nil && clean) }()
+	c := sp.c
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if _, err := c.Write(wire); err != nil {
-		return nil, fmt.Errorf("write udp %s: %w", u.label, err)
+		return nil, nil, fmt.Errorf("write udp %s: %w", u.label, err)
 	}
 	bp := udpBufPool.Get().(*[]byte)
 	defer udpBufPool.Put(bp)
@@ -256,26 +270,29 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 		n, err := c.Read(buf)
 		if errors.Is(err, io.EOF) { // an empty datagram (os.File reports it as EOF)
 			lastErr = errors.New("empty answer")
+			clean = false
 			continue
 		}
 		if err != nil {
 			if lastErr != nil && classify(err).kind == errKindTimeout {
-				return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", u.label, err, lastErr)}
+				return nil, nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", u.label, err, lastErr)}
 			}
-			return nil, fmt.Errorf("read udp %s: %w", u.label, err)
+			return nil, nil, fmt.Errorf("read udp %s: %w", u.label, err)
 		}
-		r := new(dns.Msg)
-		if err := r.Unpack(buf[:n]); err != nil {
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
 			lastErr = fmt.Errorf("unpack answer: %w", err)
+			clean = false
 			continue
 		}
-		if !answerMatches(q, r) {
+		if !answerMatches(q, m) {
 			lastErr = errors.New("answer does not match query")
+			clean = false
 			continue
 		}
-		return r, nil
+		return m, append([]byte(nil), buf[:n]...), nil
 	}
-	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", u.label, lastErr)}
+	return nil, nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", u.label, lastErr)}
 }
 
 // answerMatches reports whether r answers q: same ID, QR set, same question.
@@ -416,6 +433,8 @@ func (g *group) order() []*upstream {
 // groupResult is the outcome of asking a group.
 type groupResult struct {
 	msg      *dns.Msg
+	raw      []byte      // msg as received over UDP; nil over TCP/TLS
+	entry    *cacheEntry // msg as cached (resolve), when it was cacheable
 	upstream string
 	ede      uint16 // set when msg is nil
 	text     string
@@ -442,7 +461,7 @@ func (g *group) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, id
 		if deadline.Before(tryDeadline) {
 			tryDeadline = deadline
 		}
-		r, err := u.exchange(ctx, tryDeadline, q)
+		r, raw, err := u.exchangeRaw(ctx, tryDeadline, q)
 		d := time.Since(start)
 		if err == nil {
 			switch r.Rcode {
@@ -454,7 +473,7 @@ func (g *group) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, id
 		}
 		if err == nil {
 			u.success(d)
-			return groupResult{msg: r, upstream: u.label}
+			return groupResult{msg: r, raw: raw, upstream: u.label}
 		}
 		ue := classify(err)
 		if ue.kind != errKindNetwork && ue.kind != errKindTLS {

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -227,9 +228,9 @@ func TestQueryIDs(t *testing.T) {
 	}
 }
 
-// TestUpstreamSourcePorts: ready sockets are still used for one query each,
-// so consecutive upstream queries leave from different random ports. (A
-// pool that reused sockets would show one port, or a handful.)
+// TestUpstreamSourcePorts: upstream queries leave from random ports that
+// each carry at most spareMaxUses queries, so a stream of misses is spread
+// over many ports and no port serves for long (see spareSockets).
 func TestUpstreamSourcePorts(t *testing.T) {
 	var mu sync.Mutex
 	ports := map[int]int{}
@@ -244,7 +245,7 @@ func TestUpstreamSourcePorts(t *testing.T) {
 		send(b)
 	})
 	p, _ := startProxy(t, testConfig(addr), Options{})
-	const n = 60
+	const n = 100
 	for i := range n {
 		if r := ask(t, p, "udp", fmt.Sprintf("port%d.example.", i), dns.TypeA, 0); r.Rcode != dns.RcodeSuccess {
 			t.Fatalf("query %d: %s", i, dns.RcodeToString[r.Rcode])
@@ -252,8 +253,68 @@ func TestUpstreamSourcePorts(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// Ephemeral ports are random, so a repeat now and then is chance.
-	if len(ports) < n*9/10 {
+	for port, k := range ports {
+		if k > spareMaxUses {
+			t.Errorf("source port %d carried %d queries, want at most %d", port, k, spareMaxUses)
+		}
+	}
+	if len(ports) < n/spareMaxUses {
 		t.Errorf("%d upstream queries came from only %d source ports: %v", n, len(ports), ports)
+	}
+}
+
+// TestUpstreamPortRetiredAfterForgery: a socket that received an answer
+// not matching its query (a forgery aimed at its port, or garbage) is
+// closed after its try, so its port never carries another query.
+func TestUpstreamPortRetiredAfterForgery(t *testing.T) {
+	var mu sync.Mutex
+	var order []int         // source port of each query, in arrival order
+	forged := map[int]int{} // port -> index in order of its forged query
+	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
+		mu.Lock()
+		order = append(order, from.Port)
+		mu.Unlock()
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = append(r.Answer, mustRR("%s 60 IN A 192.0.2.7", q.Question[0].Name))
+		if strings.HasPrefix(q.Question[0].Name, "forged") {
+			mu.Lock()
+			forged[from.Port] = len(order) - 1
+			mu.Unlock()
+			bad := r.Copy()
+			bad.Id = q.Id + 1
+			b, _ := bad.Pack()
+			send(b)
+		}
+		b, _ := r.Pack()
+		send(b)
+	})
+	p, _ := startProxy(t, testConfig(addr), Options{})
+	for i := range 40 {
+		name := fmt.Sprintf("plain%d.example.", i)
+		if i%10 == 3 {
+			name = fmt.Sprintf("forged%d.example.", i)
+		}
+		r := ask(t, p, "udp", name, dns.TypeA, 0)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Fatalf("query %s: %v", name, r)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	reused := 0
+	for i, port := range order {
+		if at, ok := forged[port]; ok && i > at {
+			t.Errorf("port %d got a forged answer at query %d yet carried query %d", port, at, i)
+		}
+		if i > 0 && slices.Contains(order[:i], port) {
+			reused++
+		}
+	}
+	if reused == 0 {
+		t.Errorf("no port carried two queries: %v", order) // the pool is not reusing answered sockets
+	}
+	if len(forged) != 4 {
+		t.Errorf("%d ports saw forged answers, want 4", len(forged))
 	}
 }

@@ -62,34 +62,28 @@ func parseQuery(pkt []byte, q *query, key *[keyMax]byte) (keyLen int, ok bool) {
 	if arcount > 1 {
 		return 0, false
 	}
+	// Walk the labels' length bytes, then fold the whole name at once
+	// (length bytes are < 64, never in A-Z, so folding leaves them alone).
 	off := headerLen
-	n := 0
 	for {
 		if off >= len(pkt) {
 			return 0, false
 		}
 		l := int(pkt[off])
+		off++
 		if l == 0 {
-			key[n] = 0
-			n++
-			off++
 			break
 		}
-		if l > 63 || off+1+l > len(pkt) || n+1+l+1 > maxNameWire {
+		if l > 63 {
 			return 0, false
-		}
-		key[n] = byte(l)
-		n++
-		off++
-		for _, c := range pkt[off : off+l] {
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			key[n] = c
-			n++
 		}
 		off += l
 	}
+	n := off - headerLen
+	if n > maxNameWire {
+		return 0, false
+	}
+	foldCopy(key[:n], pkt[headerLen:off])
 	q.nameLen = n
 	if off+4 > len(pkt) {
 		return 0, false
@@ -222,4 +216,102 @@ func truncateWire(resp []byte, questEnd int, edns bool, size int, do bool) []byt
 		binary.BigEndian.PutUint16(resp[10:], 1)
 	}
 	return resp
+}
+
+// foldCopy copies src to dst (len(dst) == len(src)) with A-Z lowered,
+// eight bytes at a time.
+func foldCopy(dst, src []byte) {
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], lower8(binary.LittleEndian.Uint64(src[i:])))
+	}
+	for ; i < len(src); i++ {
+		c := src[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst[i] = c
+	}
+}
+
+// lower8 lowers the bytes A-Z of the eight in x and leaves every other
+// byte as it is, without a branch: per byte, bit 7 of ge is set when its
+// low seven bits are >= 'A', of gt when they are > 'Z' (no sum carries into
+// the next byte), and bytes with bit 7 set are no letter.
+func lower8(x uint64) uint64 {
+	const ones, high = 0x0101010101010101, 0x8080808080808080
+	h := x &^ high
+	ge := h + (0x80-'A')*ones
+	gt := h + (0x80-'Z'-1)*ones
+	upper := ge &^ gt &^ x & high
+	return x | upper>>2
+}
+
+// cacheWire rewrites an upstream answer in place into the form the cache
+// keeps (what newCacheEntry packs from a message): ID 0, TC clear, the
+// question name in lower case, a final OPT record dropped, every TTL capped
+// to secs. It returns the message and its TTL offsets, or false for any
+// other shape (a compressed question name, OPT anywhere but last, bytes
+// after the last record), which the caller handles from the message.
+func cacheWire(msg []byte, secs uint32) ([]byte, []uint16, bool) {
+	if len(msg) < headerLen || len(msg) > 0xFFFF || binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return nil, nil, false
+	}
+	off := headerLen
+	for {
+		if off >= len(msg) {
+			return nil, nil, false
+		}
+		l := int(msg[off])
+		off++
+		if l == 0 {
+			break
+		}
+		if l > 63 { // a pointer or an unknown label type
+			return nil, nil, false
+		}
+		off += l
+	}
+	nameEnd := off
+	if nameEnd-headerLen > maxNameWire || off+4 > len(msg) {
+		return nil, nil, false
+	}
+	off += 4
+	arcount := int(binary.BigEndian.Uint16(msg[10:]))
+	count := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + arcount
+	offs := make([]uint16, 0, count)
+	end := len(msg)
+	for i := range count {
+		start := off
+		var ok bool
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return nil, nil, false
+		}
+		next := off + 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if next > len(msg) {
+			return nil, nil, false
+		}
+		if binary.BigEndian.Uint16(msg[off:]) == typeOPT {
+			if i != count-1 || next != len(msg) || arcount == 0 {
+				return nil, nil, false
+			}
+			end = start
+			binary.BigEndian.PutUint16(msg[10:], uint16(arcount-1))
+			off = next
+			break
+		}
+		if binary.BigEndian.Uint32(msg[off+4:]) > secs {
+			binary.BigEndian.PutUint32(msg[off+4:], secs)
+		}
+		offs = append(offs, uint16(off+4))
+		off = next
+	}
+	if off != len(msg) {
+		return nil, nil, false
+	}
+	msg = msg[:end]
+	binary.BigEndian.PutUint16(msg[0:], 0)
+	msg[2] &^= byte(flagTC >> 8)
+	foldCopy(msg[headerLen:nameEnd], msg[headerLen:nameEnd])
+	return msg, offs, true
 }

@@ -1,6 +1,8 @@
 package dnsproxy
 
 import (
+	"bytes"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -172,5 +174,44 @@ func TestFormErr(t *testing.T) {
 	wire, _ = opt.Pack()
 	if err := r.Unpack(p.slowPacket(t.Context(), wire, src, 0)); err != nil || r.Rcode != dns.RcodeBadVers {
 		t.Errorf("EDNS version 1: %v %v", r, err)
+	}
+}
+
+// TestFoldCopy compares the eight-bytes-at-a-time folding with the byte
+// loop it replaced, on every byte value in every position and on random
+// lengths.
+func TestFoldCopy(t *testing.T) {
+	ref := func(src []byte) []byte {
+		out := make([]byte, len(src))
+		for i, c := range src {
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			out[i] = c
+		}
+		return out
+	}
+	check := func(src []byte) {
+		t.Helper()
+		got := make([]byte, len(src))
+		foldCopy(got, src)
+		if want := ref(src); !bytes.Equal(got, want) {
+			t.Fatalf("foldCopy(%x) = %x, want %x", src, got, want)
+		}
+	}
+	for c := range 256 {
+		for pos := range 9 {
+			src := bytes.Repeat([]byte{'M'}, 9)
+			src[pos] = byte(c)
+			check(src)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		src := make([]byte, rng.IntN(260))
+		for i := range src {
+			src[i] = byte(rng.UintN(256))
+		}
+		check(src)
 	}
 }

@@ -19,16 +19,16 @@ var egressS = egressSeries{&series{}, &series{}, &series{}, &series{}, &series{}
 func (b *bench) egressRows() []row {
 	s := egressS
 	return []row{
-		{figure: "Egress: answer → pair installed p50, one answer at a time (100,000 pairs learned)", unit: " µs", s: s.serial50, rounds: scaleRounds},
-		{figure: "Egress: answer → pair installed p99, one answer at a time", unit: " µs", s: s.serial99, rounds: scaleRounds},
-		{figure: "Egress: answer → pair installed p50, 16 answers at once", unit: " µs", s: s.conc50, rounds: scaleRounds},
-		{figure: "Egress: answer → pair installed p99, 16 answers at once", unit: " µs", s: s.conc99, rounds: scaleRounds},
-		{figure: "Egress: table write carrying 100,000 learned pairs of 1,000 peers", unit: " ms", s: s.applyMS, rounds: scaleRounds},
-		{figure: "Egress: fast-path check (Covered) with 100,000 pairs", unit: " ns", s: s.coveredNS, rounds: scaleRounds},
-		{figure: "Egress: forwarded throughput, one TCP flow — egress open", unit: " MB/s", s: s.fwdOpen, rounds: scaleRounds},
-		{figure: "Egress: forwarded throughput, one TCP flow — resolved, 100,000 learned pairs", unit: " MB/s", s: s.fwdLearned, rounds: scaleRounds},
-		{figure: "Egress: forwarded throughput ratio 100,000 pairs / open", unit: "×", s: s.fwdRatio, rounds: scaleRounds, goal: atLeast(0.95, "×")},
-		{figure: "Egress: new connections per second ratio 100,000 pairs / open", unit: "×", s: s.connRatio, rounds: scaleRounds},
+		{figure: "Egress: answer → pair installed p50, one answer at a time (100,000 pairs learned)", unit: " µs", s: s.serial50, rounds: b.mode.egressRounds},
+		{figure: "Egress: answer → pair installed p99, one answer at a time", unit: " µs", s: s.serial99, rounds: b.mode.egressRounds},
+		{figure: "Egress: answer → pair installed p50, 16 answers at once", unit: " µs", s: s.conc50, rounds: b.mode.egressRounds},
+		{figure: "Egress: answer → pair installed p99, 16 answers at once", unit: " µs", s: s.conc99, rounds: b.mode.egressRounds},
+		{figure: "Egress: table write carrying 100,000 learned pairs of 1,000 peers", unit: " ms", s: s.applyMS, rounds: b.mode.egressRounds},
+		{figure: "Egress: fast-path check (Covered) with 100,000 pairs", unit: " ns", s: s.coveredNS, rounds: b.mode.egressRounds},
+		{figure: "Egress: forwarded throughput, one TCP flow — egress open", unit: " MB/s", s: s.fwdOpen, rounds: b.mode.egressRounds},
+		{figure: "Egress: forwarded throughput, one TCP flow — resolved, 100,000 learned pairs", unit: " MB/s", s: s.fwdLearned, rounds: b.mode.egressRounds},
+		{figure: "Egress: forwarded throughput ratio 100,000 pairs / open", unit: "×", s: s.fwdRatio, rounds: b.mode.egressRounds, goal: atLeast(0.95, "×")},
+		{figure: "Egress: new connections per second ratio 100,000 pairs / open", unit: "×", s: s.connRatio, rounds: b.mode.egressRounds},
 	}
 }
 
@@ -41,7 +41,7 @@ func (b *bench) egressRounds(ctx context.Context) {
 		}
 		return
 	}
-	for round := range scaleRounds {
+	for round := range b.mode.egressRounds {
 		if ctx.Err() != nil {
 			return
 		}
@@ -73,12 +73,12 @@ func (b *bench) egressRounds(ctx context.Context) {
 		for k := range variants {
 			i := (round + k) % len(variants) // alternate which goes first
 			v := variants[i]
-			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/throughput$", "3s", "BenchmarkForward/"+v+"/throughput"); err == nil {
+			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/throughput$", b.mode.forwardTime, "BenchmarkForward/"+v+"/throughput"); err == nil {
 				mbs[i] = m["MB/s"]
 			} else {
 				s.fwdRatio.fail(err.Error())
 			}
-			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/connect$", "3000x", "BenchmarkForward/"+v+"/connect"); err == nil {
+			if m, err := b.goBench(ctx, "firewall.test", "BenchmarkForward/"+v+"/connect$", b.mode.forwardTime, "BenchmarkForward/"+v+"/connect"); err == nil {
 				conn[i] = 1e9 / m["ns/op"]
 			} else {
 				s.connRatio.fail(err.Error())
@@ -97,5 +97,5 @@ func (b *bench) egressRounds(ctx context.Context) {
 			s.connRatio.add(conn[1] / conn[0])
 		}
 	}
-	b.notes = append(b.notes, fmt.Sprintf("Egress: firewall BenchmarkLearn (a new pair per answer, time from Learn to the kernel's ack, which the answer waits for; concurrent answers share one netlink batch), BenchmarkApplyLearned (the table replace that reload and re-apply do, re-installing every learned pair in the same batch), BenchmarkCovered (the userspace check a cache hit makes), BenchmarkForward (peer traffic forwarded gateway to sink over veth, full mode with masquerade, egress open vs resolved with 100,000 learned pairs: one TCP flow's throughput, and new connections each needing a learned-set lookup; veth, not WireGuard, so that the figure is the table's cost alone); %d fresh processes pinned to CPU %s", scaleRounds, b.cpus.server))
+	b.notes = append(b.notes, fmt.Sprintf("Egress: firewall BenchmarkLearn (a new pair per answer, time from Learn to the kernel's ack, which the answer waits for; concurrent answers share one netlink batch), BenchmarkApplyLearned (the table replace that reload and re-apply do, re-installing every learned pair in the same batch), BenchmarkCovered (the userspace check a cache hit makes), BenchmarkForward (peer traffic forwarded gateway to sink over veth, full mode with masquerade, egress open vs resolved with 100,000 learned pairs: one TCP flow's throughput, and new connections each needing a learned-set lookup; veth, not WireGuard, so that the figure is the table's cost alone, each run for %s); %d fresh processes pinned to CPU %s", b.mode.forwardTime, b.mode.egressRounds, b.cpus.server))
 }

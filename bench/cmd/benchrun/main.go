@@ -48,16 +48,25 @@ type mode struct {
 	tunRounds   int
 	scalePeers  int
 	scaleDoH    int
+	// scaleDaemon is the store sizes `sluice up` is measured at.
+	scaleDaemon []int
+	// egressRounds and forwardTime bound the egress figures: each round
+	// sets up 100,000 learned pairs in several fresh processes, which is
+	// most of a quick run's time on a busy machine.
+	egressRounds int
+	forwardTime  string // -test.benchtime of BenchmarkForward
 }
 
 var (
 	fullMode = mode{
 		name: "full", rounds: 5, dnsperfTime: 10 * time.Second, latQueries: 20000,
 		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []int{10000, 50000}, egressRounds: 3, forwardTime: "3s",
 	}
 	quickMode = mode{
 		name: "quick", rounds: 3, dnsperfTime: 2 * time.Second, latQueries: 4000,
 		iperfTime: 2 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []int{10000}, egressRounds: 1, forwardTime: "1s",
 	}
 )
 

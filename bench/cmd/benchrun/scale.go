@@ -28,16 +28,40 @@ peers: {state_dir: {{DIR}}/state, routes: []}
 admin: {listen: 127.0.0.1:0, control_socket: {{DIR}}/ctl.sock}
 `
 
+// scaleLookupPeers are the identity counts of the proxy's peer-lookup
+// benchmark (dnsproxy BenchmarkCacheHitPeers/N).
+var scaleLookupPeers = []int{1000, 10000, 50000}
+
+// daemonSeries are the figures of `sluice up` on a store of n peers.
+type daemonSeries struct {
+	n                  int
+	upSec, rss, addSec *series
+}
+
 func (b *bench) scaleSection(ctx context.Context) []row {
 	n := b.mode.scalePeers
-	syncSec, syncRSS, upSec, upRSS, fwMS := &series{}, &series{}, &series{}, &series{}, &series{}
+	syncSec, syncRSS, change1MS, fwMS := &series{}, &series{}, &series{}, &series{}
 	rows := []row{
 		{figure: fmt.Sprintf("Scale: apply %d peers in one SyncPeers (wgdev benchmark)", n), unit: " s", s: syncSec, rounds: scaleRounds},
 		{figure: fmt.Sprintf("Scale: RSS of the wgdev benchmark process at %d peers", n), unit: " MiB", s: syncRSS, rounds: scaleRounds},
-		{figure: fmt.Sprintf("Scale: sluice up until %d peers are on the device", n), unit: " s", s: upSec, rounds: scaleRounds},
-		{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", n), unit: " MiB", s: upRSS, rounds: scaleRounds},
-		{figure: fmt.Sprintf("Scale: firewall Apply with %d DoH entries (firewall benchmark)", b.mode.scaleDoH), unit: " ms", s: fwMS, rounds: scaleRounds},
+		{figure: fmt.Sprintf("Scale: SyncPeers for one changed peer of %d (wgdev benchmark)", n), unit: " ms", s: change1MS, rounds: scaleRounds},
 	}
+	var daemons []daemonSeries
+	for _, dn := range b.mode.scaleDaemon {
+		d := daemonSeries{n: dn, upSec: &series{}, rss: &series{}, addSec: &series{}}
+		daemons = append(daemons, d)
+		rows = append(rows,
+			row{figure: fmt.Sprintf("Scale: sluice up until %d peers are on the device", dn), unit: " s", s: d.upSec, rounds: scaleRounds},
+			row{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", dn), unit: " MiB", s: d.rss, rounds: scaleRounds},
+			row{figure: fmt.Sprintf("Scale: one peer added to %d (`sluice peer add` until it is on the device)", dn), unit: " s", s: d.addSec, rounds: scaleRounds})
+	}
+	lookups := map[int]*series{}
+	for _, ln := range scaleLookupPeers {
+		lookups[ln] = &series{}
+		rows = append(rows, row{figure: fmt.Sprintf("Scale: proxy cache hit with 10 groups, source cycling over %d peers (dnsproxy benchmark)", ln),
+			unit: " ns", s: lookups[ln], rounds: scaleRounds})
+	}
+	rows = append(rows, row{figure: fmt.Sprintf("Scale: firewall Apply with %d DoH entries (firewall benchmark)", b.mode.scaleDoH), unit: " ms", s: fwMS, rounds: scaleRounds})
 	rows = append(rows, b.egressRows()...)
 
 	// Go benchmarks of the packages, each round in a fresh process pinned to
@@ -50,15 +74,37 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 		if !b.have("wgdev.test") {
 			syncSec.fail(b.why("wgdev.test"))
 			syncRSS.fail(b.why("wgdev.test"))
-		} else if m, err := b.goBench(ctx, "wgdev.test", "BenchmarkSyncPeers10k/add$", "1x", "BenchmarkSyncPeers10k/add"); err != nil {
+		} else if out, m, err := b.goBenchOut(ctx, "wgdev.test", "BenchmarkSyncPeers10k/(add|change1)$", "1x", "BenchmarkSyncPeers10k/add"); err != nil {
 			syncSec.fail(err.Error())
 			syncRSS.fail(err.Error())
+			change1MS.fail(err.Error())
 		} else {
+			// One process: add's RSS is that of a fresh process; change1
+			// runs after it on the same device.
+			if c, err := parseGoBench(out, "BenchmarkSyncPeers10k/change1"); err != nil {
+				change1MS.fail(err.Error())
+			} else {
+				change1MS.add(c["ns/op"] / 1e6)
+			}
 			syncSec.add(m["ns/op"] / 1e9)
 			if v, ok := m["RSS-MiB"]; ok {
 				syncRSS.add(v)
 			} else {
 				syncRSS.fail("benchmark reports no RSS-MiB")
+			}
+		}
+		// The three sizes in one process, each with its own proxy.
+		out, _, err := b.goBenchOut(ctx, "dnsproxy.test", "BenchmarkCacheHitPeers/", "500000x", "")
+		for _, ln := range scaleLookupPeers {
+			name := fmt.Sprintf("BenchmarkCacheHitPeers/%d", ln)
+			if !b.have("dnsproxy.test") {
+				lookups[ln].fail(b.why("dnsproxy.test"))
+			} else if err != nil {
+				lookups[ln].fail(err.Error())
+			} else if m, err := parseGoBench(out, name); err != nil {
+				lookups[ln].fail(err.Error())
+			} else {
+				lookups[ln].add(m["ns/op"])
 			}
 		}
 		if !b.have("firewall.test") {
@@ -71,20 +117,24 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 	}
 
 	// The daemon itself: sluice up on a store of n peers.
-	switch {
-	case !b.have("sluice"):
-		upSec.fail(b.why("sluice"))
-		upRSS.fail(b.why("sluice"))
-	case !b.have("scale"):
-		upSec.fail(b.why("scale"))
-		upRSS.fail(b.why("scale"))
-	default:
-		if err := b.scaleDaemon(ctx, n, upSec, upRSS); err != nil {
-			upSec.fail(err.Error())
-			upRSS.fail(err.Error())
+	for _, d := range daemons {
+		var err error
+		switch {
+		case !b.have("sluice"):
+			err = errors.New(b.why("sluice"))
+		case !b.have("scale"):
+			err = errors.New(b.why("scale"))
+		default:
+			err = b.scaleDaemon(ctx, d)
+		}
+		if err != nil {
+			d.upSec.fail(err.Error())
+			d.rss.fail(err.Error())
+			d.addSec.fail(err.Error())
 		}
 	}
 	b.egressRounds(ctx)
+	b.notes = append(b.notes, "Scale: \"one peer added\" is the wall time of `sluice peer add` against the running daemon (store write, control socket, one SyncPeers) until `wg show` lists the new peer, polled every 20 ms; the proxy's peer-lookup figure is dnsproxy BenchmarkCacheHitPeers/N (a cache hit with 10 groups and the per-peer rate limit, each hit from the next of N peer addresses, after every peer asked once), ns per hit on one core")
 	b.notes = append(b.notes, fmt.Sprintf("Scale: each figure from %d fresh processes pinned to CPU %s; SyncPeers and firewall figures are the packages' own Go benchmarks (gateway/wgdev BenchmarkSyncPeers10k/add: empty userspace device to %d peers in one ConfigureDevice over UAPI; firewall BenchmarkApply: one atomic batch with %d DoH prefixes in interval sets); \"sluice up\" is the wall time from starting the daemon on a store of %d peers (filled by bench/cmd/scale) until `wg show` lists all of them, and its VmRSS %s later",
 		scaleRounds, b.cpus.server, n, b.mode.scaleDoH, n, rssSettle))
 	return rows
@@ -93,12 +143,26 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 // goBench runs one Go benchmark from a test binary built by run.sh and
 // returns the metrics of the line named name.
 func (b *bench) goBench(ctx context.Context, binary, pattern, benchtime, name string) (map[string]float64, error) {
+	_, m, err := b.goBenchOut(ctx, binary, pattern, benchtime, name)
+	return m, err
+}
+
+// goBenchOut is goBench that also returns the whole output, for patterns
+// that run several benchmarks; name "" parses no line.
+func (b *bench) goBenchOut(ctx context.Context, binary, pattern, benchtime, name string) (string, map[string]float64, error) {
+	if !b.have(binary) {
+		return "", nil, errors.New(b.why(binary))
+	}
 	out, err := b.r.run(ctx, "", b.cpus.server, nil, filepath.Join(b.bin, binary),
 		"-test.run", "^$", "-test.bench", pattern, "-test.benchtime", benchtime, "-test.count", "1")
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", binary, err, lastLine(out))
+		return out, nil, fmt.Errorf("%s: %w: %s", binary, err, lastLine(out))
 	}
-	return parseGoBench(out, name)
+	if name == "" {
+		return out, nil, nil
+	}
+	m, err := parseGoBench(out, name)
+	return out, m, err
 }
 
 // parseGoBench reads the metrics of the benchmark line for name (with or
@@ -134,9 +198,10 @@ func parseGoBench(out, name string) (map[string]float64, error) {
 	return nil, fmt.Errorf("benchmark %s: no result line", name)
 }
 
-// scaleDaemon starts sluice up on a store of n peers scaleRounds times.
-func (b *bench) scaleDaemon(ctx context.Context, n int, upSec, upRSS *series) error {
-	dir := filepath.Join(b.work, "scale")
+// scaleDaemon starts sluice up on a store of d.n peers scaleRounds times.
+func (b *bench) scaleDaemon(ctx context.Context, d daemonSeries) error {
+	n := d.n
+	dir := filepath.Join(b.work, fmt.Sprintf("scale%d", n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create scale dir: %w", err)
 	}
@@ -164,20 +229,39 @@ func (b *bench) scaleDaemon(ctx context.Context, n int, upSec, upRSS *series) er
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		b.log.Info("scale round", "round", round+1, "of", scaleRounds)
-		secs, rss, err := b.scaleOnce(ctx, ns, ifname, conf, n)
+		b.log.Info("scale round", "peers", n, "round", round+1, "of", scaleRounds)
+		secs, rss, add, err := b.scaleOnce(ctx, ns, ifname, conf, n, round)
 		if err != nil {
-			upSec.fail(err.Error())
-			upRSS.fail(err.Error())
+			d.upSec.fail(err.Error())
+			d.rss.fail(err.Error())
+			d.addSec.fail(err.Error())
 			continue
 		}
-		upSec.add(secs)
-		upRSS.add(rss)
+		d.upSec.add(secs)
+		d.rss.add(rss)
+		if add < 0 {
+			d.addSec.fail("the added peer did not reach the device")
+		} else {
+			d.addSec.add(add)
+		}
 	}
 	return nil
 }
 
-func (b *bench) scaleOnce(ctx context.Context, ns, ifname, conf string, n int) (float64, float64, error) {
+// wgPeers counts the peers `wg show` lists on ifname in ns.
+func (b *bench) wgPeers(ctx context.Context, ns, ifname string) (int, error) {
+	out, err := b.r.run(ctx, ns, "", nil, "wg", "show", ifname, "peers")
+	if err != nil {
+		return 0, err
+	}
+	return len(strings.Fields(out)), nil
+}
+
+// scaleOnce starts sluice up on the store of n peers and returns the time
+// until all are on the device, the daemon's RSS then, and the time from
+// `sluice peer add` of one more peer until the device lists it (-1 if it
+// never does within scaleAddTimeout).
+func (b *bench) scaleOnce(ctx context.Context, ns, ifname, conf string, n, round int) (float64, float64, float64, error) {
 	start := time.Now()
 	p, err := b.r.start("sluice-scale", ns, b.cpus.server, nil, filepath.Join(b.bin, "sluice"), "up", "-c", conf, "--log-level", "warn")
 	defer func() {
@@ -185,29 +269,48 @@ func (b *bench) scaleOnce(ctx context.Context, ns, ifname, conf string, n int) (
 		waitGone(filepath.Join(uapiDir, ifname+".sock"), upTimeout)
 	}()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	got := 0
 	for time.Since(start) < scaleTimeout && ctx.Err() == nil {
 		if p.Exited() {
-			return 0, 0, fmt.Errorf("sluice up exited: %s", b.r.logTail(p.name, 3))
+			return 0, 0, 0, fmt.Errorf("sluice up exited: %s", b.r.logTail(p.name, 3))
 		}
-		out, err := b.r.run(ctx, ns, "", nil, "wg", "show", ifname, "peers")
-		if err == nil {
-			got = len(strings.Fields(out))
-			if got >= n {
-				el := time.Since(start).Seconds()
-				time.Sleep(rssSettle)
-				rss, err := rssBytes(p.Pid())
-				if err != nil {
-					return 0, 0, err
-				}
-				return el, float64(rss) / (1 << 20), nil
+		if got, err = b.wgPeers(ctx, ns, ifname); err == nil && got >= n {
+			el := time.Since(start).Seconds()
+			time.Sleep(rssSettle)
+			rss, err := rssBytes(p.Pid())
+			if err != nil {
+				return 0, 0, 0, err
 			}
+			return el, float64(rss) / (1 << 20), b.scaleAddOne(ctx, ns, ifname, conf, got, round), nil
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	return 0, 0, fmt.Errorf("sluice up: %d of %d peers after %s", got, n, scaleTimeout)
+	return 0, 0, 0, fmt.Errorf("sluice up: %d of %d peers after %s", got, n, scaleTimeout)
+}
+
+// scaleAddTimeout bounds waiting for one added peer to reach the device.
+const scaleAddTimeout = 30 * time.Second
+
+// scaleAddOne runs `sluice peer add` for one new peer against the running
+// daemon and returns the seconds until the device lists have+1 peers, or
+// -1. The peer stays in the store: the next round starts with it, which the
+// "sluice up" figure does not notice (it waits for at least n peers).
+func (b *bench) scaleAddOne(ctx context.Context, ns, ifname, conf string, have, round int) float64 {
+	start := time.Now()
+	name := fmt.Sprintf("scale-extra-%d/laptop", round)
+	if out, err := b.r.run(ctx, ns, "", nil, filepath.Join(b.bin, "sluice"), "peer", "add", name, "-c", conf); err != nil {
+		b.log.Warn("scale: peer add", "err", err, "out", lastLine(out))
+		return -1
+	}
+	for time.Since(start) < scaleAddTimeout && ctx.Err() == nil {
+		if got, err := b.wgPeers(ctx, ns, ifname); err == nil && got > have {
+			return time.Since(start).Seconds()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return -1
 }
 
 // waitGone waits (bounded) for a path to disappear.
