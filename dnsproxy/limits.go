@@ -137,15 +137,10 @@ func (s *limiterShard) add(src netip.Addr, now int64) *bucket {
 	return b
 }
 
-// limitKey is the address src's queries are counted under: its peer's
-// IPv4 tunnel address (else its IPv6 one), so a dual-stack peer's queries
-// over either family share one budget; a source no identity knows counts
-// on its own.
-func (p *Proxy) limitKey(src netip.Addr) netip.Addr {
-	return limitKeyOf(src, p.identify(src))
-}
-
-// limitKeyOf is limitKey for a source whose peer (nil: none) is known.
+// limitKeyOf is the address src's queries are counted under: its peer's
+// (who; nil: none) IPv4 tunnel address, else its IPv6 one, so a dual-stack
+// peer's queries over either family share one budget; a source no
+// identity knows counts on its own.
 func limitKeyOf(src netip.Addr, who *Peer) netip.Addr {
 	if who != nil {
 		if who.V4.IsValid() {
