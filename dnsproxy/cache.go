@@ -17,13 +17,17 @@ const cacheShards = 64
 // cacheEntry is one cached answer in wire form. Everything but ref and gen is
 // immutable after insertion, so readers use it without holding a lock.
 type cacheEntry struct {
-	key      string
-	wire     []byte   // ID 0, lower-case question, no OPT record
-	ttlOffs  []uint16 // offsets of every record's TTL in wire
-	stored   int64    // unix nanoseconds when wire's TTLs were current
-	expires  int64    // unix nanoseconds
-	group    string   // label of the group that answered
-	zidx     uint32   // stable index of that group's zone (groups.go)
+	key     string
+	wire    []byte   // ID 0, lower-case question, no OPT record
+	ttlOffs []uint16 // offsets of every record's TTL in wire
+	stored  int64    // unix nanoseconds when wire's TTLs were current
+	expires int64    // unix nanoseconds
+	group   string   // label of the group that answered
+	zidx    uint32   // stable index of that group's zone (groups.go)
+	// xz are the other zones the answer's owner names belong to (a CNAME
+	// chain leaving the zone), so a group must see them too; nearly always
+	// empty (groups.go).
+	xz       []uint32
 	counters *groupCounters
 	rcode    int
 	addrs    []netip.Addr  // the A/AAAA addresses in the answer section, for the AnswerObserver

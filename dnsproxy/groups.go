@@ -125,7 +125,43 @@ func (v *groupView) hitAllowed(e *cacheEntry, name []byte) bool {
 	if v == nil {
 		return true
 	}
-	return v.sees(e.zidx) && !v.blockedWire(name)
+	return v.seesAll(e.zidx, e.xz) && !v.blockedWire(name)
+}
+
+// seesAll reports whether the view may see zone z and every zone in xz.
+func (v *groupView) seesAll(z uint32, xz []uint32) bool {
+	if !v.sees(z) {
+		return false
+	}
+	for _, x := range xz {
+		if !v.sees(x) {
+			return false
+		}
+	}
+	return true
+}
+
+// otherZones lists the stable indexes of the zones, other than base, that
+// the owner names of rrs are routed to: a CNAME chain that leaves its zone
+// carries the other zone's records, which a group that may not see that zone
+// must not get. nil when every owner name is in base (nearly always).
+func (st *state) otherZones(rrs []dns.RR, base uint32) []uint32 {
+	var out []uint32
+	for _, rr := range rrs {
+		z := st.router.route(rr.Header().Name).zidx
+		if z != base && z != zoneDefault && !slices.Contains(out, z) {
+			out = append(out, z)
+		}
+	}
+	return out
+}
+
+// refuseCrossZone answers req like a name of a hidden zone: the answer
+// (for a visible name) followed a CNAME into a zone the view may not see.
+func (p *Proxy) refuseCrossZone(st *state, req *dns.Msg, v *groupView, g *group, info *answerInfo) *dns.Msg {
+	info.blocked = reasonGroupZone // counted by account
+	return p.finish(st, policyAnswer(req, reasonGroupZone), req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeProhibited,
+		ExtraText: fmt.Sprintf("sluice policy: the answer for %s leads into a zone not visible to group %s", g.label, v.name)}})
 }
 
 // checkGroup is the slow path's group policy for a query of name routed to

@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -42,8 +43,14 @@ type groupSetup struct {
 
 func newGroupSetup(t *testing.T) *groupSetup {
 	t.Helper()
+	return newGroupSetupWith(t, answerA("10.30.0.10", 300))
+}
+
+// newGroupSetupWith is newGroupSetup with the corp.example resolver's handler.
+func newGroupSetupWith(t *testing.T, corp func(w dns.ResponseWriter, r *dns.Msg)) *groupSetup {
+	t.Helper()
 	s := &groupSetup{
-		corp: startFake(t, answerA("10.30.0.10", 300)),
+		corp: startFake(t, corp),
 		hr:   startFake(t, answerA("10.30.9.10", 300)),
 		inet: startFake(t, answerA("198.51.100.7", 300)),
 	}
@@ -411,5 +418,45 @@ func BenchmarkCacheHitGroups(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// A name in a zone the contractor may see whose answer follows a CNAME into
+// a zone it may not (corp.example → hr.corp.example, as the corp resolver
+// answers it) carries the hidden zone's records: refused like the hidden
+// name itself, from the upstream and from the cache (UDP fast path, TCP),
+// while the employee gets the whole chain. Each refusal is counted once.
+func TestGroupCNAMEIntoHiddenZone(t *testing.T) {
+	const alias, target = "payroll.corp.example.", "payroll.hr.corp.example."
+	s := newGroupSetupWith(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.RecursionAvailable = true
+		switch q := strings.ToLower(r.Question[0].Name); q {
+		case alias: // leaves the zone for hr.corp.example
+			m.Answer = append(m.Answer, mustRR("%s 300 IN CNAME %s", alias, target), mustRR("%s 300 IN A 10.30.9.10", target))
+		case "docs.corp.example.": // stays inside corp.example
+			m.Answer = append(m.Answer, mustRR("%s 300 IN CNAME wiki.corp.example.", q), mustRR("wiki.corp.example. 300 IN A 10.30.0.11"))
+		}
+		w.WriteMsg(m)
+	})
+	before := s.p.Stats().Blocked
+	// The contractor first (from the upstream), then the employee (fills the
+	// cache), then the contractor again from the cache, over UDP twice (the
+	// second a fast-path candidate) and TCP.
+	wantProhibited(t, "contractor, from the upstream", mustAskFrom(t, s.p, "udp", contractorSrc, alias))
+	r := mustAskFrom(t, s.p, "udp", employeeSrc, alias)
+	if len(r.Answer) != 2 {
+		t.Fatalf("employee: %d answers, want the CNAME and the A record:\n%v", len(r.Answer), r)
+	}
+	for i, network := range []string{"udp", "udp", "tcp"} {
+		wantProhibited(t, fmt.Sprintf("contractor from the cache #%d over %s", i, network), mustAskFrom(t, s.p, network, contractorSrc, alias))
+	}
+	if got := s.p.Stats().Blocked - before; got != 4 {
+		t.Errorf("blocked counter moved by %d, want 4 (one per refusal)", got)
+	}
+	// A CNAME chain that stays in a visible zone is not affected.
+	if r := mustAskFrom(t, s.p, "udp", contractorSrc, "docs.corp.example."); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 {
+		t.Errorf("contractor, CNAME inside its zone: %s with %d answers", dns.RcodeToString[r.Rcode], len(r.Answer))
 	}
 }

@@ -632,8 +632,7 @@ func (p *Proxy) serveMsg(ctx context.Context, st *state, req *dns.Msg, shard int
 	g := st.router.route(q.Name)
 	if reason := view.check(q.Name, g); reason != "" {
 		// Before the cache and the upstream: never served, never forwarded.
-		p.blockedN.Add(1)
-		p.met.blocked.WithLabelValues(reason).Inc()
+		// (account counts it, like every blocked answer.)
 		info.blocked = reason
 		return p.finish(st, policyAnswer(req, reason), req, groupEDE(reason, view, g)), info
 	}
@@ -658,6 +657,9 @@ func (p *Proxy) serveMsg(ctx context.Context, st *state, req *dns.Msg, shard int
 	}
 	now := p.now().UnixNano()
 	if e := p.cache.get(key[:kn], now); e != nil && e.group == g.label {
+		if !view.seesAll(e.zidx, e.xz) { // a CNAME into a zone this group may not see
+			return p.refuseCrossZone(st, req, view, g, &info), info
+		}
 		e.gen.Store(st.gen) // revalidated against current policy and routing
 		if wantEntry {
 			info.cacheHit = true
@@ -681,6 +683,13 @@ func (p *Proxy) serveMsg(ctx context.Context, st *state, req *dns.Msg, shard int
 	if res.msg == nil {
 		resp.SetRcode(req, dns.RcodeServerFailure)
 		return p.finish(st, resp, req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: res.ede, ExtraText: res.text}}), info
+	}
+	xz := st.otherZones(res.msg.Answer, g.zidx)
+	if res.entry != nil {
+		xz = res.entry.xz
+	}
+	if !view.seesAll(g.zidx, xz) { // a CNAME into a zone this group may not see
+		return p.refuseCrossZone(st, req, view, g, &info), info
 	}
 	if wantEntry && res.entry != nil {
 		info.entry, info.fresh = res.entry, res.msg
@@ -877,6 +886,7 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 				e, ok = newCacheEntry(key, msg, ttl, now, g)
 			}
 			if ok {
+				e.xz = st.otherZones(msg.Answer, g.zidx)
 				e.gen.Store(st.gen)
 				p.cache.put(e)
 				if msg == f.res.msg {
