@@ -452,8 +452,9 @@ func TestGroupCNAMEIntoHiddenZone(t *testing.T) {
 	for i, network := range []string{"udp", "udp", "tcp"} {
 		wantProhibited(t, fmt.Sprintf("contractor from the cache #%d over %s", i, network), mustAskFrom(t, s.p, network, contractorSrc, alias))
 	}
-	if got := s.p.Stats().Blocked - before; got != 4 {
-		t.Errorf("blocked counter moved by %d, want 4 (one per refusal)", got)
+	wantProhibited(t, "contractor, a hidden name", mustAskFrom(t, s.p, "udp", contractorSrc, target))
+	if got := s.p.Stats().Blocked - before; got != 5 {
+		t.Errorf("blocked counter moved by %d, want 5 (one per refusal)", got)
 	}
 	// A CNAME chain that stays in a visible zone is not affected.
 	if r := mustAskFrom(t, s.p, "udp", contractorSrc, "docs.corp.example."); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 {
