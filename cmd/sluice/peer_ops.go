@@ -394,6 +394,25 @@ peers.address_quarantine (default 7 days).`,
 	return cmd
 }
 
+// changePeers opens the store, applies change, prints the peers it changed
+// (verb names what happened to them) and tells the running daemon. A
+// missing USER[/DEVICE] is reported as not found (exit 3).
+func (g *globals) changePeers(cmd *cobra.Command, asJSON bool, verb, user, device string, change func(*peers.Store) ([]peers.Peer, error)) error {
+	st, cfg, err := g.openStore()
+	if err != nil {
+		return err
+	}
+	list, err := change(st)
+	if err != nil {
+		return notFound(err, user, device)
+	}
+	if err := printPeers(cmd, cfg, asJSON, verb, list); err != nil {
+		return err
+	}
+	notifyDaemon(cmd, cfg)
+	return nil
+}
+
 // printPeers prints what a command changed.
 func printPeers(cmd *cobra.Command, cfg *gateway.Config, asJSON bool, verb string, list []peers.Peer) error {
 	now := time.Now()
@@ -425,19 +444,9 @@ brings it back with the same client config.`,
 			if err != nil {
 				return err
 			}
-			st, cfg, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			list, err := st.SetDisabled(user, device, disable)
-			if err != nil {
-				return notFound(err, user, device)
-			}
-			if err := printPeers(cmd, cfg, asJSON, verb, list); err != nil {
-				return err
-			}
-			notifyDaemon(cmd, cfg)
-			return nil
+			return g.changePeers(cmd, asJSON, verb, user, device, func(st *peers.Store) ([]peers.Peer, error) {
+				return st.SetDisabled(user, device, disable)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the changed peers as a JSON array")
@@ -465,19 +474,9 @@ bring it back.`,
 			if err != nil {
 				return err
 			}
-			st, cfg, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			list, err := st.SetExpires(user, device, t)
-			if err != nil {
-				return notFound(err, user, device)
-			}
-			if err := printPeers(cmd, cfg, asJSON, "updated", list); err != nil {
-				return err
-			}
-			notifyDaemon(cmd, cfg)
-			return nil
+			return g.changePeers(cmd, asJSON, "updated", user, device, func(st *peers.Store) ([]peers.Peer, error) {
+				return st.SetExpires(user, device, t)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the changed peers as a JSON array")
@@ -506,19 +505,9 @@ moves). Keys and addresses stay, so client configs keep working.`,
 			if fd == "" && td != "" {
 				return usageError{fmt.Errorf("rename %s: a user is renamed to a user (TO without /DEVICE)", fu)}
 			}
-			st, cfg, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			list, err := st.Rename(fu, fd, tu, td)
-			if err != nil {
-				return notFound(err, fu, fd)
-			}
-			if err := printPeers(cmd, cfg, asJSON, "renamed to", list); err != nil {
-				return err
-			}
-			notifyDaemon(cmd, cfg)
-			return nil
+			return g.changePeers(cmd, asJSON, "renamed to", fu, fd, func(st *peers.Store) ([]peers.Peer, error) {
+				return st.Rename(fu, fd, tu, td)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the renamed peers as a JSON array")
