@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-vpn/sluice/internal/atomicfile"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -380,7 +382,7 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return wgtypes.Key{}, fmt.Errorf("create key directory: %w", err)
 		}
-		if err := writeFileAtomic(path, []byte(key.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(path, []byte(key.String()+"\n"), 0o600); err != nil {
 			return wgtypes.Key{}, fmt.Errorf("write private key: %w", err)
 		}
 		return key, nil
@@ -403,30 +405,4 @@ func trimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
-}
-
-// writeFileAtomic writes data to path via a synced temporary file and rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
