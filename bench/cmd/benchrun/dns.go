@@ -238,7 +238,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				// its own nftables table: the egress row's process applies "sluicebench" in the same namespace
 				name, args = "dnsproxy-bench-everything", append(args, "-egress", "-table", "sluicebenchall",
 					"-groups", strconv.Itoa(benchGroups), "-peers", strconv.Itoa(benchPeers),
-					"-querylog", filepath.Join(dir, "everything-querylog.json"), "-trace")
+					"-querylog", everythingLog(dir), "-trace")
 			}
 			s.p, err = b.r.start(name, b.dnsns, b.cpus.server, nil, args...)
 			if err == nil {
@@ -309,10 +309,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		return failAll(err.Error())
 	}
 
+	var logged int64 // bytes the everything row's query log wrote
+	defer func() {
+		logged += truncateLog(everythingLog(dir))
+		b.notes = append(b.notes, everythingNote(logged))
+	}()
 	for round := range m.rounds {
 		if ctx.Err() != nil {
 			break
 		}
+		logged += truncateLog(everythingLog(dir))
 		b.log.Info("dns round", "round", round+1, "of", m.rounds)
 		qps, eff := map[string]float64{}, map[string]float64{}
 		// dnsperf, one contender after the other, order rotated each round
@@ -435,7 +441,6 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	b.notes = append(b.notes,
 		fmt.Sprintf("DNS: every server pinned to CPU %s with one worker thread (unbound num-threads 1, dnsdist one listener, sluice GOMAXPROCS from its affinity = 1); dnsperf -c %d -T %d -q %d for %s per contender per round after one warm-up pass over the %d-name set; all forward to one unbound on 127.0.0.1:%d that answers every name under bench. from local-data; everything DNS runs in a namespace of its own (private loopback, fixed ports); server CPU below 100 %% means the single-core load generator was partly the limit, so \"per server CPU-second\" (QPS ÷ server CPU share) is given as the load-independent figure; sluice's per-peer rate limit is off in the runner (all load comes from one source; the anchors have none)",
 			b.cpus.server, dnsperfClients, dnsperfThreads, dnsperfOutstanding, m.dnsperfTime, hitNames, upstreamPort),
-		everythingNote(dir),
 		fmt.Sprintf("DNS latency: dnslat (bench/cmd/dnslat), one query at a time, targets interleaved query by query, %d queries per target per round; hits cycle the cached set, misses use names never asked before; \"added\" = contender percentile − direct-to-upstream percentile in the same round", m.latQueries))
 	return rows()
 }
@@ -603,13 +608,26 @@ func exchangeIn(c *dns.Client, ns, addr string, m *dns.Msg) (*dns.Msg, error) {
 	return r, err
 }
 
+// everythingLog is the everything row's query log file.
+func everythingLog(dir string) string { return filepath.Join(dir, "everything-querylog.json") }
+
+// truncateLog empties the query log file between rounds, so that a full run
+// does not fill the disk, and returns how many bytes it held. The proxy
+// opened it for append: its next record lands at the new end.
+func truncateLog(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if err := os.Truncate(path, 0); err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
 // everythingNote says what the everything row ran with, and how much its
 // query log wrote (the log drops rather than block when its queue is full).
-func everythingNote(dir string) string {
-	logged := "query log not written"
-	if fi, err := os.Stat(filepath.Join(dir, "everything-querylog.json")); err == nil {
-		logged = fmt.Sprintf("its query log file reached %.1f MB", float64(fi.Size())/1e6)
-	}
-	return fmt.Sprintf("DNS \"%s\": egress: resolved (own nftables table in the bench namespace), %d groups and %d peers, the query log written to a file in the bench's temporary directory, and a trace (dnsproxy Tap on the load generator's address, every record JSON-encoded and discarded, as `sluice peer trace` does) attached for the whole run; its ratios against plain sluice are taken inside each round; %s",
-		everything, benchGroups, benchPeers, logged)
+func everythingNote(logged int64) string {
+	return fmt.Sprintf("DNS \"%s\": egress: resolved (own nftables table in the bench namespace), %d groups and %d peers, the query log written to a file in the bench's temporary directory (emptied between rounds; %.1f MB written in all), and a trace (dnsproxy Tap on the load generator's address, every record JSON-encoded and discarded, as `sluice peer trace` does) attached for the whole run; its ratios against plain sluice are taken inside each round",
+		everything, benchGroups, benchPeers, float64(logged)/1e6)
 }
