@@ -31,6 +31,11 @@ const (
 	// answered address into an nftables table before answering).
 	sluiceEgressPort = 5405
 	sluiceEgress     = "sluice egress: resolved"
+	// everythingPort is sluice with every feature on at once (issue 15,
+	// item 3): egress: resolved, benchGroups groups and benchPeers peers,
+	// the query log written to a file and a trace attached and drained.
+	everythingPort = 5406
+	everything     = "sluice everything"
 
 	// hitNames is the size of the cache-hit query set.
 	hitNames = 1000
@@ -124,7 +129,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	m := b.mode
 	dir := filepath.Join(b.work, "dns")
 	servers := []*dnsServer{{name: "sluice", port: sluicePort}, {name: sluiceEgress, port: sluiceEgressPort}, {name: "dnsdist", port: dnsdistPort}, {name: "unbound", port: unboundPort},
-		{name: groupsServer, port: groupsPort}}
+		{name: groupsServer, port: groupsPort}, {name: everything, port: everythingPort}}
 	hitQPS := map[string]*series{}
 	hitCPU := map[string]*series{}
 	hitEff := map[string]*series{}
@@ -141,6 +146,8 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	ratioDD, ratioUB, effDD := &series{}, &series{}, &series{}
 	ratioGroups, ratioGroupsDD, effGroups := &series{}, &series{}, &series{} // groups rows: with groups / without (QPS, per CPU-second), / dnsdist
 	ratioEgress, ratioEgressDD := &series{}, &series{}
+	// everything rows: ratios against plain sluice (and dnsdist), taken inside each round
+	allQPS, allEff, allDD, allP50, allP99, allMiss50 := &series{}, &series{}, &series{}, &series{}, &series{}, &series{}
 	rows := func() []row {
 		R := m.rounds
 		var out []row
@@ -167,6 +174,13 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				row{figure: "DNS hit latency p50 — " + s.name, unit: " µs", s: hitP50[s.name], rounds: R},
 				row{figure: "DNS hit latency p99 — " + s.name, unit: " µs", s: hitP99[s.name], rounds: R})
 		}
+		out = append(out,
+			row{figure: "DNS hits QPS ratio sluice everything / plain", unit: "×", s: allQPS, rounds: R},
+			row{figure: "DNS hits per CPU-second ratio sluice everything / plain", unit: "×", s: allEff, rounds: R},
+			row{figure: "DNS hits QPS ratio sluice everything / dnsdist", unit: "×", s: allDD, rounds: R},
+			row{figure: "DNS hit latency p50 ratio sluice everything / plain", unit: "×", s: allP50, rounds: R},
+			row{figure: "DNS hit latency p99 ratio sluice everything / plain", unit: "×", s: allP99, rounds: R},
+			row{figure: "DNS miss added p50 ratio sluice everything / plain", unit: "×", s: allMiss50, rounds: R})
 		out = append(out,
 			row{figure: "DNS miss latency p50 — upstream direct", unit: " µs", s: direct50, rounds: R},
 			row{figure: "DNS miss latency p99 — upstream direct", unit: " µs", s: direct99, rounds: R})
@@ -208,7 +222,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 	for _, s := range servers {
 		var err error
 		switch s.name {
-		case "sluice", groupsServer, sluiceEgress:
+		case "sluice", groupsServer, sluiceEgress, everything:
 			if !b.have("dnsproxy-bench") {
 				s.na = b.why("dnsproxy-bench")
 				continue
@@ -220,6 +234,11 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				args = append(args, "-groups", strconv.Itoa(benchGroups), "-peers", strconv.Itoa(benchPeers))
 			case sluiceEgress:
 				name, args = "dnsproxy-bench-egress", append(args, "-egress")
+			case everything:
+				// its own nftables table: the egress row's process applies "sluicebench" in the same namespace
+				name, args = "dnsproxy-bench-everything", append(args, "-egress", "-table", "sluicebenchall",
+					"-groups", strconv.Itoa(benchGroups), "-peers", strconv.Itoa(benchPeers),
+					"-querylog", everythingLog(dir), "-trace")
 			}
 			s.p, err = b.r.start(name, b.dnsns, b.cpus.server, nil, args...)
 			if err == nil {
@@ -252,6 +271,9 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		switch s.name {
 		case "sluice":
+			for _, x := range []*series{allQPS, allEff, allP50, allP99, allMiss50} {
+				x.fail(s.na)
+			}
 			ratioDD.fail(s.na)
 			ratioUB.fail(s.na)
 			effDD.fail(s.na)
@@ -265,11 +287,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			ratioDD.fail(s.na)
 			effDD.fail(s.na)
 			ratioGroupsDD.fail(s.na)
+			allDD.fail(s.na)
 		case "unbound":
 			ratioUB.fail(s.na)
 		case sluiceEgress:
 			ratioEgress.fail(s.na)
 			ratioEgressDD.fail(s.na)
+		case everything:
+			for _, x := range []*series{allQPS, allEff, allDD, allP50, allP99, allMiss50} {
+				x.fail(s.na)
+			}
 		}
 	}
 
@@ -282,10 +309,16 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		return failAll(err.Error())
 	}
 
+	var logged int64 // bytes the everything row's query log wrote
+	defer func() {
+		logged += truncateLog(everythingLog(dir))
+		b.notes = append(b.notes, everythingNote(logged))
+	}()
 	for round := range m.rounds {
 		if ctx.Err() != nil {
 			break
 		}
+		logged += truncateLog(everythingLog(dir))
 		b.log.Info("dns round", "round", round+1, "of", m.rounds)
 		qps, eff := map[string]float64{}, map[string]float64{}
 		// dnsperf, one contender after the other, order rotated each round
@@ -336,6 +369,15 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		if qps[sluiceEgress] > 0 && qps["dnsdist"] > 0 {
 			ratioEgressDD.add(qps[sluiceEgress] / qps["dnsdist"])
 		}
+		if qps[everything] > 0 && qps["sluice"] > 0 {
+			allQPS.add(qps[everything] / qps["sluice"])
+		}
+		if eff[everything] > 0 && eff["sluice"] > 0 {
+			allEff.add(eff[everything] / eff["sluice"])
+		}
+		if qps[everything] > 0 && qps["dnsdist"] > 0 {
+			allDD.add(qps[everything] / qps["dnsdist"])
+		}
 
 		// latency of hits: one query at a time over the (now cached) set
 		var targets []string
@@ -363,6 +405,10 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				hitP99[s.name].add(r.P99us)
 			}
 		}
+		if a, p := res[everything], res["sluice"]; err == nil && a.Count > 0 && p.Count > 0 && p.P50us > 0 && p.P99us > 0 {
+			allP50.add(a.P50us / p.P50us)
+			allP99.add(a.P99us / p.P99us)
+		}
 
 		// latency of misses: unique names, upstream direct interleaved with each contender
 		res, err = b.dnslat(ctx, "unique", m.latQueries, append([]string{fmt.Sprintf("direct=127.0.0.1:%d", upstreamPort)}, targets...))
@@ -386,6 +432,10 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				missAdd50[s.name].fail("no answers")
 				missAdd99[s.name].fail("no answers")
 			}
+		}
+		// a ratio of differences: only meaningful while plain sluice adds a positive amount
+		if a, p := res[everything], res["sluice"]; a.Count > 0 && p.Count > 0 && p.P50us > d.P50us {
+			allMiss50.add((a.P50us - d.P50us) / (p.P50us - d.P50us))
 		}
 	}
 	b.notes = append(b.notes,
@@ -556,4 +606,28 @@ func exchangeIn(c *dns.Client, ns, addr string, m *dns.Msg) (*dns.Msg, error) {
 	defer conn.Close()
 	r, _, err := c.ExchangeWithConn(m, &dns.Conn{Conn: conn})
 	return r, err
+}
+
+// everythingLog is the everything row's query log file.
+func everythingLog(dir string) string { return filepath.Join(dir, "everything-querylog.json") }
+
+// truncateLog empties the query log file between rounds, so that a full run
+// does not fill the disk, and returns how many bytes it held. The proxy
+// opened it for append: its next record lands at the new end.
+func truncateLog(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if err := os.Truncate(path, 0); err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// everythingNote says what the everything row ran with, and how much its
+// query log wrote (the log drops rather than block when its queue is full).
+func everythingNote(logged int64) string {
+	return fmt.Sprintf("DNS \"%s\": egress: resolved (own nftables table in the bench namespace), %d groups and %d peers, the query log written to a file in the bench's temporary directory (emptied between rounds; %.1f MB written in all), and a trace (dnsproxy Tap on the load generator's address, every record JSON-encoded and discarded, as `sluice peer trace` does) attached for the whole run; its ratios against plain sluice are taken inside each round",
+		everything, benchGroups, benchPeers, float64(logged)/1e6)
 }

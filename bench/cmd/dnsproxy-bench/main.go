@@ -48,6 +48,9 @@ func run() error {
 		keyFile    = flag.String("key", "", "PEM key of the DoT/DoH listeners")
 		serverName = flag.String("server-name", "", "the name the certificate is for")
 		egress     = flag.Bool("egress", false, "learn answered addresses into an nftables table (egress: resolved) in this namespace")
+		table      = flag.String("table", "sluicebench", "with -egress: the nftables table (distinct per process in one namespace)")
+		queryLog   = flag.String("querylog", "", "write the query log to this file")
+		trace      = flag.Bool("trace", false, "attach a trace (tap) to the load generator's address 127.0.0.1 and drain it as `sluice peer trace` does")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -72,6 +75,7 @@ func run() error {
 	// anchors (dnsdist, unbound) have none configured either. The in-flight
 	// cap stays at its default.
 	cfg.Limits.PeerQPS = 0
+	cfg.QueryLog.Path = *queryLog
 	if *dotPort != 0 || *dohPort != 0 {
 		if *dotPort > 65535 || *dohPort > 65535 {
 			return fmt.Errorf("bad dot or doh port")
@@ -88,7 +92,7 @@ func run() error {
 		opts.Identities = withGroups(&cfg, *groups, *peers, *upstream)
 	}
 	if *egress {
-		fw, err := egressFirewall(addr, log)
+		fw, err := egressFirewall(addr, *table, log)
 		if err != nil {
 			return err
 		}
@@ -100,6 +104,11 @@ func run() error {
 		return fmt.Errorf("create proxy: %w", err)
 	}
 	defer p.Close()
+
+	if *trace {
+		stopTrace := attachTrace(p, netip.MustParseAddr("127.0.0.1"))
+		defer stopTrace()
+	}
 
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -126,13 +135,13 @@ func run() error {
 // egressFirewall applies a table with egress: resolved for loopback "peers"
 // (the bench runs in a namespace of its own) and returns it: the proxy then
 // learns every answered address before it answers, as in a gateway.
-func egressFirewall(resolver netip.Addr, log *slog.Logger) (*firewall.Firewall, error) {
+func egressFirewall(resolver netip.Addr, table string, log *slog.Logger) (*firewall.Firewall, error) {
 	fw, err := firewall.New(firewall.Options{Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("open firewall: %w", err)
 	}
 	spec := firewall.Spec{
-		Table:          "sluicebench",
+		Table:          table,
 		Interface:      "wgbench0",
 		Resolvers:      []netip.Addr{resolver},
 		TunnelPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
