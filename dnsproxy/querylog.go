@@ -1,6 +1,7 @@
 package dnsproxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -31,14 +32,20 @@ type logRecord struct {
 	peerGroup string
 }
 
+// queryLogBufferSize bounds what the query log holds before a write(2): a
+// busy proxy writes many records per system call, an idle one each record
+// at once (run flushes whenever the queue is empty).
+const queryLogBufferSize = 64 << 10
+
 // queryLog writes records as slog JSON lines from one goroutine. Producers
 // never block: when the bounded queue is full the record is dropped and counted.
 type queryLog struct {
 	ch       chan logRecord
 	reopenCh chan chan error // run reopens the file (after log rotation)
 	path     string
-	out      slog.Handler // owned by run once it started
-	closer   io.Closer    // nil for stderr; owned by run once it started
+	out      slog.Handler  // writes into buf; owned by run once it started
+	buf      *bufio.Writer // batches the file writes; flushed whenever the queue runs empty
+	closer   io.Closer     // nil for stderr; owned by run once it started
 	peerName func(netip.Addr) string
 	gateway  string // named in every record when set
 	dropped  prometheus.Counter
@@ -59,11 +66,13 @@ func openQueryLog(cfg QueryLogConfig, peerName func(netip.Addr) string, dropped 
 		}
 		w, closer = f, f
 	}
+	buf := bufio.NewWriterSize(w, queryLogBufferSize)
 	return &queryLog{
 		ch:       make(chan logRecord, cfg.Buffer),
 		reopenCh: make(chan chan error),
 		path:     cfg.Path,
-		out:      queryLogHandler(w, cfg.Gateway),
+		out:      queryLogHandler(buf, cfg.Gateway),
+		buf:      buf,
 		closer:   closer,
 		peerName: peerName,
 		gateway:  cfg.Gateway,
@@ -98,6 +107,9 @@ func (l *queryLog) run(ctx context.Context) {
 		select {
 		case r := <-l.ch:
 			l.write(r)
+			if len(l.ch) == 0 {
+				l.flush()
+			}
 		case req := <-l.reopenCh:
 			req <- l.reopenFile()
 		case <-ctx.Done():
@@ -106,6 +118,7 @@ func (l *queryLog) run(ctx context.Context) {
 				case r := <-l.ch:
 					l.write(r)
 				default:
+					l.flush()
 					if l.closer != nil {
 						l.closer.Close()
 					}
@@ -144,6 +157,7 @@ drain: // what was queued belongs to the old file
 			break drain
 		}
 	}
+	l.flush()
 	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return fmt.Errorf("reopen dns query log %q: %w", l.path, err)
@@ -151,8 +165,26 @@ drain: // what was queued belongs to the old file
 	if l.closer != nil {
 		l.closer.Close()
 	}
-	l.out, l.closer = queryLogHandler(f, l.gateway), f
+	l.buf = bufio.NewWriterSize(f, queryLogBufferSize)
+	l.out, l.closer = queryLogHandler(l.buf, l.gateway), f
 	return nil
+}
+
+// flush writes out what buf holds. A failed write (disk full) loses the
+// buffered records, counted as dropped, and the log carries on.
+func (l *queryLog) flush() {
+	if err := l.buf.Flush(); err != nil {
+		l.dropped.Inc()
+		l.buf.Reset(l.underlying())
+	}
+}
+
+// underlying is the writer buf writes to.
+func (l *queryLog) underlying() io.Writer {
+	if w, ok := l.closer.(io.Writer); ok {
+		return w
+	}
+	return os.Stderr
 }
 
 func (l *queryLog) write(r logRecord) {
