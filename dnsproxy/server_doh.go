@@ -313,7 +313,7 @@ func (p *Proxy) newDoHServer(ln net.Listener, cfg EncryptedConfig) *dohServer {
 	}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.ServeTLS(coalescingListener{ln}, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("doh listener stopped", "addr", ln.Addr().String(), "error", err)
 		}
 	}()
