@@ -21,7 +21,8 @@ const coalesceMax = 64 << 10
 // returned by the following Write and by Close.
 type coalescingConn struct {
 	net.Conn
-	wake chan struct{} // one pending wake-up of the flusher
+	wake      chan struct{} // one pending wake-up of the flusher
+	closeWait time.Duration // how long Close waits for pending bytes
 
 	mu       sync.Mutex
 	space    sync.Cond // signalled when pending shrinks or flushing ends
@@ -33,7 +34,7 @@ type coalescingConn struct {
 }
 
 func newCoalescingConn(c net.Conn) *coalescingConn {
-	cc := &coalescingConn{Conn: c, wake: make(chan struct{}, 1)}
+	cc := &coalescingConn{Conn: c, wake: make(chan struct{}, 1), closeWait: encryptedWriteTimeout}
 	cc.space.L = &cc.mu
 	go cc.flusher()
 	return cc
@@ -81,7 +82,7 @@ func (c *coalescingConn) flusher() {
 }
 
 // Close waits for the pending bytes to reach the socket, for at most
-// encryptedWriteTimeout (the last answer, a GOAWAY or TLS close_notify must
+// closeWait (the last answer, a GOAWAY or TLS close_notify must
 // not be dropped; a peer that stops reading must not hold Close), then
 // closes it.
 func (c *coalescingConn) Close() error {
@@ -92,7 +93,7 @@ func (c *coalescingConn) Close() error {
 	}
 	c.closed = true
 	if c.flushing && c.err == nil {
-		c.Conn.SetWriteDeadline(time.Now().Add(encryptedWriteTimeout)) //nolint:errcheck // Close reports the socket's error
+		c.Conn.SetWriteDeadline(time.Now().Add(c.closeWait)) //nolint:errcheck // Close reports the socket's error
 	}
 	for c.flushing && c.err == nil {
 		c.space.Wait()
