@@ -2,13 +2,17 @@ package dnsproxy
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // TestCoalescingConnOrderAndClose: concurrent writers' bytes all reach the
@@ -86,5 +90,35 @@ func TestCoalescingConnStuckPeer(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("y")); err == nil {
 		t.Error("write after a failed flush succeeded")
+	}
+}
+
+// TestDoHHTTP1Close: over HTTP/1.1 with "Connection: close" the server
+// writes the answer and closes at once; the answer still arrives whole
+// (the coalescing connection flushes what is pending on Close).
+func TestDoHHTTP1Close(t *testing.T) {
+	up := startFake(t, answerA("198.51.100.12", 300))
+	p, roots := encryptedProxy(t, up.addr, nil)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots, ServerName: testServerName},
+		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
+		DisableKeepAlives: true,
+	}}
+	q := newQuery("www.example.", dns.TypeA)
+	wire, _ := q.Pack()
+	for i := range 5 {
+		req, _ := http.NewRequest(http.MethodPost, dohURL(t, p), bytes.NewReader(wire))
+		req.Header.Set("Content-Type", dohContentType)
+		req.Close = true
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if resp.ProtoMajor != 1 {
+			t.Errorf("protocol %s, want HTTP/1.1", resp.Proto)
+		}
+		if r := readDoH(t, resp); firstA(t, r) != "198.51.100.12" {
+			t.Errorf("request %d: answer %v", i, r)
+		}
 	}
 }
