@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,13 @@ func (e *dohError) Error() string { return e.msg }
 // *dohError naming the status to answer: 405 other methods, 415 a wrong
 // content type, 413 an oversized body, 400 a malformed or missing message.
 func parseDoHRequest(r *http.Request) ([]byte, error) {
-	var msg []byte
+	return appendDoHRequest(nil, r)
+}
+
+// appendDoHRequest is parseDoHRequest appending the message to dst (the
+// handler passes a pooled buffer); on an error the result is nil.
+func appendDoHRequest(dst []byte, r *http.Request) ([]byte, error) {
+	msg := dst[:0]
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 		// Read the raw query: url.Values would also split on ';' and unescape '+'.
@@ -63,12 +70,11 @@ func parseDoHRequest(r *http.Request) ([]byte, error) {
 			return nil, &dohError{http.StatusRequestURITooLong, "dns parameter too long"}
 		}
 		var err error
-		if msg, err = base64.RawURLEncoding.DecodeString(strings.TrimRight(param, "=")); err != nil {
+		if msg, err = base64.RawURLEncoding.AppendDecode(msg, []byte(strings.TrimRight(param, "="))); err != nil {
 			return nil, &dohError{http.StatusBadRequest, "dns parameter is not base64url"}
 		}
 	case http.MethodPost:
-		ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		if err != nil || ct != dohContentType {
+		if !isDoHContentType(r.Header["Content-Type"]) {
 			return nil, &dohError{http.StatusUnsupportedMediaType, "content type must be " + dohContentType}
 		}
 		if r.ContentLength > dns.MaxMsgSize {
@@ -78,7 +84,8 @@ func parseDoHRequest(r *http.Request) ([]byte, error) {
 		if body == nil {
 			body = http.NoBody
 		}
-		msg, err = io.ReadAll(io.LimitReader(body, dns.MaxMsgSize+1))
+		var err error
+		msg, err = appendBody(msg, body, r.ContentLength)
 		if err != nil {
 			return nil, &dohError{http.StatusBadRequest, "read body"}
 		}
@@ -100,6 +107,58 @@ func parseDoHRequest(r *http.Request) ([]byte, error) {
 	return msg, nil
 }
 
+// isDoHContentType reports whether the Content-Type values name
+// application/dns-message (parameters allowed); the exact value, what
+// clients send, skips the media type parser.
+func isDoHContentType(vs []string) bool {
+	if len(vs) == 0 {
+		return false
+	}
+	if vs[0] == dohContentType {
+		return true
+	}
+	ct, _, err := mime.ParseMediaType(vs[0])
+	return err == nil && ct == dohContentType
+}
+
+// appendBody appends body to dst, at most dns.MaxMsgSize+1 bytes (the
+// caller refuses more), growing dst once by the declared length n when it
+// is known.
+func appendBody(dst []byte, body io.Reader, n int64) ([]byte, error) {
+	start := len(dst)
+	if n >= 0 && n <= dns.MaxMsgSize {
+		dst = slices.Grow(dst, int(n)+1) // +1: the EOF read needs room
+	}
+	for len(dst)-start <= dns.MaxMsgSize {
+		if len(dst) == cap(dst) {
+			dst = slices.Grow(dst, 512)
+		}
+		room := dst[len(dst):min(cap(dst), start+dns.MaxMsgSize+1)]
+		k, err := body.Read(room)
+		dst = dst[:len(dst)+k]
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// dohBuf is a handler's pooled request and response buffers.
+type dohBuf struct{ req, resp []byte }
+
+// dohBufMax is the largest buffer put back in the pool: big messages are rare.
+const dohBufMax = 4 << 10
+
+var dohBufs = sync.Pool{New: func() any { return &dohBuf{req: make([]byte, 0, 512), resp: make([]byte, 0, 1232)} }}
+
+// Header values shared by every answer (net/http only reads them).
+var (
+	dohContentTypeHdr = []string{dohContentType}
+)
+
 // dohHandler serves dohPath; every answered query takes the proxy's one
 // request path (answerWire).
 func (p *Proxy) dohHandler() http.Handler {
@@ -108,7 +167,16 @@ func (p *Proxy) dohHandler() http.Handler {
 			http.NotFound(w, r)
 			return
 		}
-		pkt, err := parseDoHRequest(r)
+		buf := dohBufs.Get().(*dohBuf)
+		defer func() {
+			if cap(buf.req) <= dohBufMax && cap(buf.resp) <= dohBufMax {
+				dohBufs.Put(buf)
+			}
+		}()
+		pkt, err := appendDoHRequest(buf.req, r)
+		if pkt != nil {
+			buf.req = pkt[:0]
+		}
 		if err != nil {
 			var de *dohError
 			status := http.StatusBadRequest
@@ -124,14 +192,17 @@ func (p *Proxy) dohHandler() http.Handler {
 		}
 		src, _ := netip.ParseAddrPort(r.RemoteAddr)
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		out := p.answerWire(r.Context(), nil, pkt, src, TransportDoH)
+		out := p.answerWire(r.Context(), buf.resp[:0], pkt, src, TransportDoH)
+		if out != nil {
+			buf.resp = out[:0]
+		}
 		if out == nil {
 			p.enc.badRequests.Inc()
 			http.Error(w, "malformed dns message", http.StatusBadRequest)
 			return
 		}
 		h := w.Header()
-		h.Set("Content-Type", dohContentType)
+		h["Content-Type"] = dohContentTypeHdr
 		h.Set("Content-Length", strconv.Itoa(len(out)))
 		if ttl, ok := minTTL(out); ok {
 			h.Set("Cache-Control", "max-age="+strconv.FormatUint(uint64(ttl), 10))
@@ -242,7 +313,7 @@ func (p *Proxy) newDoHServer(ln net.Listener, cfg EncryptedConfig) *dohServer {
 	}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.ServeTLS(coalescingListener{ln}, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("doh listener stopped", "addr", ln.Addr().String(), "error", err)
 		}
 	}()
