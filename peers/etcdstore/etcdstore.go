@@ -14,12 +14,19 @@
 //	gateways/<name>         a gateway's registration (last seen, kept)
 //	alive/<name>            present while the gateway's lease lives
 //
-// A change reads the peers, released, addrs and keys subtrees in one
-// revision, runs the registry's mutation on that state, and commits the
-// difference in one transaction guarded by the mod revision of every key it
-// touches (create revision 0 for a key it creates). Two gateways taking the
-// same address, key or name therefore cannot both commit: the loser reads
-// again and retries, a bounded number of times.
+// A change runs the registry's mutation on the writer's view of the peers,
+// released, addrs and keys subtrees (every key with its mod revision) and
+// commits the difference in one transaction guarded by the mod revision of
+// every key it touches (create revision 0 for a key it creates; a newly
+// taken address also needs its released/ key absent). Two gateways taking
+// the same address, key or name therefore cannot both commit: the loser
+// reads the subtrees again in one revision and retries, a bounded number of
+// times. The view is the last such read with the writer's own commits
+// applied: it may miss other writers' changes, which is safe because a
+// change to a key the mutation touches fails the guard, and a mutation that
+// fails or changes nothing on the view runs again on a fresh read before
+// its answer counts. So a writer reads the whole registry on its first
+// change and after losing a race, not on every change.
 package etcdstore
 
 import (
@@ -135,6 +142,13 @@ type Backend struct {
 	// fetches, attempts and commits count Update's reads, transactions
 	// sent and transactions committed (for the bench).
 	fetches, attempts, commits atomicCounter
+
+	// wmu serializes this process's changes and protects view: the
+	// registry as last read by Update with its own commits applied (nil
+	// until the first change, and after an error that leaves the outcome
+	// of a transaction unknown).
+	wmu  sync.Mutex
+	view *snapshotOf
 
 	mu sync.Mutex // protects the fields below
 	// following is set by Start: Load and Version use the copy below.
@@ -375,26 +389,43 @@ func (b *Backend) Version() (string, error) {
 	return strconv.FormatInt(resp.Header.Revision, 10), nil
 }
 
-// Update implements peers.Backend: read, run fn, commit the difference in
-// one transaction guarded by every touched key's revision; on a lost race
-// run again, at most DefaultMaxAttempts times.
+// Update implements peers.Backend: run fn on the writer's view (a fresh
+// read on the first change), commit the difference in one transaction
+// guarded by every touched key's revision; when the guard fails, read
+// again and run fn again, at most DefaultMaxAttempts times. An error from
+// fn, or a change that changes nothing, counts only on a fresh read: on the
+// view it may come from another writer's change the view has not seen.
 func (b *Backend) Update(fn func(*peers.State) error) error {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	wait := 2 * time.Millisecond
 	for attempt := 1; attempt <= DefaultMaxAttempts; attempt++ {
-		b.fetches.add()
-		s, err := b.fetch(context.Background())
-		if err != nil {
-			var d *peers.DamagedError
-			if errors.As(err, &d) {
-				return err
+		cached := b.view != nil
+		if !cached {
+			b.fetches.add()
+			s, err := b.fetch(context.Background())
+			if err != nil {
+				var d *peers.DamagedError
+				if errors.As(err, &d) {
+					return err
+				}
+				return b.unavailable("change peers", err)
 			}
-			return b.unavailable("change peers", err)
+			b.view = s
 		}
+		s := b.view
 		st := stateOf(s.peers, s.released)
-		if err := fn(&st); err != nil {
-			return err
+		err := fn(&st)
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		var delta []viewChange
+		if err == nil {
+			cmps, ops, delta, err = b.diff(s, st)
 		}
-		cmps, ops, err := b.diff(s, st)
+		if cached && (err != nil || len(ops) == 0) {
+			b.view = nil // decide on a fresh read
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -409,18 +440,50 @@ func (b *Backend) Update(fn func(*peers.State) error) error {
 		resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
+			b.view = nil // the transaction may or may not have committed
 			return b.unavailable("change peers", err)
 		}
 		if resp.Succeeded {
 			b.commits.add()
+			s.apply(delta, resp.Header.Revision)
 			return nil
 		}
-		// Another writer changed a key this change depends on: back off
-		// with jitter and run fn again on the new state.
+		// Another writer changed a key this change depends on: read again,
+		// back off with jitter and run fn again on the new state.
+		b.view = nil
 		time.Sleep(wait/2 + rand.N(wait))
 		wait = min(2*wait, 100*time.Millisecond)
 	}
 	return fmt.Errorf("change peers in %s: still conflicting with other writers after %d attempts", b.Where(), DefaultMaxAttempts)
+}
+
+// viewChange is one key a committed change wrote (peer or rel set) or
+// deleted (del), applied to the writer's view.
+type viewChange struct {
+	key  string
+	del  bool
+	peer *peers.Peer
+	rel  *peers.Released
+}
+
+// apply records a committed change at revision rev in the view.
+func (s *snapshotOf) apply(delta []viewChange, rev int64) {
+	for _, c := range delta {
+		if c.del {
+			delete(s.modRev, c.key)
+			delete(s.peers, c.key)
+			delete(s.released, c.key)
+			continue
+		}
+		s.modRev[c.key] = rev
+		if c.peer != nil {
+			s.peers[c.key] = *c.peer
+		}
+		if c.rel != nil {
+			s.released[c.key] = *c.rel
+		}
+	}
+	s.rev = rev
 }
 
 // Stats reports how many reads and transactions Update sent and how many
@@ -429,10 +492,20 @@ func (b *Backend) Stats() (fetches, attempts, commits uint64) {
 	return b.fetches.get(), b.attempts.get(), b.commits.get()
 }
 
-// diff turns old → new into guarded operations.
-func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clientv3.Op, error) {
+// diff turns old → new into guarded operations and the change they make
+// to the view.
+func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clientv3.Op, []viewChange, error) {
 	var cmps []clientv3.Cmp
 	var ops []clientv3.Op
+	var delta []viewChange
+	put := func(k, v string) {
+		ops = append(ops, clientv3.OpPut(k, v))
+		delta = append(delta, viewChange{key: k})
+	}
+	del := func(k string) {
+		ops = append(ops, clientv3.OpDelete(k))
+		delta = append(delta, viewChange{key: k, del: true})
+	}
 	// guard makes the transaction fail if k changed since old was read
 	// (or, for a key old did not have, if it now exists).
 	guard := func(k string) {
@@ -460,16 +533,22 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		after = append(after, p)
 		val, err := peers.MarshalPeer(p)
 		if err != nil {
-			return nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
+			return nil, nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
+		}
+		// The view holds the peer as a read would decode it.
+		stored, err := peers.UnmarshalPeer(val)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, string(val)))
+		put(k, string(val))
+		delta[len(delta)-1].peer = &stored
 	}
 	for k, op := range old.peers {
 		if _, ok := newPeers[k]; !ok {
 			before = append(before, op)
 			guard(k)
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 		}
 	}
 	owners := func(list []peers.Peer) map[string]string { // addrs/ and keys/ key → peer ID
@@ -492,16 +571,24 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 	for k, id := range newOwner {
 		if was, ok := oldOwner[k]; ok {
 			if was != id {
-				ops = append(ops, clientv3.OpPut(k, id))
+				put(k, id)
 			}
 			continue
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, id))
+		put(k, id)
+		// An address new to a peer must not be in another writer's
+		// quarantine the view has not seen yet. One in the view's
+		// quarantine is deleted from it below, guarded there.
+		if a, ok := strings.CutPrefix(k, b.prefix+"addrs/"); ok {
+			if rk := b.prefix + "released/" + a; old.modRev[rk] == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(rk), "=", 0))
+			}
+		}
 	}
 	for k := range oldOwner {
 		if _, ok := newOwner[k]; !ok {
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 		}
 	}
 	// Quarantine.
@@ -516,10 +603,11 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		}
 		val, err := peers.MarshalReleased(r)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, string(val)))
+		put(k, string(val))
+		delta[len(delta)-1].rel = &r
 	}
 	// Entries that left the quarantine: the mutation's prune drops every
 	// expired one, which after a mass removal can be more than a
@@ -537,7 +625,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		}
 		if inUse[r.Addr] {
 			guard(k)
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 			continue
 		}
 		expired = append(expired, k)
@@ -548,7 +636,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 			break
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpDelete(k))
+		del(k)
 	}
-	return cmps, ops, nil
+	return cmps, ops, delta, nil
 }

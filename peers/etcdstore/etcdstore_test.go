@@ -270,3 +270,72 @@ func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
 		t.Errorf("%d expired quarantine entries left after 6 changes", last)
 	}
 }
+
+// A writer decides on its view of the registry, which misses the other
+// writers' changes since its last read: every such change it would
+// contradict makes its transaction fail, and it reads again. Gateway b
+// changes the registry behind gateway a's view each time before a adds: a
+// still gets free addresses (not one b holds, nor one b has just put in
+// quarantine), is refused a name b took, and may take a name b gave up.
+func TestStaleViewStillAllocatesCorrectly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, abe := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	b, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	add := func(s *peers.Store, user string) peers.Peer {
+		t.Helper()
+		p, err := s.Add(peers.AddRequest{User: user}, testPool())
+		if err != nil {
+			t.Fatalf("add %s: %v", user, err)
+		}
+		return p
+	}
+	taken := map[netip.Addr]string{}
+	own := func(p peers.Peer) {
+		t.Helper()
+		for _, addr := range []netip.Addr{p.IPv4, p.IPv6} {
+			if o, dup := taken[addr]; dup {
+				t.Errorf("%s got %s, which %s holds or held", p.ID(), addr, o)
+			}
+			taken[addr] = p.ID()
+		}
+	}
+	own(add(a, "a0"))
+	own(add(a, "gone"))
+	if fetches, _, _ := abe.Stats(); fetches != 1 {
+		t.Fatalf("a read the registry %d times for two adds, want once (its view serves the second)", fetches)
+	}
+
+	// b quarantines the lowest free address (as a sees it), then takes the
+	// next: a's view offers the first, then the second.
+	own(add(b, "b1"))
+	if _, err := b.Remove("b1", ""); err != nil {
+		t.Fatal(err)
+	}
+	own(add(b, "b0"))
+	own(add(a, "a1"))
+	own(add(b, "b2"))
+	own(add(a, "a2"))
+
+	add(b, "d")
+	if _, err := a.Add(peers.AddRequest{User: "d"}, testPool()); !errors.Is(err, peers.ErrExists) {
+		t.Errorf("add d on a after b added it = %v, want ErrExists", err)
+	}
+	if _, err := b.Remove("gone", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(peers.AddRequest{User: "gone"}, testPool()); err != nil {
+		t.Errorf("add gone on a after b removed it = %v", err)
+	}
+	list, err := b.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a0/default", "a1/default", "a2/default", "b0/default", "b2/default", "d/default", "gone/default"}
+	var ids []string
+	for _, p := range list {
+		ids = append(ids, p.ID())
+	}
+	if strings.Join(ids, " ") != strings.Join(want, " ") {
+		t.Errorf("registry holds %v, want %v", ids, want)
+	}
+}
