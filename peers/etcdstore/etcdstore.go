@@ -262,6 +262,8 @@ func (b *Backend) releasedKey(a netip.Addr) string { return b.prefix + "released
 
 // snapshotOf is one read of the registry with every key's mod revision.
 type snapshotOf struct {
+	// state is peers and released as a sorted State, when known.
+	state    *peers.State
 	rev      int64
 	modRev   map[string]int64 // every key read: peers, released, addrs, keys
 	peers    map[string]peers.Peer
@@ -308,27 +310,35 @@ func (b *Backend) fetch(ctx context.Context) (*snapshotOf, error) {
 
 // stateOf builds the sorted State of a key→value view.
 func stateOf(ps map[string]peers.Peer, rs map[string]peers.Released) peers.State {
-	var st peers.State
-	st.Peers = make([]peers.Peer, 0, len(ps))
+	st := peers.State{Peers: make([]peers.Peer, 0, len(ps)), Released: releasedOf(rs)}
 	for _, p := range ps {
 		st.Peers = append(st.Peers, p)
 	}
-	slices.SortFunc(st.Peers, func(a, b peers.Peer) int {
-		if c := strings.Compare(a.User, b.User); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Device, b.Device)
-	})
-	for _, r := range rs {
-		st.Released = append(st.Released, r)
+	slices.SortFunc(st.Peers, comparePeers)
+	return st
+}
+
+// comparePeers orders peers by user, then device (the order of Load).
+func comparePeers(a, b peers.Peer) int {
+	if c := strings.Compare(a.User, b.User); c != 0 {
+		return c
 	}
-	slices.SortFunc(st.Released, func(a, b peers.Released) int {
+	return strings.Compare(a.Device, b.Device)
+}
+
+// releasedOf is the sorted quarantine of a key→value view.
+func releasedOf(rs map[string]peers.Released) []peers.Released {
+	var list []peers.Released
+	for _, r := range rs {
+		list = append(list, r)
+	}
+	slices.SortFunc(list, func(a, b peers.Released) int {
 		if c := a.Removed.Compare(b.Removed); c != 0 {
 			return c
 		}
 		return a.Addr.Compare(b.Addr)
 	})
-	return st
+	return list
 }
 
 func cloneState(st peers.State) peers.State {
@@ -414,7 +424,11 @@ func (b *Backend) Update(fn func(*peers.State) error) error {
 			b.view = s
 		}
 		s := b.view
-		st := stateOf(s.peers, s.released)
+		if s.state == nil {
+			st := stateOf(s.peers, s.released)
+			s.state = &st
+		}
+		st := cloneState(*s.state)
 		err := fn(&st)
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
@@ -445,7 +459,7 @@ func (b *Backend) Update(fn func(*peers.State) error) error {
 		}
 		if resp.Succeeded {
 			b.commits.add()
-			s.apply(delta, resp.Header.Revision)
+			s.apply(delta, resp.Header.Revision, st)
 			return nil
 		}
 		// Another writer changed a key this change depends on: read again,
@@ -466,8 +480,34 @@ type viewChange struct {
 	rel  *peers.Released
 }
 
-// apply records a committed change at revision rev in the view.
-func (s *snapshotOf) apply(delta []viewChange, rev int64) {
+// apply records a committed change at revision rev in the view; st is the
+// state the change was made from, which becomes the view's state (with
+// the peers as stored) so that the next change need not sort the registry
+// again.
+func (s *snapshotOf) apply(delta []viewChange, rev int64, st peers.State) {
+	s.state = nil
+	defer func() {
+		// st's peers are what was committed: sort them (a no-op for the
+		// registry's mutations, which keep them sorted), put in the
+		// stored form of each one written, and keep them if they are
+		// exactly the view's peers. The quarantine is small: rebuilt.
+		slices.SortFunc(st.Peers, comparePeers)
+		if len(st.Peers) != len(s.peers) {
+			return
+		}
+		for _, c := range delta {
+			if c.peer == nil {
+				continue
+			}
+			i, ok := slices.BinarySearchFunc(st.Peers, *c.peer, comparePeers)
+			if !ok {
+				return
+			}
+			st.Peers[i] = *c.peer
+		}
+		st.Released = releasedOf(s.released)
+		s.state = &st
+	}()
 	for _, c := range delta {
 		if c.del {
 			delete(s.modRev, c.key)
