@@ -160,6 +160,7 @@ type Backend struct {
 	rev       int64 // revision the key view is at (the watch position)
 	state     peers.State
 	stateRev  int64 // revision of state; Version reports it
+	stateKV   bool  // state was built from peersKV and released (not the snapshot file)
 	online    bool
 	lastErr   error
 	since     time.Time // when online last changed

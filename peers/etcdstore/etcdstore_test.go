@@ -339,3 +339,73 @@ func TestStaleViewStillAllocatesCorrectly(t *testing.T) {
 		t.Errorf("registry holds %v, want %v", ids, want)
 	}
 }
+
+// A follower edits the state it serves event by event (no full sort per
+// change): after adds, a rename, a removal and a change of a peer, its
+// state is exactly what a fresh read of the cluster returns.
+func TestFollowerStateMatchesFreshRead(t *testing.T) {
+	srv := etcdtest.Start(t)
+	writer, wbe := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	for _, u := range []string{"m", "c", "x", "a"} {
+		if _, err := writer.Add(peers.AddRequest{User: u}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, fb := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := fb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { fb.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	for _, u := range []string{"b", "z", "d"} {
+		if _, err := writer.Add(peers.AddRequest{User: u}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := writer.Rename("m", "", "n", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Remove("c", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.SetDisabled("x", "", true); err != nil {
+		t.Fatal(err)
+	}
+	last, err := writer.Add(peers.AddRequest{User: "last"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(20 * time.Second)
+	for !holds(fb, last) {
+		select {
+		case <-fb.Changed():
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("follower did not see the last add within 20s")
+		}
+	}
+	got, err := fb.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := wbe.Load() // not following: a fresh read
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Peers) != len(want.Peers) || len(got.Released) != len(want.Released) {
+		t.Fatalf("follower holds %d peers, %d released; a fresh read %d, %d", len(got.Peers), len(got.Released), len(want.Peers), len(want.Released))
+	}
+	for i := range want.Peers {
+		if !peers.SamePeer(got.Peers[i], want.Peers[i]) {
+			t.Errorf("peer %d: follower %s (disabled %v), fresh read %s (disabled %v)", i, got.Peers[i].ID(), got.Peers[i].Disabled, want.Peers[i].ID(), want.Peers[i].Disabled)
+		}
+	}
+	for i := range want.Released {
+		if got.Released[i].Addr != want.Released[i].Addr || got.Released[i].Peer != want.Released[i].Peer {
+			t.Errorf("released %d: follower %+v, fresh read %+v", i, got.Released[i], want.Released[i])
+		}
+	}
+}
