@@ -17,8 +17,9 @@
 // A change runs the registry's mutation on the writer's view of the peers,
 // released, addrs and keys subtrees (every key with its mod revision) and
 // commits the difference in one transaction guarded by the mod revision of
-// every key it touches (create revision 0 for a key it creates; a newly
-// taken address also needs its released/ key absent). Two gateways taking
+// every key it touches (create revision 0 for a key it creates; a change
+// taking an address also needs no released/ key written after its view).
+// Two gateways taking
 // the same address, key or name therefore cannot both commit: the loser
 // reads the subtrees again in one revision and retries, a bounded number of
 // times. The view is the last such read with the writer's own commits
@@ -605,6 +606,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		return m
 	}
 	oldOwner, newOwner := owners(before), owners(after)
+	newAddr := false
 	// Uniqueness keys: an address or public key new to the registry must
 	// not exist yet (or is an orphan this change takes over, guarded by
 	// its revision); one that moved between peers is rewritten, guarded by
@@ -618,14 +620,17 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		}
 		guard(k)
 		put(k, id)
-		// An address new to a peer must not be in another writer's
-		// quarantine the view has not seen yet. One in the view's
-		// quarantine is deleted from it below, guarded there.
-		if a, ok := strings.CutPrefix(k, b.prefix+"addrs/"); ok {
-			if rk := b.prefix + "released/" + a; old.modRev[rk] == 0 {
-				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(rk), "=", 0))
-			}
+		if strings.HasPrefix(k, b.prefix+"addrs/") {
+			newAddr = true
 		}
+	}
+	if newAddr {
+		// An address new to a peer must not be in a quarantine the view
+		// has not seen: another writer's removal deletes the address's
+		// addrs/ key (which the guard above then finds absent) and
+		// creates its released/ key. One compare for all of them: no
+		// released/ key was written after the view's revision.
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(b.prefix+"released/"), "<", old.rev+1).WithPrefix())
 	}
 	for k := range oldOwner {
 		if _, ok := newOwner[k]; !ok {
