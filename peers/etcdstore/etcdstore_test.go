@@ -409,3 +409,23 @@ func TestFollowerStateMatchesFreshRead(t *testing.T) {
 		}
 	}
 }
+
+// One change adding 25 peers (`sluice fleet import`'s chunk) fits etcd's
+// default --max-txn-ops in both operations and compares, on a fresh read
+// and on the writer's view.
+func TestTwentyFivePeersFitOneTransaction(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	for round := range 2 {
+		var reqs []peers.AddRequest
+		for i := range 25 {
+			reqs = append(reqs, peers.AddRequest{User: fmt.Sprintf("r%du%d", round, i)})
+		}
+		if _, err := s.AddMany(reqs, testPool()); err != nil {
+			t.Fatalf("round %d: add 25 peers in one change: %v", round, err)
+		}
+	}
+	if list, err := s.List(); err != nil || len(list) != 50 {
+		t.Fatalf("%d peers after two changes of 25: %v", len(list), err)
+	}
+}
