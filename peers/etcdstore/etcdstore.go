@@ -265,7 +265,9 @@ func (b *Backend) releasedKey(a netip.Addr) string { return b.prefix + "released
 // snapshotOf is one read of the registry with every key's mod revision.
 type snapshotOf struct {
 	// state is peers and released as a sorted State, when known.
-	state    *peers.State
+	state *peers.State
+	// rev is the revision of the read; in the writer's view, the last
+	// revision up to which it holds every change.
 	rev      int64
 	modRev   map[string]int64 // every key read: peers, released, addrs, keys
 	peers    map[string]peers.Peer
@@ -507,6 +509,8 @@ func (s *snapshotOf) apply(delta []viewChange, rev int64, st peers.State) {
 			}
 			st.Peers[i] = *c.peer
 		}
+		// The state is kept; its slices are the view's own from now on.
+		st.Peers = slices.Clone(st.Peers)
 		st.Released = releasedOf(s.released)
 		s.state = &st
 	}()
@@ -525,7 +529,12 @@ func (s *snapshotOf) apply(delta []viewChange, rev int64, st peers.State) {
 			s.released[c.key] = *c.rel
 		}
 	}
-	s.rev = rev
+	// rev is the revision the view has seen everything up to: it moves
+	// only when no other write came between (the released/ guard of diff
+	// relies on it).
+	if rev == s.rev+1 {
+		s.rev = rev
+	}
 }
 
 // Stats reports how many reads and transactions Update sent and how many

@@ -316,6 +316,18 @@ func TestStaleViewStillAllocatesCorrectly(t *testing.T) {
 	own(add(b, "b2"))
 	own(add(a, "a2"))
 
+	// b adds and removes a peer a never saw; a then commits a change
+	// that takes no address (its view stays stale) and adds: the
+	// address a's view offers first is in b's quarantine.
+	own(add(b, "b3"))
+	if _, err := b.Remove("b3", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetDisabled("a0", "", true); err != nil {
+		t.Fatal(err)
+	}
+	own(add(a, "a3"))
+
 	add(b, "d")
 	if _, err := a.Add(peers.AddRequest{User: "d"}, testPool()); !errors.Is(err, peers.ErrExists) {
 		t.Errorf("add d on a after b added it = %v, want ErrExists", err)
@@ -330,7 +342,7 @@ func TestStaleViewStillAllocatesCorrectly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"a0/default", "a1/default", "a2/default", "b0/default", "b2/default", "d/default", "gone/default"}
+	want := []string{"a0/default", "a1/default", "a2/default", "a3/default", "b0/default", "b2/default", "d/default", "gone/default"}
 	var ids []string
 	for _, p := range list {
 		ids = append(ids, p.ID())
