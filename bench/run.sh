@@ -102,6 +102,7 @@ build_sluice_side scale ./bench/cmd/scale
 build_sluice_side wgdev.test ./gateway/wgdev test
 build_sluice_side firewall.test ./firewall test
 build_sluice_side etcdstore.test ./peers/etcdstore test
+build_sluice_side gateway.test ./gateway test
 build_sluice_side dnsproxy.test ./dnsproxy test
 
 "$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" ${args[@]+"${args[@]}"} &

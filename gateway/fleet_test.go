@@ -64,14 +64,19 @@ peers:
 }
 
 // fleetConfig writes a fake gateway's configuration for a fleet member.
-func fleetConfig(t *testing.T, name, endpoint, stateDir string) *Config {
+func fleetConfig(t testing.TB, name, endpoint, stateDir string) *Config {
+	return fleetConfigIn(t, name, endpoint, stateDir, "10.20.0.1/24")
+}
+
+// fleetConfigIn is fleetConfig with the tunnel's IPv4 address and prefix.
+func fleetConfigIn(t testing.TB, name, endpoint, stateDir, v4 string) *Config {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := `interface:
   name: f` + name + `
   backend: userspace
   private_key_file: ` + filepath.Join(dir, "gw.key") + `
-  addresses: [10.20.0.1/24, fd20::1/64]
+  addresses: [` + v4 + `, fd20::1/64]
   endpoint: 192.0.2.1:51820
 dns:
   listen: [10.20.0.53, fd20::53]
@@ -99,7 +104,7 @@ fleet:
 }
 
 // runFleetGateway runs a fake gateway of the fleet until the returned stop.
-func runFleetGateway(t *testing.T, cfg *Config) (*Gateway, *fakes, func()) {
+func runFleetGateway(t testing.TB, cfg *Config) (*Gateway, *fakes, func()) {
 	t.Helper()
 	f := newFakes()
 	ready := make(chan struct{})
@@ -142,7 +147,7 @@ func devicePeers(f *fakes) map[string]bool {
 }
 
 // waitFor polls cond for up to 30 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

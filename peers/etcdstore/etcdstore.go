@@ -14,12 +14,20 @@
 //	gateways/<name>         a gateway's registration (last seen, kept)
 //	alive/<name>            present while the gateway's lease lives
 //
-// A change reads the peers, released, addrs and keys subtrees in one
-// revision, runs the registry's mutation on that state, and commits the
-// difference in one transaction guarded by the mod revision of every key it
-// touches (create revision 0 for a key it creates). Two gateways taking the
-// same address, key or name therefore cannot both commit: the loser reads
-// again and retries, a bounded number of times.
+// A change runs the registry's mutation on the writer's view of the peers,
+// released, addrs and keys subtrees (every key with its mod revision) and
+// commits the difference in one transaction guarded by the mod revision of
+// every key it touches (create revision 0 for a key it creates; a change
+// taking an address also needs no released/ key written after its view).
+// Two gateways taking
+// the same address, key or name therefore cannot both commit: the loser
+// reads the subtrees again in one revision and retries, a bounded number of
+// times. The view is the last such read with the writer's own commits
+// applied: it may miss other writers' changes, which is safe because a
+// change to a key the mutation touches fails the guard, and a mutation that
+// fails or changes nothing on the view runs again on a fresh read before
+// its answer counts. So a writer reads the whole registry on its first
+// change and after losing a race, not on every change.
 package etcdstore
 
 import (
@@ -136,6 +144,13 @@ type Backend struct {
 	// sent and transactions committed (for the bench).
 	fetches, attempts, commits atomicCounter
 
+	// wmu serializes this process's changes and protects view: the
+	// registry as last read by Update with its own commits applied (nil
+	// until the first change, and after an error that leaves the outcome
+	// of a transaction unknown).
+	wmu  sync.Mutex
+	view *snapshotOf
+
 	mu sync.Mutex // protects the fields below
 	// following is set by Start: Load and Version use the copy below.
 	following bool
@@ -146,6 +161,7 @@ type Backend struct {
 	rev       int64 // revision the key view is at (the watch position)
 	state     peers.State
 	stateRev  int64 // revision of state; Version reports it
+	stateKV   bool  // state was built from peersKV and released (not the snapshot file)
 	online    bool
 	lastErr   error
 	since     time.Time // when online last changed
@@ -248,6 +264,10 @@ func (b *Backend) releasedKey(a netip.Addr) string { return b.prefix + "released
 
 // snapshotOf is one read of the registry with every key's mod revision.
 type snapshotOf struct {
+	// state is peers and released as a sorted State, when known.
+	state *peers.State
+	// rev is the revision of the read; in the writer's view, the last
+	// revision up to which it holds every change.
 	rev      int64
 	modRev   map[string]int64 // every key read: peers, released, addrs, keys
 	peers    map[string]peers.Peer
@@ -294,27 +314,35 @@ func (b *Backend) fetch(ctx context.Context) (*snapshotOf, error) {
 
 // stateOf builds the sorted State of a key→value view.
 func stateOf(ps map[string]peers.Peer, rs map[string]peers.Released) peers.State {
-	var st peers.State
-	st.Peers = make([]peers.Peer, 0, len(ps))
+	st := peers.State{Peers: make([]peers.Peer, 0, len(ps)), Released: releasedOf(rs)}
 	for _, p := range ps {
 		st.Peers = append(st.Peers, p)
 	}
-	slices.SortFunc(st.Peers, func(a, b peers.Peer) int {
-		if c := strings.Compare(a.User, b.User); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Device, b.Device)
-	})
-	for _, r := range rs {
-		st.Released = append(st.Released, r)
+	slices.SortFunc(st.Peers, comparePeers)
+	return st
+}
+
+// comparePeers orders peers by user, then device (the order of Load).
+func comparePeers(a, b peers.Peer) int {
+	if c := strings.Compare(a.User, b.User); c != 0 {
+		return c
 	}
-	slices.SortFunc(st.Released, func(a, b peers.Released) int {
+	return strings.Compare(a.Device, b.Device)
+}
+
+// releasedOf is the sorted quarantine of a key→value view.
+func releasedOf(rs map[string]peers.Released) []peers.Released {
+	var list []peers.Released
+	for _, r := range rs {
+		list = append(list, r)
+	}
+	slices.SortFunc(list, func(a, b peers.Released) int {
 		if c := a.Removed.Compare(b.Removed); c != 0 {
 			return c
 		}
 		return a.Addr.Compare(b.Addr)
 	})
-	return st
+	return list
 }
 
 func cloneState(st peers.State) peers.State {
@@ -375,26 +403,47 @@ func (b *Backend) Version() (string, error) {
 	return strconv.FormatInt(resp.Header.Revision, 10), nil
 }
 
-// Update implements peers.Backend: read, run fn, commit the difference in
-// one transaction guarded by every touched key's revision; on a lost race
-// run again, at most DefaultMaxAttempts times.
+// Update implements peers.Backend: run fn on the writer's view (a fresh
+// read on the first change), commit the difference in one transaction
+// guarded by every touched key's revision; when the guard fails, read
+// again and run fn again, at most DefaultMaxAttempts times. An error from
+// fn, or a change that changes nothing, counts only on a fresh read: on the
+// view it may come from another writer's change the view has not seen.
 func (b *Backend) Update(fn func(*peers.State) error) error {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	wait := 2 * time.Millisecond
 	for attempt := 1; attempt <= DefaultMaxAttempts; attempt++ {
-		b.fetches.add()
-		s, err := b.fetch(context.Background())
-		if err != nil {
-			var d *peers.DamagedError
-			if errors.As(err, &d) {
-				return err
+		cached := b.view != nil
+		if !cached {
+			b.fetches.add()
+			s, err := b.fetch(context.Background())
+			if err != nil {
+				var d *peers.DamagedError
+				if errors.As(err, &d) {
+					return err
+				}
+				return b.unavailable("change peers", err)
 			}
-			return b.unavailable("change peers", err)
+			b.view = s
 		}
-		st := stateOf(s.peers, s.released)
-		if err := fn(&st); err != nil {
-			return err
+		s := b.view
+		if s.state == nil {
+			st := stateOf(s.peers, s.released)
+			s.state = &st
 		}
-		cmps, ops, err := b.diff(s, st)
+		st := cloneState(*s.state)
+		err := fn(&st)
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		var delta []viewChange
+		if err == nil {
+			cmps, ops, delta, err = b.diff(s, st)
+		}
+		if cached && (err != nil || len(ops) == 0) {
+			b.view = nil // decide on a fresh read
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -409,18 +458,83 @@ func (b *Backend) Update(fn func(*peers.State) error) error {
 		resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
+			b.view = nil // the transaction may or may not have committed
 			return b.unavailable("change peers", err)
 		}
 		if resp.Succeeded {
 			b.commits.add()
+			s.apply(delta, resp.Header.Revision, st)
 			return nil
 		}
-		// Another writer changed a key this change depends on: back off
-		// with jitter and run fn again on the new state.
+		// Another writer changed a key this change depends on: read again,
+		// back off with jitter and run fn again on the new state.
+		b.view = nil
 		time.Sleep(wait/2 + rand.N(wait))
 		wait = min(2*wait, 100*time.Millisecond)
 	}
 	return fmt.Errorf("change peers in %s: still conflicting with other writers after %d attempts", b.Where(), DefaultMaxAttempts)
+}
+
+// viewChange is one key a committed change wrote (peer or rel set) or
+// deleted (del), applied to the writer's view.
+type viewChange struct {
+	key  string
+	del  bool
+	peer *peers.Peer
+	rel  *peers.Released
+}
+
+// apply records a committed change at revision rev in the view; st is the
+// state the change was made from, which becomes the view's state (with
+// the peers as stored) so that the next change need not sort the registry
+// again.
+func (s *snapshotOf) apply(delta []viewChange, rev int64, st peers.State) {
+	s.state = nil
+	defer func() {
+		// st's peers are what was committed: sort them (a no-op for the
+		// registry's mutations, which keep them sorted), put in the
+		// stored form of each one written, and keep them if they are
+		// exactly the view's peers. The quarantine is small: rebuilt.
+		slices.SortFunc(st.Peers, comparePeers)
+		if len(st.Peers) != len(s.peers) {
+			return
+		}
+		for _, c := range delta {
+			if c.peer == nil {
+				continue
+			}
+			i, ok := slices.BinarySearchFunc(st.Peers, *c.peer, comparePeers)
+			if !ok {
+				return
+			}
+			st.Peers[i] = *c.peer
+		}
+		// The state is kept; its slices are the view's own from now on.
+		st.Peers = slices.Clone(st.Peers)
+		st.Released = releasedOf(s.released)
+		s.state = &st
+	}()
+	for _, c := range delta {
+		if c.del {
+			delete(s.modRev, c.key)
+			delete(s.peers, c.key)
+			delete(s.released, c.key)
+			continue
+		}
+		s.modRev[c.key] = rev
+		if c.peer != nil {
+			s.peers[c.key] = *c.peer
+		}
+		if c.rel != nil {
+			s.released[c.key] = *c.rel
+		}
+	}
+	// rev is the revision the view has seen everything up to: it moves
+	// only when no other write came between (the released/ guard of diff
+	// relies on it).
+	if rev == s.rev+1 {
+		s.rev = rev
+	}
 }
 
 // Stats reports how many reads and transactions Update sent and how many
@@ -429,10 +543,20 @@ func (b *Backend) Stats() (fetches, attempts, commits uint64) {
 	return b.fetches.get(), b.attempts.get(), b.commits.get()
 }
 
-// diff turns old → new into guarded operations.
-func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clientv3.Op, error) {
+// diff turns old → new into guarded operations and the change they make
+// to the view.
+func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clientv3.Op, []viewChange, error) {
 	var cmps []clientv3.Cmp
 	var ops []clientv3.Op
+	var delta []viewChange
+	put := func(k, v string) {
+		ops = append(ops, clientv3.OpPut(k, v))
+		delta = append(delta, viewChange{key: k})
+	}
+	del := func(k string) {
+		ops = append(ops, clientv3.OpDelete(k))
+		delta = append(delta, viewChange{key: k, del: true})
+	}
 	// guard makes the transaction fail if k changed since old was read
 	// (or, for a key old did not have, if it now exists).
 	guard := func(k string) {
@@ -460,16 +584,22 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		after = append(after, p)
 		val, err := peers.MarshalPeer(p)
 		if err != nil {
-			return nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
+			return nil, nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
+		}
+		// The view holds the peer as a read would decode it.
+		stored, err := peers.UnmarshalPeer(val)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("encode peer %s: %w", p.ID(), err)
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, string(val)))
+		put(k, string(val))
+		delta[len(delta)-1].peer = &stored
 	}
 	for k, op := range old.peers {
 		if _, ok := newPeers[k]; !ok {
 			before = append(before, op)
 			guard(k)
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 		}
 	}
 	owners := func(list []peers.Peer) map[string]string { // addrs/ and keys/ key → peer ID
@@ -485,6 +615,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		return m
 	}
 	oldOwner, newOwner := owners(before), owners(after)
+	newAddr := false
 	// Uniqueness keys: an address or public key new to the registry must
 	// not exist yet (or is an orphan this change takes over, guarded by
 	// its revision); one that moved between peers is rewritten, guarded by
@@ -492,16 +623,27 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 	for k, id := range newOwner {
 		if was, ok := oldOwner[k]; ok {
 			if was != id {
-				ops = append(ops, clientv3.OpPut(k, id))
+				put(k, id)
 			}
 			continue
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, id))
+		put(k, id)
+		if strings.HasPrefix(k, b.prefix+"addrs/") {
+			newAddr = true
+		}
+	}
+	if newAddr {
+		// An address new to a peer must not be in a quarantine the view
+		// has not seen: another writer's removal deletes the address's
+		// addrs/ key (which the guard above then finds absent) and
+		// creates its released/ key. One compare for all of them: no
+		// released/ key was written after the view's revision.
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(b.prefix+"released/"), "<", old.rev+1).WithPrefix())
 	}
 	for k := range oldOwner {
 		if _, ok := newOwner[k]; !ok {
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 		}
 	}
 	// Quarantine.
@@ -516,10 +658,11 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		}
 		val, err := peers.MarshalReleased(r)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpPut(k, string(val)))
+		put(k, string(val))
+		delta[len(delta)-1].rel = &r
 	}
 	// Entries that left the quarantine: the mutation's prune drops every
 	// expired one, which after a mass removal can be more than a
@@ -537,7 +680,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 		}
 		if inUse[r.Addr] {
 			guard(k)
-			ops = append(ops, clientv3.OpDelete(k))
+			del(k)
 			continue
 		}
 		expired = append(expired, k)
@@ -548,7 +691,7 @@ func (b *Backend) diff(old *snapshotOf, st peers.State) ([]clientv3.Cmp, []clien
 			break
 		}
 		guard(k)
-		ops = append(ops, clientv3.OpDelete(k))
+		del(k)
 	}
-	return cmps, ops, nil
+	return cmps, ops, delta, nil
 }

@@ -270,3 +270,174 @@ func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
 		t.Errorf("%d expired quarantine entries left after 6 changes", last)
 	}
 }
+
+// A writer decides on its view of the registry, which misses the other
+// writers' changes since its last read: every such change it would
+// contradict makes its transaction fail, and it reads again. Gateway b
+// changes the registry behind gateway a's view each time before a adds: a
+// still gets free addresses (not one b holds, nor one b has just put in
+// quarantine), is refused a name b took, and may take a name b gave up.
+func TestStaleViewStillAllocatesCorrectly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, abe := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	b, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	add := func(s *peers.Store, user string) peers.Peer {
+		t.Helper()
+		p, err := s.Add(peers.AddRequest{User: user}, testPool())
+		if err != nil {
+			t.Fatalf("add %s: %v", user, err)
+		}
+		return p
+	}
+	taken := map[netip.Addr]string{}
+	own := func(p peers.Peer) {
+		t.Helper()
+		for _, addr := range []netip.Addr{p.IPv4, p.IPv6} {
+			if o, dup := taken[addr]; dup {
+				t.Errorf("%s got %s, which %s holds or held", p.ID(), addr, o)
+			}
+			taken[addr] = p.ID()
+		}
+	}
+	own(add(a, "a0"))
+	own(add(a, "gone"))
+	if fetches, _, _ := abe.Stats(); fetches != 1 {
+		t.Fatalf("a read the registry %d times for two adds, want once (its view serves the second)", fetches)
+	}
+
+	// b quarantines the lowest free address (as a sees it), then takes the
+	// next: a's view offers the first, then the second.
+	own(add(b, "b1"))
+	if _, err := b.Remove("b1", ""); err != nil {
+		t.Fatal(err)
+	}
+	own(add(b, "b0"))
+	own(add(a, "a1"))
+	own(add(b, "b2"))
+	own(add(a, "a2"))
+
+	// b adds and removes a peer a never saw; a then commits a change
+	// that takes no address (its view stays stale) and adds: the
+	// address a's view offers first is in b's quarantine.
+	own(add(b, "b3"))
+	if _, err := b.Remove("b3", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetDisabled("a0", "", true); err != nil {
+		t.Fatal(err)
+	}
+	own(add(a, "a3"))
+
+	add(b, "d")
+	if _, err := a.Add(peers.AddRequest{User: "d"}, testPool()); !errors.Is(err, peers.ErrExists) {
+		t.Errorf("add d on a after b added it = %v, want ErrExists", err)
+	}
+	if _, err := b.Remove("gone", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(peers.AddRequest{User: "gone"}, testPool()); err != nil {
+		t.Errorf("add gone on a after b removed it = %v", err)
+	}
+	list, err := b.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a0/default", "a1/default", "a2/default", "a3/default", "b0/default", "b2/default", "d/default", "gone/default"}
+	var ids []string
+	for _, p := range list {
+		ids = append(ids, p.ID())
+	}
+	if strings.Join(ids, " ") != strings.Join(want, " ") {
+		t.Errorf("registry holds %v, want %v", ids, want)
+	}
+}
+
+// A follower edits the state it serves event by event (no full sort per
+// change): after adds, a rename, a removal and a change of a peer, its
+// state is exactly what a fresh read of the cluster returns.
+func TestFollowerStateMatchesFreshRead(t *testing.T) {
+	srv := etcdtest.Start(t)
+	writer, wbe := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	for _, u := range []string{"m", "c", "x", "a"} {
+		if _, err := writer.Add(peers.AddRequest{User: u}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, fb := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := fb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { fb.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	for _, u := range []string{"b", "z", "d"} {
+		if _, err := writer.Add(peers.AddRequest{User: u}, testPool()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := writer.Rename("m", "", "n", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Remove("c", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.SetDisabled("x", "", true); err != nil {
+		t.Fatal(err)
+	}
+	last, err := writer.Add(peers.AddRequest{User: "last"}, testPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(20 * time.Second)
+	for !holds(fb, last) {
+		select {
+		case <-fb.Changed():
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("follower did not see the last add within 20s")
+		}
+	}
+	got, err := fb.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := wbe.Load() // not following: a fresh read
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Peers) != len(want.Peers) || len(got.Released) != len(want.Released) {
+		t.Fatalf("follower holds %d peers, %d released; a fresh read %d, %d", len(got.Peers), len(got.Released), len(want.Peers), len(want.Released))
+	}
+	for i := range want.Peers {
+		if !peers.SamePeer(got.Peers[i], want.Peers[i]) {
+			t.Errorf("peer %d: follower %s (disabled %v), fresh read %s (disabled %v)", i, got.Peers[i].ID(), got.Peers[i].Disabled, want.Peers[i].ID(), want.Peers[i].Disabled)
+		}
+	}
+	for i := range want.Released {
+		if got.Released[i].Addr != want.Released[i].Addr || got.Released[i].Peer != want.Released[i].Peer {
+			t.Errorf("released %d: follower %+v, fresh read %+v", i, got.Released[i], want.Released[i])
+		}
+	}
+}
+
+// One change adding 25 peers (`sluice fleet import`'s chunk) fits etcd's
+// default --max-txn-ops in both operations and compares, on a fresh read
+// and on the writer's view.
+func TestTwentyFivePeersFitOneTransaction(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}})
+	for round := range 2 {
+		var reqs []peers.AddRequest
+		for i := range 25 {
+			reqs = append(reqs, peers.AddRequest{User: fmt.Sprintf("r%du%d", round, i)})
+		}
+		if _, err := s.AddMany(reqs, testPool()); err != nil {
+			t.Fatalf("round %d: add 25 peers in one change: %v", round, err)
+		}
+	}
+	if list, err := s.List(); err != nil || len(list) != 50 {
+		t.Fatalf("%d peers after two changes of 25: %v", len(list), err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,7 +69,7 @@ func (b *Backend) Start(ctx context.Context) error {
 		st, serr := peers.ReadStateFile(b.snapshot)
 		if serr == nil {
 			b.mu.Lock()
-			b.state, b.loaded, b.fromSnap = st, true, true
+			b.state, b.loaded, b.fromSnap, b.stateKV = st, true, true, false
 			b.mu.Unlock()
 			b.log.Warn("peer registry unreachable at start: serving the peers of the local snapshot; changes are refused until it is back",
 				"store", b.Where(), "snapshot", b.snapshot, "peers", len(st.Peers), "err", err)
@@ -127,6 +128,47 @@ func (b *Backend) publish() {
 	st := stateOf(b.peersKV, b.released)
 	rev := b.rev
 	b.mu.Unlock()
+	b.serve(st, rev)
+}
+
+// peerEvent is one peer the watch stored (or deleted, del).
+type peerEvent struct {
+	p   peers.Peer
+	del bool
+}
+
+// publishEvents publishes the key view after the watch applied evs to it:
+// the state served is already the key view before evs (sorted), so it is
+// edited in place of sorting the whole registry again.
+func (b *Backend) publishEvents(evs []peerEvent) {
+	b.mu.Lock()
+	if !b.stateKV {
+		b.mu.Unlock()
+		b.publish()
+		return
+	}
+	list := slices.Clone(b.state.Peers)
+	rel := releasedOf(b.released)
+	rev := b.rev
+	b.mu.Unlock()
+	for _, ev := range evs {
+		i, found := slices.BinarySearchFunc(list, ev.p, comparePeers)
+		switch {
+		case ev.del && found:
+			list = slices.Delete(list, i, i+1)
+		case ev.del:
+		case found:
+			list[i] = ev.p
+		default:
+			list = slices.Insert(list, i, ev.p)
+		}
+	}
+	b.serve(peers.State{Peers: list, Released: rel}, rev)
+}
+
+// serve writes st (the key view at rev) to the snapshot, serves it and
+// signals Changed.
+func (b *Backend) serve(st peers.State, rev int64) {
 	if b.snapshot != "" {
 		if err := b.writeSnapshot(st); err != nil {
 			b.log.Error("write peer registry snapshot", "snapshot", b.snapshot, "err", err)
@@ -135,7 +177,7 @@ func (b *Backend) publish() {
 	// The version and the state change together: a reader of Version
 	// then Load never records a version with an older state.
 	b.mu.Lock()
-	b.state, b.stateRev, b.loaded = st, rev, true
+	b.state, b.stateRev, b.loaded, b.stateKV = st, rev, true, true
 	b.mu.Unlock()
 	select {
 	case b.changed <- struct{}{}:
@@ -207,17 +249,22 @@ func (b *Backend) watch(ctx context.Context, rev int64) error {
 		}
 		changed := false
 		var bad error
+		var evs []peerEvent
 		b.mu.Lock()
 		for _, ev := range resp.Events {
 			k := string(ev.Kv.Key)
 			switch {
 			case strings.HasPrefix(k, peersP):
 				if ev.Type == clientv3.EventTypeDelete {
+					if old, ok := b.peersKV[k]; ok {
+						evs = append(evs, peerEvent{p: old, del: true})
+					}
 					delete(b.peersKV, k)
 				} else if p, err := peers.UnmarshalPeer(ev.Kv.Value); err != nil {
 					bad = &peers.DamagedError{Path: b.Where() + " key " + k, Reason: err.Error()}
 				} else {
 					b.peersKV[k] = p
+					evs = append(evs, peerEvent{p: p})
 				}
 				changed = true
 			case strings.HasPrefix(k, relP):
@@ -239,7 +286,7 @@ func (b *Backend) watch(ctx context.Context, rev int64) error {
 			b.log.Error("peer registry holds a damaged record: ignored", "err", bad)
 		}
 		if changed {
-			b.publish()
+			b.publishEvents(evs)
 		}
 	}
 	if ctx.Err() != nil {
