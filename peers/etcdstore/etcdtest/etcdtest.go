@@ -6,6 +6,7 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -26,8 +27,11 @@ const Binary = "/usr/bin/etcd"
 // Server is one running etcd member.
 type Server struct {
 	Endpoint string
+	// TLS is set by StartTLS: the files a client needs for mTLS.
+	TLS      *TLSFiles
 	args     []string
 	log      *syncBuffer
+	probeTLS *tls.Config
 
 	mu     sync.Mutex // protects cmd and exited
 	cmd    *exec.Cmd
@@ -66,14 +70,25 @@ func freePort(t testing.TB) int {
 // A missing binary fails the test: `make deps` installs etcd-server.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return startServer(t, nil)
+}
+
+// startServer runs the member; with files, the client URL is https and
+// etcd demands a client certificate signed by files.CA.
+func startServer(t testing.TB, files *TLSFiles) *Server {
+	t.Helper()
 	if _, err := os.Stat(Binary); err != nil {
 		t.Fatalf("etcd server not installed (%v): run `make deps` (Debian package etcd-server)", err)
 	}
 	dir := t.TempDir()
 	cport, pport := freePort(t), freePort(t)
-	client := fmt.Sprintf("http://127.0.0.1:%d", cport)
+	scheme := "http"
+	if files != nil {
+		scheme = "https"
+	}
+	client := fmt.Sprintf("%s://127.0.0.1:%d", scheme, cport)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	s := &Server{Endpoint: client, log: &syncBuffer{}}
+	s := &Server{Endpoint: client, TLS: files, log: &syncBuffer{}}
 	s.args = []string{
 		"--name", "t0",
 		"--data-dir", filepath.Join(dir, "data"),
@@ -81,6 +96,15 @@ func Start(t testing.TB) *Server {
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "t0=" + peer, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-level", "warn",
+	}
+	if files != nil {
+		s.args = append(s.args, "--client-cert-auth", "--trusted-ca-file", files.CA,
+			"--cert-file", files.ServerCert, "--key-file", files.ServerKey)
+		probe, err := files.clientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.probeTLS = probe
 	}
 	t.Cleanup(s.Stop)
 	s.start(t)
@@ -130,7 +154,7 @@ func (s *Server) start(t testing.TB) {
 	go func() { cmd.Wait(); close(exited) }()
 	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 2 * time.Second, TLS: s.probeTLS, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
