@@ -47,11 +47,7 @@ func newFleetStatusCmd(g *globals) *cobra.Command {
 		Short: "List the fleet's gateways, which are alive, and their handshaking peers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			be, err := gateway.OpenFleet(cfg)
+			_, be, err := g.openFleet()
 			if err != nil {
 				return err
 			}
@@ -102,6 +98,20 @@ func orDash(s string) string {
 	return s
 }
 
+// openFleet loads the configuration and opens its fleet registry; the
+// caller closes it.
+func (g *globals) openFleet() (*gateway.Config, *etcdstore.Backend, error) {
+	cfg, err := g.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	be, err := gateway.OpenFleet(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, be, nil
+}
+
 // renderForGateway renders p for gw (another gateway of the fleet: its
 // registered endpoint and public key), or for this one when gw is "" or
 // this gateway's own name.
@@ -148,11 +158,7 @@ peer) stops the import before anything is written, with the whole list.`,
 		Example: "  sluice fleet import\n  sluice fleet import --from /var/lib/sluice/wg0/peers.json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			be, err := gateway.OpenFleet(cfg)
+			cfg, be, err := g.openFleet()
 			if err != nil {
 				return err
 			}
@@ -292,11 +298,7 @@ again; it is also a backup of the registry.`,
 		Example: "  sluice fleet export -o /var/backups/sluice-peers.json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.load()
-			if err != nil {
-				return err
-			}
-			be, err := gateway.OpenFleet(cfg)
+			_, be, err := g.openFleet()
 			if err != nil {
 				return err
 			}
