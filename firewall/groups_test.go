@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -83,24 +82,7 @@ func TestGroupGolden(t *testing.T) {
 
 // tcpListen accepts and closes connections on addr in ns until cleanup.
 func tcpListen(t *testing.T, ns *netnstest.NS, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := doIn(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	tcpServe(t, ns, addr, func(net.Conn) {})
 }
 
 // groupNetwork extends gatewayPair: behind the gateway, the sink namespace

@@ -146,32 +146,9 @@ func TestCoveredZeroAllocs(t *testing.T) {
 	}
 }
 
-// tcpSink listens on addr in ns and discards every connection's data until
-// cleanup.
+// tcpSink discards every connection's data on addr in ns until cleanup.
 func tcpSink(b *testing.B, ns *netnstest.NS, addr string) {
-	b.Helper()
-	var ln net.Listener
-	if err := doIn(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed in cleanup
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
+	tcpServe(b, ns, addr, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 }
 
 // BenchmarkForward is peer traffic forwarded through the gateway (full

@@ -14,12 +14,14 @@ import (
 	"github.com/sluice-vpn/sluice/internal/netnstest"
 )
 
-// tcpEcho listens on addr in ns and echoes every connection until cleanup.
-func tcpEcho(t *testing.T, ns *netnstest.NS, addr string) {
-	t.Helper()
+// tcpServe listens on addr in ns and hands every accepted connection to
+// handle on its own goroutine until cleanup, which closes the listener and
+// waits for every handler.
+func tcpServe(tb testing.TB, ns *netnstest.NS, addr string, handle func(net.Conn)) {
+	tb.Helper()
 	var ln net.Listener
 	if err := doIn(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -34,12 +36,19 @@ func tcpEcho(t *testing.T, ns *netnstest.NS, addr string) {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// tcpEcho echoes every connection on addr in ns until cleanup.
+func tcpEcho(t *testing.T, ns *netnstest.NS, addr string) {
+	tcpServe(t, ns, addr, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.Copy(c, c)
+	})
 }
 
 // egressNet is a gateway in full mode masquerading out of hole0 to a sink
