@@ -20,9 +20,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/sluice-vpn/sluice/bench/internal/latency"
 
 	"github.com/miekg/dns"
 )
@@ -45,18 +46,6 @@ type target struct {
 	conn *net.UDPConn
 	rtts []time.Duration
 	errs int
-}
-
-// Result is the JSON record dnslat prints for one target.
-type Result struct {
-	Name   string  `json:"name"`
-	Addr   string  `json:"addr"`
-	Count  int     `json:"count"`
-	Errors int     `json:"errors"`
-	P50us  float64 `json:"p50_us"`
-	P90us  float64 `json:"p90_us"`
-	P99us  float64 `json:"p99_us"`
-	MeanUs float64 `json:"mean_us"`
 }
 
 func main() {
@@ -219,32 +208,6 @@ func check(r *dns.Msg, name string, want netip.Addr) error {
 	return fmt.Errorf("answer %q: no A %s in %v", name, want, r.Answer)
 }
 
-func summarize(t *target) Result {
-	res := Result{Name: t.Name, Addr: t.Addr, Count: len(t.rtts), Errors: t.errs}
-	if len(t.rtts) == 0 {
-		return res
-	}
-	s := slices.Clone(t.rtts)
-	slices.Sort(s)
-	var sum time.Duration
-	for _, d := range s {
-		sum += d
-	}
-	res.P50us = us(percentile(s, 50))
-	res.P90us = us(percentile(s, 90))
-	res.P99us = us(percentile(s, 99))
-	res.MeanUs = us(sum / time.Duration(len(s)))
-	return res
+func summarize(t *target) latency.Summary {
+	return latency.Summarize(t.Name, t.Addr, t.rtts, t.errs)
 }
-
-// percentile returns the nearest-rank percentile p of sorted s.
-func percentile(s []time.Duration, p float64) time.Duration {
-	if len(s) == 0 {
-		return 0
-	}
-	rank := int(p/100*float64(len(s))+0.5) - 1
-	rank = max(0, min(rank, len(s)-1))
-	return s[rank]
-}
-
-func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }

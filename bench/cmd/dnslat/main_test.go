@@ -9,21 +9,6 @@ import (
 	"github.com/miekg/dns"
 )
 
-func TestPercentile(t *testing.T) {
-	var s []time.Duration
-	for i := 1; i <= 100; i++ {
-		s = append(s, time.Duration(i)*time.Microsecond)
-	}
-	for p, want := range map[float64]time.Duration{50: 50 * time.Microsecond, 99: 99 * time.Microsecond, 100: 100 * time.Microsecond, 0: time.Microsecond} {
-		if got := percentile(s, p); got != want {
-			t.Errorf("percentile(%v) = %v, want %v", p, got, want)
-		}
-	}
-	if got := percentile(nil, 50); got != 0 {
-		t.Errorf("percentile(nil) = %v", got)
-	}
-}
-
 func TestParseTargets(t *testing.T) {
 	ts, err := parseTargets("direct=127.0.0.1:5300,sluice=127.0.0.1:5401")
 	if err != nil || len(ts) != 2 || ts[1].Name != "sluice" || ts[1].Addr != "127.0.0.1:5401" {

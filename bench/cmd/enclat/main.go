@@ -26,11 +26,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-vpn/sluice/bench/internal/latency"
 
 	"github.com/miekg/dns"
 )
@@ -47,18 +48,6 @@ type target struct {
 	ask       func(wire []byte) ([]byte, error)
 	rtts      []time.Duration
 	errs      int
-}
-
-// result is one JSON line, in dnslat's format.
-type result struct {
-	Name   string  `json:"name"`
-	Addr   string  `json:"addr"`
-	Count  int     `json:"count"`
-	Errors int     `json:"errors"`
-	P50us  float64 `json:"p50_us"`
-	P90us  float64 `json:"p90_us"`
-	P99us  float64 `json:"p99_us"`
-	MeanUs float64 `json:"mean_us"`
 }
 
 func main() {
@@ -201,21 +190,8 @@ func check(wire []byte, id uint16) error {
 	return nil
 }
 
-func summarize(t *target) result {
-	r := result{Name: t.name, Addr: t.url, Count: len(t.rtts), Errors: t.errs}
-	if len(t.rtts) == 0 {
-		return r
-	}
-	s := slices.Clone(t.rtts)
-	slices.Sort(s)
-	var sum time.Duration
-	for _, d := range s {
-		sum += d
-	}
-	pct := func(p float64) float64 { return float64(s[min(len(s)-1, int(p*float64(len(s))))].Nanoseconds()) / 1e3 }
-	r.P50us, r.P90us, r.P99us = pct(0.50), pct(0.90), pct(0.99)
-	r.MeanUs = float64(sum.Nanoseconds()) / 1e3 / float64(len(s))
-	return r
+func summarize(t *target) latency.Summary {
+	return latency.Summarize(t.name, t.url, t.rtts, t.errs)
 }
 
 // loadResult is the JSON line of load mode.
