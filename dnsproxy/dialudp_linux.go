@@ -2,8 +2,11 @@ package dnsproxy
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,5 +37,93 @@ func dialUDP(addr netip.AddrPort) (udpConn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect %s: bad descriptor", addr)
 	}
-	return f, nil
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	c := &upstreamSocket{File: f, rc: rc}
+	c.readFn, c.writeFn = c.read, c.write
+	return c, nil
+}
+
+// upstreamSocket is a connected non-blocking UDP socket whose reads and writes are
+// raw system calls (see rawSyscall), waiting in Go's poller only when the
+// kernel says EAGAIN. One try owns it at a time (spareSockets), so the
+// operation's state can live in it and the callbacks are built once.
+type upstreamSocket struct {
+	*os.File // deadlines, Close, the poller registration
+	rc       syscall.RawConn
+
+	buf   []byte
+	n     int
+	errno syscall.Errno
+
+	readFn, writeFn func(fd uintptr) bool
+}
+
+func (c *upstreamSocket) Read(b []byte) (int, error) {
+	c.buf, c.n, c.errno = b, 0, 0
+	err := c.rc.Read(c.readFn)
+	c.buf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case c.errno != 0:
+		return 0, os.NewSyscallError("read", c.errno)
+	case c.n == 0:
+		return 0, io.EOF // an empty datagram, as *os.File reports it
+	}
+	return c.n, nil
+}
+
+func (c *upstreamSocket) Write(b []byte) (int, error) {
+	c.buf, c.n, c.errno = b, 0, 0
+	err := c.rc.Write(c.writeFn)
+	c.buf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case c.errno != 0:
+		return 0, os.NewSyscallError("write", c.errno)
+	}
+	return c.n, nil
+}
+
+func (c *upstreamSocket) read(fd uintptr) bool {
+	n, errno := rawSyscall(unix.SYS_READ, fd, c.buf)
+	if errno == unix.EAGAIN {
+		return false
+	}
+	c.n, c.errno = n, errno
+	return true
+}
+
+func (c *upstreamSocket) write(fd uintptr) bool {
+	n, errno := rawSyscall(unix.SYS_WRITE, fd, c.buf)
+	if errno == unix.EAGAIN {
+		return false
+	}
+	c.n, c.errno = n, errno
+	return true
+}
+
+// rawSyscall makes a read or write system call on b that cannot block (the
+// socket is non-blocking) without telling the scheduler: a system call
+// made the usual way leaves the goroutine's P in a syscall state in which
+// sysmon hands it to another thread once it has seen it there twice, and
+// on a busy proxy with one P that happens to short socket calls often
+// enough to cost thread wake-ups (futex), yields and a sysmon ticking every
+// 20 µs on the core the proxy runs on. EINTR is retried.
+func rawSyscall(trap, fd uintptr, b []byte) (int, syscall.Errno) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	for {
+		n, _, e := unix.RawSyscall(trap, fd, uintptr(p), uintptr(len(b)))
+		if e != unix.EINTR {
+			return int(n), e
+		}
+	}
 }

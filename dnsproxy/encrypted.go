@@ -132,12 +132,8 @@ func (p *Proxy) serverTLSConfig(alpn ...string) *tls.Config {
 // serverNameAnswer answers A and AAAA (and NODATA for other types) for the
 // encrypted server name with the Listen addresses, or returns nil.
 func (st *state) serverNameAnswer(req *dns.Msg) *dns.Msg {
-	enc := st.cfg.Encrypted
-	if !enc.Enabled() || enc.ServerName == "" {
-		return nil
-	}
 	q := req.Question[0]
-	if q.Qclass != dns.ClassINET || !strings.EqualFold(strings.TrimSuffix(q.Name, "."), enc.ServerName) {
+	if !st.servesName(q.Name, q.Qclass) {
 		return nil
 	}
 	r := new(dns.Msg)
@@ -163,4 +159,12 @@ func (p *Proxy) certNotAfter() (float64, bool) {
 		return float64(leaf.NotAfter.Unix()), true
 	}
 	return 0, false
+}
+
+// servesName reports whether serverNameAnswer answers a question for name
+// in qclass: the proxy's own DoT/DoH server name.
+func (st *state) servesName(name string, qclass uint16) bool {
+	enc := st.cfg.Encrypted
+	return enc.Enabled() && enc.ServerName != "" && qclass == dns.ClassINET &&
+		strings.EqualFold(strings.TrimSuffix(name, "."), enc.ServerName)
 }

@@ -550,11 +550,17 @@ type answerInfo struct {
 // log: the one place its counters move. The proxy's own probes (see Probe)
 // are not client traffic and are not recorded.
 func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info answerInfo, src netip.AddrPort) {
-	p.accountRcode(shard, start, req, resp.Rcode, info, src)
+	var qtype uint16
+	name := ""
+	if len(req.Question) > 0 {
+		qtype, name = req.Question[0].Qtype, req.Question[0].Name
+	}
+	p.accountRcode(shard, start, qtype, name, resp.Rcode, info, src)
 }
 
-// accountRcode is account for an answer known by its rcode.
-func (p *Proxy) accountRcode(shard int, start time.Time, req *dns.Msg, rcode int, info answerInfo, src netip.AddrPort) {
+// accountRcode is account for an answer known by its rcode, to a question
+// known by its type and name.
+func (p *Proxy) accountRcode(shard int, start time.Time, qtype uint16, name string, rcode int, info answerInfo, src netip.AddrPort) {
 	if p.probing(src) {
 		return
 	}
@@ -566,11 +572,6 @@ func (p *Proxy) accountRcode(shard int, start time.Time, req *dns.Msg, rcode int
 		p.met.cacheHits.inc(shard)
 	case info.cacheMiss:
 		p.met.cacheMisses.inc(shard)
-	}
-	var qtype uint16
-	name := ""
-	if len(req.Question) > 0 {
-		qtype, name = req.Question[0].Qtype, req.Question[0].Name
 	}
 	lat := p.now().Sub(start)
 	p.met.group(info.group).inc(shard, qtype, rcode)
@@ -678,24 +679,31 @@ func (p *Proxy) serveMsg(ctx context.Context, st *state, req *dns.Msg, shard int
 		}
 	}
 	info.cacheMiss = true
-	res := p.resolve(ctx, st, g, req, string(key[:kn]))
+	res := p.resolve(ctx, st, g, req, string(key[:kn]), name[:nn])
 	info.upstream = res.upstream
+	return p.answerResolved(st, req, view, g, res, &info, wantEntry), info
+}
+
+// answerResolved is the answer to req from g's result res (resolve): the
+// entry itself when wantEntry and there is one (info.entry), else a message.
+func (p *Proxy) answerResolved(st *state, req *dns.Msg, view *groupView, g *group, res groupResult, info *answerInfo, wantEntry bool) *dns.Msg {
 	if res.msg == nil {
+		resp := new(dns.Msg)
 		resp.SetRcode(req, dns.RcodeServerFailure)
-		return p.finish(st, resp, req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: res.ede, ExtraText: res.text}}), info
+		return p.finish(st, resp, req, []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: res.ede, ExtraText: res.text}})
 	}
 	xz := st.otherZones(res.msg.Answer, g.zidx)
 	if res.entry != nil {
 		xz = res.entry.xz
 	}
 	if !view.seesAll(g.zidx, xz) { // a CNAME into a zone this group may not see
-		return p.refuseCrossZone(st, req, view, g, &info), info
+		return p.refuseCrossZone(st, req, view, g, info)
 	}
 	if wantEntry && res.entry != nil {
 		info.entry, info.fresh = res.entry, res.msg
-		return nil, info
+		return nil
 	}
-	return p.finish(st, res.msg.Copy(), req, nil), info
+	return p.finish(st, res.msg.Copy(), req, nil)
 }
 
 // msgFlags returns the header flags of req relevant to writeHit.
@@ -816,35 +824,32 @@ func blockedEDE(reason string) []dns.EDNS0 {
 
 // flight is one upstream resolution shared by identical concurrent queries.
 type flight struct {
-	done chan struct{}
-	res  groupResult
+	done   chan struct{}
+	res    groupResult
+	joined int // queries waiting on it; guarded by Proxy.flightMu
 }
 
 // resolve asks g for req's question once per key at a time (coalescing
 // identical concurrent misses), caches the answer and returns it. The result
 // is shared: callers must copy res.msg before changing it.
-func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, key string) groupResult {
-	p.flightMu.Lock()
-	if f := p.flights[key]; f != nil {
-		p.flightMu.Unlock()
-		select {
-		case <-f.done:
-			return f.res
-		case <-ctx.Done():
-			return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
-				text: fmt.Sprintf("query for group %q cancelled", g.label)}
-		}
+func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, key string, qname []byte) groupResult {
+	q := req.Question[0]
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
 	}
-	f := &flight{done: make(chan struct{})}
-	p.flights[key] = f
-	p.flightMu.Unlock()
-	defer func() {
-		p.flightMu.Lock()
-		delete(p.flights, key)
-		p.flightMu.Unlock()
-		close(f.done)
-	}()
+	uq := &upQuery{name: q.Name, qtype: q.Qtype, qclass: q.Qclass, cd: req.CheckingDisabled}
+	uq.wire = appendUpQuery(make([]byte, 0, headerLen+len(qname)+4+11), qname, q.Qtype, q.Qclass, uq.cd, do, st.cfg.EDNSBufferSize)
+	return p.resolveQuery(ctx, st, g, uq, key)
+}
 
+// resolveQuery is resolve for a packed upstream query.
+func (p *Proxy) resolveQuery(ctx context.Context, st *state, g *group, uq *upQuery, key string) groupResult {
+	f, lead := p.lead(key)
+	if !lead {
+		return p.join(ctx, f, g)
+	}
+	defer p.land(key, f)
 	if !p.inflight.acquire() {
 		p.met.overload.Inc()
 		f.res = groupResult{ede: dns.ExtendedErrorCodeNotReady,
@@ -852,48 +857,93 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 		return f.res
 	}
 	defer p.inflight.release()
-
 	// The upstream query belongs to the proxy, not to the first client: a
 	// client going away must not fail the others waiting on this flight.
-	deadline := time.Now().Add(st.cfg.Deadline)
-	uq := new(dns.Msg)
-	uq.RecursionDesired = true
-	uq.CheckingDisabled = req.CheckingDisabled
-	uq.Question = []dns.Question{req.Question[0]}
-	do := false
-	if opt := req.IsEdns0(); opt != nil {
-		do = opt.Do()
-	}
-	uq.SetEdns0(uint16(st.cfg.EDNSBufferSize), do)
-	f.res = g.exchange(p.ctx, deadline, uq, &p.ids, st.cfg.UpstreamTimeout, st.cfg.Health.Failures)
+	f.res = g.exchange(p.ctx, time.Now().Add(st.cfg.Deadline), uq, &p.ids, st.cfg.UpstreamTimeout,
+		st.cfg.Health.Failures, nil)
+	p.cacheResult(st, g, uq, key, &f.res)
+	return f.res
+}
 
+// lead returns the flight for key: a new one that the caller leads (and
+// must land), or the one in the air to join.
+func (p *Proxy) lead(key string) (*flight, bool) {
+	p.flightMu.Lock()
+	defer p.flightMu.Unlock()
+	if f := p.flights[key]; f != nil {
+		f.joined++
+		return f, false
+	}
+	f := &flight{done: make(chan struct{})}
+	p.flights[key] = f
+	return f, true
+}
+
+// join waits for a flight led by another query.
+func (p *Proxy) join(ctx context.Context, f *flight, g *group) groupResult {
+	select {
+	case <-f.done:
+		return f.res
+	case <-ctx.Done():
+		return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
+			text: fmt.Sprintf("query for group %q cancelled", g.label)}
+	}
+}
+
+// land ends a flight: later queries for key start their own, the joined
+// ones read f.res.
+func (p *Proxy) land(key string, f *flight) {
+	p.unlist(key, f)
+	close(f.done)
+}
+
+// unlist is land without closing f.done: no query joins f any more, and
+// the caller, which must close f.done, learns how many did.
+func (p *Proxy) unlist(key string, f *flight) (joined int) {
+	p.flightMu.Lock()
+	defer p.flightMu.Unlock()
+	delete(p.flights, key)
+	return f.joined
+}
+
+// cacheResult caches what res holds for uq (a SERVFAIL when it holds no
+// answer and servfail caching is on) and sets res.entry when the answer
+// itself was cached.
+func (p *Proxy) cacheResult(st *state, g *group, uq *upQuery, key string, res *groupResult) {
 	now := p.now().UnixNano()
-	msg := f.res.msg
+	msg := res.msg
 	if msg != nil {
 		clampNegativeSOA(msg)
 	}
 	if msg == nil && st.cfg.Cache.ServfailTTL > 0 {
 		msg = new(dns.Msg)
-		msg.SetRcode(uq, dns.RcodeServerFailure)
+		msg.Response = true
+		msg.RecursionDesired = true
+		msg.CheckingDisabled = uq.cd
+		msg.Rcode = dns.RcodeServerFailure
+		msg.Question = []dns.Question{{Name: uq.name, Qtype: uq.qtype, Qclass: uq.qclass}}
 	}
-	if msg != nil {
-		if ttl := cacheTTL(msg, st.cfg.Cache.MaxTTL, st.cfg.Cache.ServfailTTL); ttl >= time.Second {
-			e, ok := (*cacheEntry)(nil), false
-			if msg == f.res.msg && f.res.raw != nil {
-				e, ok = newCacheEntryWire(key, f.res.raw, msg, ttl, now, g)
-			}
-			if !ok {
-				e, ok = newCacheEntry(key, msg, ttl, now, g)
-			}
-			if ok {
-				e.xz = st.otherZones(msg.Answer, g.zidx)
-				e.gen.Store(st.gen)
-				p.cache.put(e)
-				if msg == f.res.msg {
-					f.res.entry = e
-				}
-			}
-		}
+	if msg == nil {
+		return
 	}
-	return f.res
+	ttl := cacheTTL(msg, st.cfg.Cache.MaxTTL, st.cfg.Cache.ServfailTTL)
+	if ttl < time.Second {
+		return
+	}
+	e, ok := (*cacheEntry)(nil), false
+	if msg == res.msg && res.raw != nil {
+		e, ok = newCacheEntryWire(key, res.raw, msg, ttl, now, g)
+	}
+	if !ok {
+		e, ok = newCacheEntry(key, msg, ttl, now, g)
+	}
+	if !ok {
+		return
+	}
+	e.xz = st.otherZones(msg.Answer, g.zidx)
+	e.gen.Store(st.gen)
+	p.cache.put(e)
+	if msg == res.msg {
+		res.entry = e
+	}
 }

@@ -140,12 +140,18 @@ func (ls *listenerSet) close() error {
 	return ls.err
 }
 
-// loopState is owned by one UDP read loop: its buffers and metric shard.
+// loopState is owned by one UDP read loop: its buffers and metric shard,
+// and what handleWire learned of the query it last sent to the slow path.
 type loopState struct {
 	shard int
 	key   [keyMax]byte
 	q     query
 	out   []byte
+
+	miss   bool      // the query is a plain cache miss (startMiss may take it)
+	keyLen int       // of key, when miss
+	who    *Peer     // the query's peer, when miss
+	start  time.Time // the query's arrival, when miss
 }
 
 func newLoopState(shard int) *loopState {
@@ -172,7 +178,7 @@ func (p *Proxy) udpLoop(c *net.UDPConn, shard int) {
 			continue
 		}
 		if slow {
-			p.dispatchSlow(c, buf[:n], src, shard)
+			p.dispatchSlow(c, buf[:n], src, shard, replyTo{})
 		}
 	}
 }
@@ -183,6 +189,8 @@ type slowJob struct {
 	pkt   []byte
 	src   netip.AddrPort
 	shard int
+	to    replyTo     // how to answer src on c without the net package (Linux)
+	miss  *missFlight // a miss the listener started: finishMiss, not slowPacket
 }
 
 const (
@@ -197,12 +205,17 @@ const (
 // on c itself. Beyond the cap the packet is dropped. An idle worker takes it
 // when there is one: a worker keeps the stack the slow path grew, where a
 // goroutine per miss would start small and copy its stack while resolving.
-func (p *Proxy) dispatchSlow(c *net.UDPConn, pkt []byte, src netip.AddrPort, shard int) {
+func (p *Proxy) dispatchSlow(c *net.UDPConn, pkt []byte, src netip.AddrPort, shard int, to replyTo) {
 	if !p.slowAcquire() {
 		p.met.overload.Inc()
 		return
 	}
-	job := slowJob{c: c, pkt: append([]byte(nil), pkt...), src: src, shard: shard}
+	p.hand(slowJob{c: c, pkt: append([]byte(nil), pkt...), src: src, shard: shard, to: to})
+}
+
+// hand gives job (counted in p.slow by the caller) to an idle worker, a
+// new one, or beyond maxSlowWorkers a goroutine of its own.
+func (p *Proxy) hand(job slowJob) {
 	select {
 	case p.slowJobs <- job:
 		return
@@ -242,9 +255,13 @@ func (p *Proxy) slowWorker(job slowJob) {
 }
 
 func (p *Proxy) runSlow(job slowJob) {
+	if job.miss != nil {
+		p.finishMiss(job.miss)
+		return
+	}
 	defer p.slow.Add(-1)
 	if resp := p.slowPacket(p.ctx, job.pkt, job.src, job.shard); resp != nil {
-		job.c.WriteToUDPAddrPort(resp, job.src) //nolint:errcheck // the client may be gone
+		job.reply(resp)
 	}
 }
 
@@ -263,6 +280,7 @@ func (p *Proxy) slowAcquire() bool {
 // handlePacket is the UDP fast path. It returns the answer to write, or
 // slow=true when the packet needs the slow path, or neither to drop it.
 func (p *Proxy) handlePacket(ls *loopState, pkt []byte, src netip.AddrPort) (resp []byte, slow bool) {
+	ls.miss = false
 	if p.probing(src) {
 		return nil, true // the proxy's own probe: answered and left out of the counters on the slow path
 	}
@@ -307,7 +325,11 @@ func (p *Proxy) handleWire(ls *loopState, pkt []byte, src netip.AddrPort, tr Tra
 		return nil, true
 	}
 	e := p.cache.get(ls.key[:kn], now)
-	if e == nil || e.gen.Load() != st.gen {
+	if e == nil {
+		ls.miss, ls.keyLen, ls.who, ls.start = true, kn, who, start
+		return nil, true
+	}
+	if e.gen.Load() != st.gen {
 		return nil, true
 	}
 	view := viewOf(st, who)
@@ -375,12 +397,25 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 	_, plain := parseQuery(pkt, &q, &key)
 	resp, e, info := p.serveEntry(ctx, st, req, shard, src.Addr().Unmap(), plain)
 	info.transport = tr
+	name := ""
+	if len(req.Question) > 0 {
+		name = req.Question[0].Name
+	}
+	return p.writeAnswer(ctx, st, pkt, &q, name, req, resp, e, info, src, shard, start)
+}
+
+// writeAnswer renders a slow-path answer to the question name: the cache
+// entry e with writeHit (q is then the parsed query), else resp packed,
+// truncated to the client's buffer on UDP. It observes the answer (egress
+// learning) and accounts it.
+func (p *Proxy) writeAnswer(ctx context.Context, st *state, pkt []byte, q *query, name string, req, resp *dns.Msg, e *cacheEntry, info answerInfo, src netip.AddrPort, shard int, start time.Time) []byte {
+	tr := info.transport
 	if e != nil {
 		maxSize := maxUDPSize(q.edns, q.udpSize, st.cfg.EDNSBufferSize)
 		if tr.stream() {
 			maxSize = dns.MaxMsgSize
 		}
-		out := writeHit(make([]byte, 0, len(e.wire)+64), e, pkt[headerLen:headerLen+q.nameLen], &q,
+		out := writeHit(make([]byte, 0, len(e.wire)+64), e, pkt[headerLen:headerLen+q.nameLen], q,
 			p.now().UnixNano(), st.cfg.EDNSBufferSize, maxSize)
 		if binary.BigEndian.Uint16(out[2:])&flagTC == 0 {
 			if info.fresh != nil {
@@ -389,7 +424,7 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 				p.observeAddrs(ctx, src.Addr(), e.addrs, e.addrTTLAt(p.now().UnixNano()))
 			}
 		}
-		p.accountRcode(shard, start, req, e.rcode, info, src)
+		p.accountRcode(shard, start, q.qtype, name, e.rcode, info, src)
 		return out
 	}
 	size := minEDNSBufferSize

@@ -80,8 +80,10 @@ func (p *Proxy) runUDP(c *net.UDPConn, shard int) {
 	}
 }
 
+// recv and send are raw system calls (MSG_DONTWAIT: they cannot block);
+// see rawSyscall.
 func (m *mmsgLoop) recv(fd uintptr) bool {
-	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
 		unix.MSG_DONTWAIT, 0, 0)
 	if e == unix.EAGAIN || e == unix.EINTR {
 		return false
@@ -95,7 +97,7 @@ func (m *mmsgLoop) recv(fd uintptr) bool {
 
 func (m *mmsgLoop) send(fd uintptr) bool {
 	for m.sent < m.nSend {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.shdr[m.sent])),
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.shdr[m.sent])),
 			uintptr(m.nSend-m.sent), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == unix.EAGAIN:
@@ -133,7 +135,14 @@ func (m *mmsgLoop) handle() {
 			continue
 		}
 		if slow {
-			m.p.dispatchSlow(m.c, pkt, src, m.shard)
+			to := replyTo{rc: m.rc, sa: m.addr[i], salen: m.rhdr[i].Hdr.Namelen}
+			if m.ls.miss {
+				if mf := m.p.startMiss(m.ls, pkt, src, to, m.c); mf != nil {
+					m.p.hand(slowJob{miss: mf})
+					continue
+				}
+			}
+			m.p.dispatchSlow(m.c, pkt, src, m.shard, to)
 		}
 	}
 	if m.nSend > 0 {
@@ -160,4 +169,32 @@ func sockaddrToAddrPort(sa *unix.RawSockaddrInet6, n uint32) (netip.AddrPort, bo
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), true
 	}
 	return netip.AddrPort{}, false
+}
+
+// replyTo is the listening socket and the client's address as recvmmsg
+// gave it, so that the slow path answers with one raw sendto.
+type replyTo struct {
+	rc    syscall.RawConn
+	sa    unix.RawSockaddrInet6
+	salen uint32
+}
+
+// reply writes the slow path's answer to the job's client: a raw sendto
+// (MSG_DONTWAIT, see rawSyscall) on the socket the query came in on,
+// waiting in the poller only if the socket buffer is full.
+func (j *slowJob) reply(b []byte) {
+	if j.to.rc == nil || len(b) == 0 {
+		j.c.WriteToUDPAddrPort(b, j.src) //nolint:errcheck // the client may be gone
+		return
+	}
+	//nolint:errcheck // only a closed socket fails here: the proxy is stopping
+	j.to.rc.Write(func(fd uintptr) bool {
+		for {
+			_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&j.to.sa)), uintptr(j.to.salen))
+			if e != unix.EINTR {
+				return e != unix.EAGAIN // any other error: the client may be gone, nothing to do
+			}
+		}
+	})
 }

@@ -210,33 +210,76 @@ func (u *upstream) observeLatency(d time.Duration) {
 	}
 }
 
+// upQuery is one question for the upstreams, packed once (see
+// appendUpQuery); each try writes its own ID into the wire.
+type upQuery struct {
+	wire   []byte
+	name   string // the question name, for answerMatches
+	qtype  uint16
+	qclass uint16
+	cd     bool
+}
+
+// id is the ID of the current try.
+func (uq *upQuery) id() uint16 { return binary.BigEndian.Uint16(uq.wire) }
+
+func (uq *upQuery) setID(id uint16) { binary.BigEndian.PutUint16(uq.wire, id) }
+
+// appendUpQuery packs an upstream query into b: ID 0 (setID sets it), RD,
+// CD as the client asked, the question (qname in wire form, as the client
+// wrote it), and our OPT advertising ednsSize, with DO as the client asked.
+func appendUpQuery(b, qname []byte, qtype, qclass uint16, cd, do bool, ednsSize int) []byte {
+	flags := uint16(flagRD)
+	if cd {
+		flags |= flagCD
+	}
+	b = append(b, 0, 0, byte(flags>>8), byte(flags), 0, 1, 0, 0, 0, 0, 0, 1)
+	b = append(b, qname...)
+	b = binary.BigEndian.AppendUint16(b, qtype)
+	b = binary.BigEndian.AppendUint16(b, qclass)
+	return appendOPT(b, ednsSize, do)
+}
+
+// upQueryOf packs q (one question) as it stands, ID included.
+func upQueryOf(q *dns.Msg) (*upQuery, error) {
+	if len(q.Question) != 1 {
+		return nil, fmt.Errorf("pack query: %d questions", len(q.Question))
+	}
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("pack query: %w", err)
+	}
+	qq := q.Question[0]
+	return &upQuery{wire: wire, name: qq.Name, qtype: qq.Qtype, qclass: qq.Qclass, cd: q.CheckingDisabled}, nil
+}
+
 // exchange sends q (whose ID the caller set) and returns the matching answer
 // received before deadline. ctx only cancels (the proxy shutting down): the
 // hot path sets socket deadlines instead of creating a timer context per try.
 // UDP answers with TC set are retried over TCP on the same address.
 func (u *upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
-	r, _, err := u.exchangeRaw(ctx, deadline, q)
+	uq, err := upQueryOf(q)
+	if err != nil {
+		return nil, &upstreamError{kind: errKindMalformed, err: err}
+	}
+	r, _, err := u.exchangeRaw(ctx, deadline, uq)
 	return r, err
 }
 
-// exchangeRaw is exchange that also returns the answer's bytes as
-// received when it came over UDP (nil otherwise), for cacheWire.
-func (u *upstream) exchangeRaw(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, []byte, error) {
-	wire, err := q.Pack()
-	if err != nil {
-		return nil, nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("pack query: %w", err)}
-	}
+// exchangeRaw is exchange for a packed query; it also returns the answer's
+// bytes as received when it came over UDP (nil otherwise), for cacheWire.
+func (u *upstream) exchangeRaw(ctx context.Context, deadline time.Time, uq *upQuery) (*dns.Msg, []byte, error) {
 	switch u.spec.Proto {
 	case "tcp":
-		r, err := u.exchangeStream(ctx, deadline, q, wire, false)
+		r, err := u.exchangeStream(ctx, deadline, uq, false)
 		return r, nil, err
 	case "tls":
-		r, err := u.exchangeStream(ctx, deadline, q, wire, true)
+		r, err := u.exchangeStream(ctx, deadline, uq, true)
 		return r, nil, err
 	}
-	r, raw, err := u.exchangeUDP(ctx, deadline, q, wire)
+	r, raw, err := u.exchangeUDP(ctx, deadline, uq)
 	if err == nil && r.Truncated {
-		r, err = u.exchangeStream(ctx, deadline, q, wire, false)
+		r, err = u.exchangeStream(ctx, deadline, uq, false)
 		return r, nil, err
 	}
 	return r, raw, err
@@ -247,7 +290,7 @@ var udpBufPool = sync.Pool{New: func() any { b := make([]byte, maxUDPAnswer); re
 // exchangeUDP sends one try on a socket of its own for the try (a random
 // source port, see spareSockets) and reads past answers whose ID or
 // question do not match until the deadline.
-func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte) (r *dns.Msg, raw []byte, err error) {
+func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, uq *upQuery) (r *dns.Msg, raw []byte, err error) {
 	sp, err := u.spares.get()
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial udp %s: %w", u.label, err)
@@ -259,7 +302,7 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if _, err := c.Write(wire); err != nil {
+	if _, err := c.Write(uq.wire); err != nil {
 		return nil, nil, fmt.Errorf("write udp %s: %w", u.label, err)
 	}
 	bp := udpBufPool.Get().(*[]byte)
@@ -285,7 +328,7 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 			clean = false
 			continue
 		}
-		if !answerMatches(q, m) {
+		if !answerMatches(uq, m) {
 			lastErr = errors.New("answer does not match query")
 			clean = false
 			continue
@@ -295,19 +338,19 @@ func (u *upstream) exchangeUDP(ctx context.Context, deadline time.Time, q *dns.M
 	return nil, nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", u.label, lastErr)}
 }
 
-// answerMatches reports whether r answers q: same ID, QR set, same question.
-func answerMatches(q, r *dns.Msg) bool {
-	if r.Id != q.Id || !r.Response || len(r.Question) != 1 || len(q.Question) != 1 {
+// answerMatches reports whether r answers uq: same ID, QR set, same question.
+func answerMatches(uq *upQuery, r *dns.Msg) bool {
+	if r.Id != uq.id() || !r.Response || len(r.Question) != 1 {
 		return false
 	}
-	a, b := r.Question[0], q.Question[0]
-	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
+	a := r.Question[0]
+	return a.Qtype == uq.qtype && a.Qclass == uq.qclass && strings.EqualFold(a.Name, uq.name)
 }
 
 // exchangeStream sends one query over TCP or TLS, reusing an idle pooled
 // connection when there is one (and retrying once on a fresh one if the
 // pooled connection turns out to be dead).
-func (u *upstream) exchangeStream(ctx context.Context, deadline time.Time, q *dns.Msg, wire []byte, useTLS bool) (*dns.Msg, error) {
+func (u *upstream) exchangeStream(ctx context.Context, deadline time.Time, uq *upQuery, useTLS bool) (*dns.Msg, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		c, pooled := u.takeIdle()
 		if c == nil {
@@ -316,7 +359,7 @@ func (u *upstream) exchangeStream(ctx context.Context, deadline time.Time, q *dn
 				return nil, err
 			}
 		}
-		r, err := u.streamRoundTrip(ctx, deadline, c, q, wire)
+		r, err := u.streamRoundTrip(ctx, deadline, c, uq)
 		if err == nil {
 			u.putIdle(c)
 			return r, nil
@@ -347,7 +390,8 @@ func (u *upstream) dial(ctx context.Context, deadline time.Time, useTLS bool) (n
 	return c, nil
 }
 
-func (u *upstream) streamRoundTrip(ctx context.Context, deadline time.Time, c net.Conn, q *dns.Msg, wire []byte) (*dns.Msg, error) {
+func (u *upstream) streamRoundTrip(ctx context.Context, deadline time.Time, c net.Conn, uq *upQuery) (*dns.Msg, error) {
+	wire := uq.wire
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -370,7 +414,7 @@ func (u *upstream) streamRoundTrip(ctx context.Context, deadline time.Time, c ne
 		if err := r.Unpack(buf); err != nil {
 			return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("unpack answer from %s: %w", u.label, err)}
 		}
-		if answerMatches(q, r) {
+		if answerMatches(uq, r) {
 			return r, nil
 		}
 	}
@@ -411,10 +455,10 @@ type group struct {
 	counters *groupCounters
 }
 
-// order returns the upstreams healthy first, each part by latency EWMA.
-func (g *group) order() []*upstream {
-	out := make([]*upstream, len(g.ups))
-	copy(out, g.ups)
+// order appends the upstreams to dst healthy first, each part by latency
+// EWMA.
+func (g *group) order(dst []*upstream) []*upstream {
+	out := append(dst[:0], g.ups...)
 	less := func(a, b *upstream) bool {
 		ha, hb := a.healthy.Load(), b.healthy.Load()
 		if ha != hb {
@@ -438,30 +482,47 @@ type groupResult struct {
 	upstream string
 	ede      uint16 // set when msg is nil
 	text     string
+	// tried and allNetwork describe a failed result (failedResult).
+	tried      int
+	allNetwork bool
 }
 
-// exchange asks the group's upstreams in health order, each for at most
-// perTry, until one answers, deadline (the whole query's) passes or ctx is
-// cancelled. It never asks any other group.
-func (g *group) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, ids *idSource, perTry time.Duration, threshold int) groupResult {
+// priorTry is a failed try the caller made before calling exchange.
+type priorTry struct {
+	u       *upstream
+	network bool // it failed for the network (tryFailed)
+}
+
+// exchange asks the group's upstreams in health order (but the one of
+// prior, which the caller asked already), each for at most perTry, until one answers,
+// deadline (the whole query's) passes or ctx is cancelled. It never asks
+// any other group.
+func (g *group) exchange(ctx context.Context, deadline time.Time, uq *upQuery, ids *idSource, perTry time.Duration, threshold int, prior *priorTry) groupResult {
 	if len(g.ups) == 0 {
 		return groupResult{ede: dns.ExtendedErrorCodeNoReachableAuthority,
 			text: fmt.Sprintf("group %q has no upstreams", g.label)}
 	}
 	allNetwork := true
 	tried := 0
-	for _, u := range g.order() {
+	if prior != nil {
+		tried, allNetwork = 1, prior.network
+	}
+	var buf [8]*upstream // most groups have a few upstreams: no allocation
+	for _, u := range g.order(buf[:0]) {
+		if prior != nil && u == prior.u {
+			continue
+		}
 		start := time.Now()
 		if ctx.Err() != nil || !start.Before(deadline) {
 			break
 		}
 		tried++
-		q.Id = ids.next()
+		uq.setID(ids.next())
 		tryDeadline := start.Add(perTry)
 		if deadline.Before(tryDeadline) {
 			tryDeadline = deadline
 		}
-		r, raw, err := u.exchangeRaw(ctx, tryDeadline, q)
+		r, raw, err := u.exchangeRaw(ctx, tryDeadline, uq)
 		d := time.Since(start)
 		if err == nil {
 			switch r.Rcode {
@@ -475,23 +536,36 @@ func (g *group) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, id
 			u.success(d)
 			return groupResult{msg: r, raw: raw, upstream: u.label}
 		}
-		ue := classify(err)
-		if ue.kind != errKindNetwork && ue.kind != errKindTLS {
+		if !u.tryFailed(err, d, threshold) {
 			allNetwork = false
 		}
-		// A live server answering SERVFAIL/REFUSED is not ejected for it.
-		if ue.kind == errKindServfail || ue.kind == errKindRefused {
-			u.errors.WithLabelValues(u.group, u.label, ue.kind).Inc()
-		} else {
-			u.failure(ue.kind, d, threshold)
-		}
-		u.log.Debug("dns upstream try failed", "group", g.label, "upstream", u.label, "error", err)
 	}
+	return failedResult(g, tried, allNetwork)
+}
+
+// tryFailed records a failed try that took d and reports whether it failed
+// for the network (or TLS).
+func (u *upstream) tryFailed(err error, d time.Duration, threshold int) (network bool) {
+	ue := classify(err)
+	// A live server answering SERVFAIL/REFUSED is not ejected for it.
+	if ue.kind == errKindServfail || ue.kind == errKindRefused {
+		u.errors.WithLabelValues(u.group, u.label, ue.kind).Inc()
+	} else {
+		u.failure(ue.kind, d, threshold)
+	}
+	u.log.Debug("dns upstream try failed", "group", u.group, "upstream", u.label, "error", err)
+	return ue.kind == errKindNetwork || ue.kind == errKindTLS
+}
+
+// failedResult is the result of a group none of whose tried upstreams
+// answered; allNetwork says every failure was a network (or TLS) error.
+func failedResult(g *group, tried int, allNetwork bool) groupResult {
 	code := dns.ExtendedErrorCodeNoReachableAuthority
 	if allNetwork && tried > 0 {
 		code = dns.ExtendedErrorCodeNetworkError
 	}
-	return groupResult{ede: code, text: fmt.Sprintf("no upstream of group %q answered (%d tried)", g.label, tried)}
+	return groupResult{ede: code, text: fmt.Sprintf("no upstream of group %q answered (%d tried)", g.label, tried),
+		tried: tried, allNetwork: allNetwork}
 }
 
 // loadTLSConfig builds the client TLS configuration for DoT upstreams; it is

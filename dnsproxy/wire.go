@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"encoding/binary"
+	"net/netip"
 )
 
 // Wire-format offsets and bits used by the fast path.
@@ -18,7 +19,13 @@ const (
 
 	ednsDO = 0x8000
 
-	typeOPT = 41
+	typeA    = 1
+	typeSOA  = 6
+	typeAAAA = 28
+	typeOPT  = 41
+
+	dnsRcodeSuccess   = 0
+	dnsRcodeNameError = 3
 
 	maxNameWire = 255
 	// keyMax is the longest cache key: a wire name, qtype, qclass, flags.
@@ -314,4 +321,116 @@ func cacheWire(msg []byte, secs uint32) ([]byte, []uint16, bool) {
 	msg[2] &^= byte(flagTC >> 8)
 	foldCopy(msg[headerLen:nameEnd], msg[headerLen:nameEnd])
 	return msg, offs, true
+}
+
+// answerFacts is what the cache needs to know of an upstream answer, read
+// from its bytes (readAnswer) instead of an unpacked message: the rules of
+// cacheTTL, answerAddrs and otherZones on the wire.
+type answerFacts struct {
+	rcode   int
+	ttl     uint32 // the answer's cache TTL (cacheTTL) before the max_ttl cap
+	addrs   []netip.Addr
+	addrTTL uint32
+	// names are the offsets of answer owner names other than a pointer to
+	// the question (for otherZones).
+	names []uint16
+}
+
+// readAnswer reads an upstream's answer of the shape cacheWire keeps (one
+// uncompressed question, OPT only last) that is cacheable: NOERROR or
+// NXDOMAIN, no TC, no extended rcode, and a TTL (records, or the SOA of a
+// negative answer). Anything else returns false and is left to the
+// general path, which unpacks it.
+func readAnswer(msg []byte) (answerFacts, bool) {
+	var f answerFacts
+	if len(msg) < headerLen || binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return f, false
+	}
+	flags := binary.BigEndian.Uint16(msg[2:])
+	f.rcode = int(flags & 0xF)
+	if flags&(flagQR|flagTC) != flagQR || (f.rcode != dnsRcodeSuccess && f.rcode != dnsRcodeNameError) {
+		return f, false
+	}
+	off := headerLen
+	for {
+		if off >= len(msg) {
+			return f, false
+		}
+		l := int(msg[off])
+		off++
+		if l == 0 {
+			break
+		}
+		if l > 63 {
+			return f, false
+		}
+		off += l
+	}
+	off += 4
+	an := int(binary.BigEndian.Uint16(msg[6:]))
+	ns := int(binary.BigEndian.Uint16(msg[8:]))
+	count := an + ns + int(binary.BigEndian.Uint16(msg[10:]))
+	minTTL, soaTTL, haveSOA := uint32(1<<31-1), uint32(0), false
+	for i := range count {
+		start := off
+		var ok bool
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return f, false
+		}
+		typ := binary.BigEndian.Uint16(msg[off:])
+		ttl := binary.BigEndian.Uint32(msg[off+4:])
+		rdata := off + 10
+		next := rdata + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if next > len(msg) {
+			return f, false
+		}
+		if typ == typeOPT {
+			if i != count-1 || next != len(msg) || msg[off+4] != 0 { // last, and no extended rcode
+				return f, false
+			}
+			off = next
+			break
+		}
+		minTTL = min(minTTL, ttl)
+		switch {
+		case i < an:
+			if msg[start] != 0xC0 || msg[start+1] != headerLen {
+				f.names = append(f.names, uint16(start))
+			}
+			var a netip.Addr
+			switch {
+			case typ == typeA && next-rdata == 4:
+				a = netip.AddrFrom4([4]byte(msg[rdata:next]))
+			case typ == typeAAAA && next-rdata == 16:
+				a = netip.AddrFrom16([16]byte(msg[rdata:next])).Unmap()
+			}
+			if a.IsValid() {
+				f.addrs = append(f.addrs, a)
+				f.addrTTL = max(f.addrTTL, ttl)
+			}
+		case i < an+ns && typ == typeSOA && !haveSOA:
+			// mname, rname, then serial, refresh, retry, expire, minimum
+			p, ok := skipName(msg, rdata)
+			if ok {
+				p, ok = skipName(msg, p)
+			}
+			if !ok || p+20 != next {
+				return f, false
+			}
+			soaTTL, haveSOA = min(ttl, binary.BigEndian.Uint32(msg[p+16:])), true
+		}
+		off = next
+	}
+	if off != len(msg) {
+		return f, false
+	}
+	switch {
+	case f.rcode == dnsRcodeSuccess && an > 0:
+		f.ttl = minTTL
+	case haveSOA:
+		f.ttl = soaTTL
+	default:
+		return f, false
+	}
+	return f, true
 }

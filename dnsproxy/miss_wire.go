@@ -1,0 +1,384 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// The UDP miss path. A cache miss of the plain shape parseQuery reads
+// (nearly every miss) is forwarded from the client's bytes: the listener
+// itself makes serveMsg's checks on the question, packs the upstream query
+// from the client's question and sends it on a spare socket of the
+// group's first upstream (startMiss), before it reads on; a worker waits
+// for the answer, reads it on the wire (readAnswer), answers the client
+// with writeHit from the cache entry it makes, and only then does what
+// the client does not wait for: the cache insert, the flight's joiners,
+// metrics and the query log (finishMiss). Whatever is not that case, the
+// general path (slowWire) answers, and a try that fails hands over to the
+// general exchange with the other upstreams of the group, in the same
+// flight and within the same deadline.
+//
+// The protections are the general path's: a fresh random source port
+// policy (spareSockets), a random ID per try, and an answer must repeat
+// the ID and the question (answerMatchesWire) or it is read past.
+
+// missFlight is a miss whose upstream query the listener sent.
+type missFlight struct {
+	job   slowJob
+	st    *state
+	g     *group
+	view  *groupView
+	q     query
+	name  string
+	key   string
+	f     *flight
+	uq    upQuery
+	start time.Time // the query's arrival
+	end   time.Time // the whole query's deadline (Deadline)
+
+	u       *upstream // the first try's upstream
+	sp      spare
+	sent    time.Time
+	sendErr error // the first try could not be sent
+}
+
+// startMiss starts the miss in ls (the query handleWire just parsed, from
+// src, a cache miss) and returns it for finishMiss, or nil when the general
+// path must answer it. It runs on the listener goroutine.
+func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn) *missFlight {
+	q := ls.q
+	if q.qtype == dns.TypeANY {
+		return nil
+	}
+	st := p.st.Load()
+	name := wireName(pkt[headerLen:])
+	if name == "" || st.policy.check(name) != "" {
+		return nil
+	}
+	g := st.router.route(name)
+	if len(g.ups) == 0 {
+		return nil
+	}
+	view := viewOf(st, ls.who)
+	if view.check(name, g) != "" || st.servesName(name, q.qclass) {
+		return nil
+	}
+	u := g.first()
+	if u.spec.Proto != "udp" {
+		return nil
+	}
+	if !p.slowAcquire() {
+		return nil // the general path drops it too (overload)
+	}
+	if !p.inflight.acquire() {
+		p.slow.Add(-1)
+		return nil // the general path answers SERVFAIL (overload)
+	}
+	key := string(ls.key[:ls.keyLen])
+	f, lead := p.lead(key)
+	if !lead {
+		p.flightMu.Lock()
+		f.joined-- // not joined after all: the general path joins it
+		p.flightMu.Unlock()
+		p.inflight.release()
+		p.slow.Add(-1)
+		return nil
+	}
+	now := time.Now()
+	m := &missFlight{
+		job:   slowJob{c: c, pkt: append(make([]byte, 0, len(pkt)), pkt...), src: src, shard: ls.shard, to: to},
+		st:    st,
+		g:     g,
+		view:  view,
+		q:     q,
+		name:  name,
+		key:   key,
+		f:     f,
+		start: ls.start,
+		end:   now.Add(st.cfg.Deadline),
+		u:     u,
+	}
+	m.uq = upQuery{name: name, qtype: q.qtype, qclass: q.qclass, cd: q.flags&flagCD != 0}
+	qname := m.job.pkt[headerLen : headerLen+q.nameLen]
+	m.uq.wire = appendUpQuery(make([]byte, 0, headerLen+len(qname)+4+11), qname, q.qtype, q.qclass, m.uq.cd, q.do,
+		st.cfg.EDNSBufferSize)
+	m.uq.setID(p.ids.next())
+	m.sp, m.sendErr = u.spares.get()
+	if m.sendErr != nil {
+		m.sendErr = fmt.Errorf("dial udp %s: %w", u.label, m.sendErr)
+		return m
+	}
+	m.sent = now
+	tryEnd := now.Add(st.cfg.UpstreamTimeout)
+	if m.end.Before(tryEnd) {
+		tryEnd = m.end
+	}
+	m.sp.c.SetDeadline(tryEnd)
+	if _, err := m.sp.c.Write(m.uq.wire); err != nil {
+		m.sendErr = fmt.Errorf("write udp %s: %w", u.label, err)
+	}
+	return m
+}
+
+// first is the upstream a query tries first (order's first).
+func (g *group) first() *upstream {
+	best := g.ups[0]
+	for _, u := range g.ups[1:] {
+		hb, hu := best.healthy.Load(), u.healthy.Load()
+		if hu && !hb || hu == hb && u.ewmaNs.Load() < best.ewmaNs.Load() {
+			best = u
+		}
+	}
+	return best
+}
+
+// finishMiss waits for the answer to m's query and answers the client; it
+// runs on a slow-path worker and ends the flight.
+func (p *Proxy) finishMiss(m *missFlight) {
+	defer p.slow.Add(-1)
+	defer p.inflight.release()
+	raw, err := m.await(p.ctx)
+	st, g := m.st, m.g
+	threshold := st.cfg.Health.Failures
+	var prior *priorTry
+	if err == nil {
+		m.u.success(time.Since(m.sent))
+		if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
+			p.answerMiss(m, e, addrTTL)
+			return
+		}
+		// An answer of a shape the wire reader leaves alone (or one
+		// this peer may not see): unpack it and go on like resolve.
+		msg := new(dns.Msg)
+		if uerr := msg.Unpack(raw); uerr != nil {
+			err = &upstreamError{kind: errKindMalformed, err: fmt.Errorf("unpack answer from %s: %w", m.u.label, uerr)}
+		} else {
+			res := groupResult{msg: msg, raw: raw, upstream: m.u.label}
+			switch msg.Rcode {
+			case dns.RcodeServerFailure:
+				err = &upstreamError{kind: errKindServfail, err: errServfail}
+			case dns.RcodeRefused:
+				err = &upstreamError{kind: errKindRefused, err: errRefused}
+			default:
+				if msg.Truncated {
+					// Like exchangeRaw: the same upstream over TCP.
+					r, terr := m.u.exchangeStream(p.ctx, m.end, &m.uq, false)
+					res = groupResult{msg: r, upstream: m.u.label}
+					if terr != nil {
+						err = terr
+					}
+				}
+			}
+			if err == nil {
+				p.cacheResult(st, g, &m.uq, m.key, &res)
+				p.answerGeneral(m, res)
+				return
+			}
+		}
+	}
+	if m.sp.c != nil {
+		m.u.spares.release(m.sp, false)
+		m.sp.c = nil
+	}
+	if err != nil {
+		prior = &priorTry{u: m.u, network: m.u.tryFailed(err, time.Since(m.sent), threshold)}
+	}
+	res := g.exchange(p.ctx, m.end, &m.uq, &p.ids, st.cfg.UpstreamTimeout, threshold, prior)
+	p.cacheResult(st, g, &m.uq, m.key, &res)
+	p.answerGeneral(m, res)
+}
+
+// await reads the answer to the first try: the first datagram that
+// matches, reading past others (like exchangeUDP) until the try's deadline.
+func (m *missFlight) await(ctx context.Context) ([]byte, error) {
+	if m.sendErr != nil {
+		return nil, m.sendErr
+	}
+	c := m.sp.c
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	bp := udpBufPool.Get().(*[]byte)
+	defer udpBufPool.Put(bp)
+	buf := *bp
+	clean := true
+	var lastErr error
+	for range maxStrayReads {
+		n, err := c.Read(buf)
+		if errors.Is(err, io.EOF) {
+			lastErr, clean = errors.New("empty answer"), false
+			continue
+		}
+		if err != nil {
+			m.u.spares.release(m.sp, false)
+			m.sp.c = nil
+			if lastErr != nil && classify(err).kind == errKindTimeout {
+				return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", m.u.label, err, lastErr)}
+			}
+			return nil, fmt.Errorf("read udp %s: %w", m.u.label, err)
+		}
+		if !answerMatchesWire(&m.uq, buf[:n]) {
+			lastErr, clean = errors.New("answer does not match query"), false
+			continue
+		}
+		m.u.spares.release(m.sp, clean)
+		m.sp.c = nil
+		// A copy the size of the answer: the cache keeps it.
+		return append(make([]byte, 0, n), buf[:n]...), nil
+	}
+	m.u.spares.release(m.sp, false)
+	m.sp.c = nil
+	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", m.u.label, lastErr)}
+}
+
+// answerMatchesWire is answerMatches on the answer's bytes: same ID, QR
+// set, one question, the same name (ignoring case), type and class.
+func answerMatchesWire(uq *upQuery, r []byte) bool {
+	q := uq.wire
+	if len(r) < headerLen || binary16(r) != uq.id() || r[2]&0x80 == 0 || binary16(r[4:]) != 1 {
+		return false
+	}
+	// The question of uq.wire ends 11 bytes (its OPT) before its end.
+	qEnd := len(q) - 11
+	n := qEnd - headerLen
+	if len(r) < headerLen+n {
+		return false
+	}
+	for i := headerLen; i < qEnd; i++ {
+		a, b := r[i], q[i]
+		if a >= 'A' && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if b >= 'A' && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+func binary16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
+
+// entryFromWire makes the cache entry of raw (which it takes over), the
+// answer to m, and returns the longest TTL the upstream gave its
+// addresses: false when raw is not a cacheable answer of the plain shape
+// (readAnswer, cacheWire), or leads into a zone m's peer may not see.
+func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Duration, bool) {
+	facts, ok := readAnswer(raw)
+	if !ok {
+		return nil, 0, false
+	}
+	st, g := m.st, m.g
+	var xz []uint32
+	for _, off := range facts.names {
+		name, _, err := dns.UnpackDomainName(raw, int(off))
+		if err != nil {
+			return nil, 0, false
+		}
+		if z := st.router.route(name).zidx; z != g.zidx && z != zoneDefault && !containsZone(xz, z) {
+			xz = append(xz, z)
+		}
+	}
+	if !m.view.seesAll(g.zidx, xz) {
+		return nil, 0, false
+	}
+	ttl := min(time.Duration(facts.ttl)*time.Second, st.cfg.Cache.MaxTTL)
+	if ttl < time.Second {
+		return nil, 0, false
+	}
+	secs := uint32(ttl / time.Second)
+	wire, offs, ok := cacheWire(raw, secs)
+	if !ok {
+		return nil, 0, false
+	}
+	now := p.now().UnixNano()
+	e := &cacheEntry{
+		addrs:    facts.addrs,
+		addrTTL:  min(time.Duration(facts.addrTTL)*time.Second, ttl),
+		key:      m.key,
+		wire:     wire,
+		ttlOffs:  offs,
+		stored:   now,
+		expires:  now + int64(ttl),
+		group:    g.label,
+		zidx:     g.zidx,
+		counters: g.counters,
+		rcode:    facts.rcode,
+		xz:       xz,
+	}
+	e.gen.Store(st.gen)
+	return e, time.Duration(facts.addrTTL) * time.Second, true
+}
+
+func containsZone(zs []uint32, z uint32) bool {
+	for _, x := range zs {
+		if x == z {
+			return true
+		}
+	}
+	return false
+}
+
+// answerMiss caches the fresh entry e, lands the flight (unpacking e for
+// joiners, which read a message), answers m's client from e and then
+// accounts the query, which the client does not wait for.
+// addrTTL is the longest TTL the upstream gave e's addresses.
+func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) {
+	st := m.st
+	maxSize := maxUDPSize(m.q.edns, m.q.udpSize, st.cfg.EDNSBufferSize)
+	out := writeHit(make([]byte, 0, len(e.wire)+64), e, m.job.pkt[headerLen:headerLen+m.q.nameLen], &m.q,
+		e.stored, st.cfg.EDNSBufferSize, maxSize)
+	if out[2]&byte(flagTC>>8) == 0 {
+		// Egress learning before the client can use the addresses, for
+		// as long as the upstream gave them (like observe).
+		p.observeAddrs(p.ctx, m.job.src.Addr(), e.addrs, addrTTL)
+	}
+	// In the cache and the flight landed before the client has the
+	// answer: its next query hits, and never joins this flight.
+	p.cache.put(e)
+	m.f.res = groupResult{entry: e, upstream: m.u.label}
+	if p.unlist(m.key, m.f) > 0 {
+		// Joiners read a message (serveMsg).
+		msg := new(dns.Msg)
+		if err := msg.Unpack(e.wire); err == nil {
+			m.f.res.msg = msg
+		} else {
+			m.f.res = groupResult{ede: dns.ExtendedErrorCodeOther, text: "cached answer unreadable: " + err.Error()}
+		}
+	}
+	close(m.f.done)
+	m.job.reply(out)
+	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,
+		cacheMiss: true}
+	p.accountRcode(m.job.shard, m.start, m.q.qtype, m.name, e.rcode, info, m.job.src)
+}
+
+// answerGeneral answers m's client from a result of the general exchange
+// (res, already cached by cacheResult) the way serveMsg does, and lands the
+// flight.
+func (p *Proxy) answerGeneral(m *missFlight, res groupResult) {
+	m.f.res = res
+	p.land(m.key, m.f)
+	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: res.upstream,
+		cacheMiss: true}
+	req := new(dns.Msg)
+	if err := req.Unpack(m.job.pkt); err != nil {
+		return // parseQuery read it; miekg/dns cannot: no answer, like the general path
+	}
+	var e *cacheEntry
+	resp := p.answerResolved(m.st, req, m.view, m.g, res, &info, true)
+	if resp == nil {
+		e, info.entry = info.entry, nil
+	}
+	if out := p.writeAnswer(p.ctx, m.st, m.job.pkt, &m.q, m.name, req, resp, e, info, m.job.src, m.job.shard, m.start); out != nil {
+		m.job.reply(out)
+	}
+}
