@@ -74,6 +74,7 @@ unit:
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
 	$(GO) test -run='^$$' -fuzz='^FuzzDoHRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzReadAnswer$$' -fuzztime=$(FUZZTIME) ./dnsproxy
 	$(GO) test -run='^$$' -fuzz='^FuzzLint$$' -fuzztime=$(FUZZTIME) ./peers
 
 demo: deps build
