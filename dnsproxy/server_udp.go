@@ -234,20 +234,27 @@ func (p *Proxy) hand(job slowJob) {
 }
 
 // slowWorker runs job, then further jobs until it has been idle for
-// slowWorkerIdle or the proxy closes.
+// slowWorkerIdle (to twice that) or the proxy closes.
 func (p *Proxy) slowWorker(job slowJob) {
 	defer p.wg.Done()
 	defer p.slowWorkers.Add(-1)
 	p.runSlow(job)
+	// The timer is re-armed when it fires, not per job (a timer reset per
+	// miss is measurable): the worker exits after one to two idle periods.
 	idle := time.NewTimer(slowWorkerIdle)
 	defer idle.Stop()
+	busy := false
 	for {
 		select {
 		case job := <-p.slowJobs:
 			p.runSlow(job)
-			idle.Reset(slowWorkerIdle)
+			busy = true
 		case <-idle.C:
-			return
+			if !busy {
+				return
+			}
+			busy = false
+			idle.Reset(slowWorkerIdle)
 		case <-p.ctx.Done():
 			return
 		}
