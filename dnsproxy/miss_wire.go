@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -92,8 +93,10 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		return nil
 	}
 	now := time.Now()
-	m := &missFlight{
-		job:   slowJob{c: c, pkt: append(make([]byte, 0, len(pkt)), pkt...), src: src, shard: ls.shard, to: to},
+	m := missPool.Get().(*missFlight)
+	pktBuf, wireBuf := m.job.pkt[:0], m.uq.wire[:0]
+	*m = missFlight{
+		job:   slowJob{c: c, pkt: append(pktBuf, pkt...), src: src, shard: ls.shard, to: to},
 		st:    st,
 		g:     g,
 		view:  view,
@@ -107,8 +110,7 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 	}
 	m.uq = upQuery{name: name, qtype: q.qtype, qclass: q.qclass, cd: q.flags&flagCD != 0}
 	qname := m.job.pkt[headerLen : headerLen+q.nameLen]
-	m.uq.wire = appendUpQuery(make([]byte, 0, headerLen+len(qname)+4+11), qname, q.qtype, q.qclass, m.uq.cd, q.do,
-		st.cfg.EDNSBufferSize)
+	m.uq.wire = appendUpQuery(wireBuf, qname, q.qtype, q.qclass, m.uq.cd, q.do, st.cfg.EDNSBufferSize)
 	m.uq.setID(p.ids.next())
 	m.sp, m.sendErr = u.spares.get()
 	if m.sendErr != nil {
@@ -127,6 +129,23 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 	return m
 }
 
+// missPool keeps missFlights with their packet and query buffers: a miss
+// allocates the cache entry it keeps, not its scaffolding.
+var missPool = sync.Pool{New: func() any { return new(missFlight) }}
+
+// release returns m to missPool, keeping only its buffers.
+func (m *missFlight) release() {
+	pkt, wire := m.job.pkt[:0], m.uq.wire[:0]
+	*m = missFlight{}
+	if cap(pkt) <= maxUDPAnswer && cap(wire) <= maxUDPAnswer {
+		m.job.pkt, m.uq.wire = pkt, wire
+	}
+	missPool.Put(m)
+}
+
+// replyPool keeps the buffers answers are rendered into before the sendto.
+var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1500); return &b }}
+
 // first is the upstream a query tries first (order's first).
 func (g *group) first() *upstream {
 	best := g.ups[0]
@@ -144,6 +163,7 @@ func (g *group) first() *upstream {
 func (p *Proxy) finishMiss(m *missFlight) {
 	defer p.slow.Add(-1)
 	defer p.inflight.release()
+	defer m.release()
 	raw, err := m.await(p.ctx)
 	st, g := m.st, m.g
 	threshold := st.cfg.Health.Failures
@@ -334,8 +354,15 @@ func containsZone(zs []uint32, z uint32) bool {
 func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) {
 	st := m.st
 	maxSize := maxUDPSize(m.q.edns, m.q.udpSize, st.cfg.EDNSBufferSize)
-	out := writeHit(make([]byte, 0, len(e.wire)+64), e, m.job.pkt[headerLen:headerLen+m.q.nameLen], &m.q,
+	bp := replyPool.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 {
+			replyPool.Put(bp)
+		}
+	}()
+	out := writeHit((*bp)[:0], e, m.job.pkt[headerLen:headerLen+m.q.nameLen], &m.q,
 		e.stored, st.cfg.EDNSBufferSize, maxSize)
+	*bp = out[:0]
 	if out[2]&byte(flagTC>>8) == 0 {
 		// Egress learning before the client can use the addresses, for
 		// as long as the upstream gave them (like observe).
