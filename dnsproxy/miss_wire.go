@@ -18,10 +18,9 @@ import (
 // itself makes serveMsg's checks on the question, packs the upstream query
 // from the client's question and sends it on a spare socket of the
 // group's first upstream (startMiss), before it reads on; a worker waits
-// for the answer, reads it on the wire (readAnswer), answers the client
-// with writeHit from the cache entry it makes, and only then does what
-// the client does not wait for: the cache insert, the flight's joiners,
-// metrics and the query log (finishMiss). Whatever is not that case, the
+// for the answer, reads it on the wire (readAnswer), caches the entry it
+// makes, lands the flight, accounts the query and answers the client
+// with writeHit from the entry (finishMiss). Whatever is not that case, the
 // general path (slowWire) answers, and a try that fails hands over to the
 // general exchange with the other upstreams of the group, in the same
 // flight and within the same deadline.
@@ -166,53 +165,53 @@ func (p *Proxy) finishMiss(m *missFlight) {
 	defer m.release()
 	raw, err := m.await(p.ctx)
 	st, g := m.st, m.g
-	threshold := st.cfg.Health.Failures
-	var prior *priorTry
 	if err == nil {
-		m.u.success(time.Since(m.sent))
+		d := time.Since(m.sent)
 		if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
+			m.u.success(d)
 			p.answerMiss(m, e, addrTTL)
 			return
 		}
-		// An answer of a shape the wire reader leaves alone (or one
-		// this peer may not see): unpack it and go on like resolve.
-		msg := new(dns.Msg)
-		if uerr := msg.Unpack(raw); uerr != nil {
-			err = &upstreamError{kind: errKindMalformed, err: fmt.Errorf("unpack answer from %s: %w", m.u.label, uerr)}
-		} else {
-			res := groupResult{msg: msg, raw: raw, upstream: m.u.label}
-			switch msg.Rcode {
-			case dns.RcodeServerFailure:
-				err = &upstreamError{kind: errKindServfail, err: errServfail}
-			case dns.RcodeRefused:
-				err = &upstreamError{kind: errKindRefused, err: errRefused}
-			default:
-				if msg.Truncated {
-					// Like exchangeRaw: the same upstream over TCP.
-					r, terr := m.u.exchangeStream(p.ctx, m.end, &m.uq, false)
-					res = groupResult{msg: r, upstream: m.u.label}
-					if terr != nil {
-						err = terr
-					}
-				}
-			}
-			if err == nil {
-				p.cacheResult(st, g, &m.uq, m.key, &res)
-				p.answerGeneral(m, res)
-				return
-			}
+		// An answer of a shape the wire reader leaves alone (or one this
+		// peer may not see): unpack it and go on like group.exchange.
+		var res groupResult
+		if res, err = p.missMsg(m, raw); err == nil {
+			m.u.success(d)
+			p.cacheResult(st, g, &m.uq, m.key, &res)
+			p.answerGeneral(m, res)
+			return
 		}
 	}
-	if m.sp.c != nil {
-		m.u.spares.release(m.sp, false)
-		m.sp.c = nil
-	}
-	if err != nil {
-		prior = &priorTry{u: m.u, network: m.u.tryFailed(err, time.Since(m.sent), threshold)}
-	}
+	threshold := st.cfg.Health.Failures
+	prior := &priorTry{u: m.u, network: m.u.tryFailed(err, time.Since(m.sent), threshold)}
 	res := g.exchange(p.ctx, m.end, &m.uq, &p.ids, st.cfg.UpstreamTimeout, threshold, prior)
 	p.cacheResult(st, g, &m.uq, m.key, &res)
 	p.answerGeneral(m, res)
+}
+
+// missMsg is exchangeRaw's and group.exchange's handling of an answer the
+// wire reader left alone: unpacked, SERVFAIL and REFUSED are failures of
+// the try, TC is asked again over TCP.
+func (p *Proxy) missMsg(m *missFlight, raw []byte) (groupResult, error) {
+	msg := new(dns.Msg)
+	if err := msg.Unpack(raw); err != nil {
+		return groupResult{}, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("unpack answer from %s: %w", m.u.label, err)}
+	}
+	res := groupResult{msg: msg, raw: raw, upstream: m.u.label}
+	if msg.Truncated && msg.Rcode != dns.RcodeServerFailure && msg.Rcode != dns.RcodeRefused {
+		r, err := m.u.exchangeStream(p.ctx, m.end, &m.uq, false)
+		if err != nil {
+			return groupResult{}, err
+		}
+		msg, res = r, groupResult{msg: r, upstream: m.u.label}
+	}
+	switch msg.Rcode {
+	case dns.RcodeServerFailure:
+		return groupResult{}, &upstreamError{kind: errKindServfail, err: errServfail}
+	case dns.RcodeRefused:
+		return groupResult{}, &upstreamError{kind: errKindRefused, err: errRefused}
+	}
+	return res, nil
 }
 
 // await reads the answer to the first try: the first datagram that
@@ -348,8 +347,8 @@ func containsZone(zs []uint32, z uint32) bool {
 }
 
 // answerMiss caches the fresh entry e, lands the flight (unpacking e for
-// joiners, which read a message), answers m's client from e and then
-// accounts the query, which the client does not wait for.
+// joiners, which read a message), accounts the query and answers m's
+// client from e.
 // addrTTL is the longest TTL the upstream gave e's addresses.
 func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) {
 	st := m.st
@@ -382,10 +381,12 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) 
 		}
 	}
 	close(m.f.done)
-	m.job.reply(out)
+	// Counted before the client has the answer, like every other answer:
+	// whoever asks next (metrics, status, a trace) sees this query.
 	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,
 		cacheMiss: true}
 	p.accountRcode(m.job.shard, m.start, m.q.qtype, m.name, e.rcode, info, m.job.src)
+	m.job.reply(out)
 }
 
 // answerGeneral answers m's client from a result of the general exchange
