@@ -13,7 +13,13 @@
 // Cache hits over UDP never unpack a dns.Msg: the fast path parses the
 // header and question from the wire, looks the case-folded key up, and
 // patches ID, question case, flags and TTLs into a copy of the stored wire
-// answer without allocating. Everything else takes the slow path.
+// answer without allocating. A plain UDP miss is forwarded from the
+// client's bytes by the listener and its answer read on the wire, cached
+// and rendered like the hits that follow (miss_wire.go). Everything else
+// takes the slow path. The sockets of both are read and written with raw
+// non-blocking system calls (dialudp_linux.go, server_udp_linux.go), so
+// the Go scheduler never hands the proxy's core to another thread in the
+// middle of a sendto.
 //
 // One file, one job:
 //
@@ -21,6 +27,8 @@
 //	               section as written (FileConfig) and its validation, Preflight
 //	proxy.go       Proxy lifecycle (New, Start, Reload, Close, Stats, Exchange) and the slow path
 //	server_udp.go  SO_REUSEPORT sockets per core, read loops, the fast path
+//	miss_wire.go   the UDP miss path: startMiss on the listener, finishMiss on a worker
+//	spares.go      random-port upstream sockets made ahead, reused a few times
 //	server_tcp.go  TCP listener (dns.Server with the proxy's own handler)
 //	wire.go        minimal wire parsing and writing for the fast path
 //	cache.go       sharded CLOCK cache of wire answers, TTL rules (RFC 2308)
