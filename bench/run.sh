@@ -74,6 +74,7 @@ trap 'exit 130' INT TERM
 
 cd "$root"
 echo "bench: building (run id $run_id)" >&2
+build_start=$SECONDS
 if ! go build ./... 2>"$work/build-all.err"; then
 	echo "bench: warning: go build ./... fails (rows of pieces that do not build will say n/a):" >&2
 	grep -v '^#' "$work/build-all.err" | head -3 >&2
@@ -105,7 +106,8 @@ build_sluice_side etcdstore.test ./peers/etcdstore test
 build_sluice_side gateway.test ./gateway test
 build_sluice_side dnsproxy.test ./dnsproxy test
 
-"$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" ${args[@]+"${args[@]}"} &
+build_secs=$((SECONDS - build_start))
+"$bin/benchrun" -bin "$bin" -work "$work" -out "$here/results" -run-id "$run_id" -build-secs "$build_secs" ${args[@]+"${args[@]}"} &
 pid=$!
 wait "$pid"
 status=$?

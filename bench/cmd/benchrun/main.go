@@ -83,6 +83,37 @@ type bench struct {
 	loadBefore string // /proc/loadavg at the start, to judge a shared machine
 	cpus       struct{ server, client string }
 	notes      []string // shown under the table
+	// buildTook is run.sh's build time (-build-secs), sections the wall
+	// time of each section run, in order: the header shows both so that
+	// whoever shortens the run next sees where the time goes.
+	buildTook time.Duration
+	sections  []sectionTime
+}
+
+// sectionTime is the wall time one section took.
+type sectionTime struct {
+	name string
+	took time.Duration
+}
+
+// timed runs one section and records its wall time.
+func (b *bench) timed(name string, f func()) {
+	start := time.Now()
+	f()
+	b.sections = append(b.sections, sectionTime{name, time.Since(start)})
+	b.log.Info("section done", "section", name, "took", time.Since(start).Round(time.Second))
+}
+
+// sectionTimes renders the build and section wall times for the header.
+func (b *bench) sectionTimes() string {
+	var parts []string
+	if b.buildTook > 0 {
+		parts = append(parts, "build "+b.buildTook.Round(time.Second).String())
+	}
+	for _, st := range b.sections {
+		parts = append(parts, st.name+" "+st.took.Round(time.Second).String())
+	}
+	return strings.Join(parts, ", ")
 }
 
 func main() {
@@ -101,6 +132,7 @@ func run() error {
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
 		sections = flag.String("sections", "dns,encrypted,tunnel,scale,kernel,fleet", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), fleet (etcd registry), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
+		buildSec = flag.Int("build-secs", 0, "seconds run.sh spent building (shown in the header)")
 	)
 	flag.Parse()
 	sectionsSet := false
@@ -133,7 +165,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	b := &bench{log: log, r: r, mode: fullMode, bin: *bin, work: *work, runID: *runID}
+	b := &bench{log: log, r: r, mode: fullMode, bin: *bin, work: *work, runID: *runID, buildTook: time.Duration(*buildSec) * time.Second}
 	if *quick {
 		b.mode = quickMode
 	}
@@ -159,31 +191,33 @@ func run() error {
 		want[strings.TrimSpace(s)] = true
 	}
 	if want["dns"] {
-		rows = append(rows, b.dnsSection(ctx)...)
+		b.timed("dns", func() { rows = append(rows, b.dnsSection(ctx)...) })
 	}
 	if want["encrypted"] && ctx.Err() == nil {
-		rows = append(rows, b.encryptedSection(ctx)...)
+		b.timed("encrypted", func() { rows = append(rows, b.encryptedSection(ctx)...) })
 	}
 	if want["tunnel"] && ctx.Err() == nil {
-		rows = append(rows, b.tunnelSection(ctx)...)
+		b.timed("tunnel", func() { rows = append(rows, b.tunnelSection(ctx)...) })
 	}
 	if want["scale"] && ctx.Err() == nil {
-		rows = append(rows, b.scaleSection(ctx)...)
+		b.timed("scale", func() { rows = append(rows, b.scaleSection(ctx)...) })
 	}
 	if want["kernel"] && ctx.Err() == nil {
-		rows = append(rows, b.kernelSection(ctx)...)
+		b.timed("kernel", func() { rows = append(rows, b.kernelSection(ctx)...) })
 	}
 	if want["fleet"] && ctx.Err() == nil {
-		rows = append(rows, b.fleetSection(ctx)...)
+		b.timed("fleet", func() { rows = append(rows, b.fleetSection(ctx)...) })
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out
 		if dir == "" {
 			dir = *work
 		}
-		if err := b.profileSection(ctx, dir); err != nil {
-			log.Error("profile", "err", err)
-		}
+		b.timed("profile", func() {
+			if err := b.profileSection(ctx, dir); err != nil {
+				log.Error("profile", "err", err)
+			}
+		})
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
@@ -227,7 +261,9 @@ func sanitize(s string) string {
 func (b *bench) report(rows []row, took time.Duration) string {
 	var s strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&s, "## sluice bench — %s, %s (%s run, %s)\n\n", time.Now().Format("2006-01-02 15:04 MST"), host, b.mode.name, took.Round(time.Second))
+	total := took + b.buildTook
+	fmt.Fprintf(&s, "## sluice bench — %s, %s (%s run, %s)\n\n", time.Now().Format("2006-01-02 15:04 MST"), host, b.mode.name, total.Round(time.Second))
+	fmt.Fprintf(&s, "- wall time %s: %s\n", total.Round(time.Second), b.sectionTimes())
 	fmt.Fprintf(&s, "- CPU: %s, %d cores; kernel %s; %s\n", cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
 	fmt.Fprintf(&s, "- pinning: servers on CPU %s, load generators on CPU %s; tunnel: gateway side on CPU %s, client side on CPU %s\n",
 		b.cpus.server, b.cpus.client, b.cpus.server, b.cpus.client)
