@@ -5,12 +5,10 @@ import (
 	"fmt"
 )
 
-// fleetRounds is how many fresh benchmark processes measure the fleet
-// figures (each fills a real etcd with fleetPeers peers first).
-const (
-	fleetRounds = 2
-	fleetPeers  = 10000
-)
+// fleetPeers is the registry size of the fleet figures; mode.fleetRounds
+// is how many fresh benchmark processes measure them (each fills a real
+// etcd with fleetPeers peers first).
+const fleetPeers = 10000
 
 // fleetSection runs peers/etcdstore's BenchmarkFleet10k against a real
 // etcd (Debian's etcd-server): a gateway's cold start from the registry,
@@ -25,6 +23,7 @@ const (
 func (b *bench) fleetSection(ctx context.Context) []row {
 	cold, p50, p99, coldW, reqs, rss := &series{}, &series{}, &series{}, &series{}, &series{}, &series{}
 	devP50, devP99 := &series{}, &series{}
+	fleetRounds := b.mode.fleetRounds
 	rows := []row{
 		{figure: fmt.Sprintf("Fleet: cold start of a gateway's registry from etcd, %d peers", fleetPeers), unit: " ms", s: cold, rounds: fleetRounds},
 		{figure: fmt.Sprintf("Fleet: add on a running writer → in the registry state of two other gateways p50 (%d peers)", fleetPeers), unit: " ms", s: p50, rounds: fleetRounds},

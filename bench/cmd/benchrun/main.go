@@ -38,35 +38,54 @@ const (
 	clientCPU = "1"
 )
 
-// mode holds the sizes of one kind of run (full or --quick).
+// mode holds the sizes of one kind of run (full or --quick). The full
+// sizes keep `make bench` under 10 minutes on the 2-core CI machine (build
+// included) and the quick ones `make bench-quick` under 2: the header of
+// every result prints each section's wall time.
 type mode struct {
 	name        string
-	rounds      int
+	rounds      int           // rounds of the DNS section
 	dnsperfTime time.Duration // per contender per round
 	latQueries  int           // dnslat measured queries per target per round
-	iperfTime   time.Duration // per variant per round
-	tunRounds   int
+	// inflightQueries is dnslat's measured queries per target per round
+	// at missInflight queries in flight.
+	inflightQueries int
+	encRounds       int           // rounds of the encrypted (DoT/DoH) section
+	iperfTime       time.Duration // per variant per round
+	tunRounds       int
+	// scaleRounds is how many fresh processes measure each Go benchmark
+	// figure of the scale section.
+	scaleRounds int
 	scalePeers  int
 	scaleDoH    int
-	// scaleDaemon is the store sizes `sluice up` is measured at.
-	scaleDaemon []int
+	// scaleDaemon is the store sizes `sluice up` is measured at, and how
+	// many fresh daemons measure each.
+	scaleDaemon []daemonSize
 	// egressRounds and forwardTime bound the egress figures: each round
 	// sets up 100,000 learned pairs in several fresh processes, which is
 	// most of a quick run's time on a busy machine.
 	egressRounds int
 	forwardTime  string // -test.benchtime of BenchmarkForward
+	fleetRounds  int
 }
 
+// daemonSize is one store size of the scale section's `sluice up` figures.
+type daemonSize struct{ peers, rounds int }
+
 var (
+	// Rounds: DNS figures vary most from round to round (ratios 0.93–1.13
+	// over 5 rounds of 10 s), so DNS keeps 4 rounds of 4 s; DoT/DoH (ratio
+	// spread ±3 %), the tunnel (±5 %) and the scale figures (±3 %; 50,000
+	// peers ±2 %) were steadier and run fewer.
 	fullMode = mode{
-		name: "full", rounds: 5, dnsperfTime: 10 * time.Second, latQueries: 20000,
-		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
-		scaleDaemon: []int{10000, 50000}, egressRounds: 3, forwardTime: "3s",
+		name: "full", rounds: 4, dnsperfTime: 4 * time.Second, latQueries: 6000, inflightQueries: 8000,
+		encRounds: 3, iperfTime: 4 * time.Second, tunRounds: 3, scaleRounds: 2, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []daemonSize{{10000, 2}, {50000, 1}}, egressRounds: 2, forwardTime: "2s", fleetRounds: 1,
 	}
 	quickMode = mode{
-		name: "quick", rounds: 3, dnsperfTime: 2 * time.Second, latQueries: 4000,
-		iperfTime: 2 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
-		scaleDaemon: []int{10000}, egressRounds: 1, forwardTime: "1s",
+		name: "quick", rounds: 2, dnsperfTime: 2 * time.Second, latQueries: 2000, inflightQueries: 2000,
+		encRounds: 2, iperfTime: 2 * time.Second, tunRounds: 2, scaleRounds: 1, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []daemonSize{{10000, 1}}, egressRounds: 1, forwardTime: "1s", fleetRounds: 1,
 	}
 )
 
@@ -81,7 +100,7 @@ type bench struct {
 	dnsns string // namespace of the running DNS section
 
 	loadBefore string // /proc/loadavg at the start, to judge a shared machine
-	cpus       struct{ server, client string }
+	cpus       struct{ server, client, both string }
 	notes      []string // shown under the table
 	// buildTook is run.sh's build time (-build-secs), sections the wall
 	// time of each section run, in order: the header shows both so that
@@ -169,9 +188,9 @@ func run() error {
 	if *quick {
 		b.mode = quickMode
 	}
-	b.cpus.server, b.cpus.client = serverCPU, clientCPU
+	b.cpus.server, b.cpus.client, b.cpus.both = serverCPU, clientCPU, serverCPU+","+clientCPU
 	if runtime.NumCPU() < 2 {
-		b.cpus.client = serverCPU
+		b.cpus.client, b.cpus.both = serverCPU, serverCPU
 		b.notes = append(b.notes, "only one CPU: servers and load generators share it")
 	}
 
@@ -271,7 +290,7 @@ func (b *bench) report(rows []row, took time.Duration) string {
 	if busy(b.loadBefore, runtime.NumCPU()) {
 		fmt.Fprintf(&s, "- **warning: the machine was busy before this run started (load %s on %d cores): other work competed for the pinned cores, so treat these figures, the tunnel ones above all, as unreliable and run again on a quiet machine**\n", b.loadBefore, runtime.NumCPU())
 	}
-	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (tunnel); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.tunRounds)
+	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (DoT/DoH), %d (tunnel), %d (scale benchmarks); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.encRounds, b.mode.tunRounds, b.mode.scaleRounds)
 	s.WriteString(table(rows))
 	if len(b.notes) > 0 {
 		s.WriteString("\n")
