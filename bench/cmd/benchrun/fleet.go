@@ -78,5 +78,7 @@ func (b *bench) fleetSection(ctx context.Context) []row {
 			}
 		}
 	}
+	b.notes = append(b.notes, fmt.Sprintf("Fleet: %d fresh process(es) of peers/etcdstore BenchmarkFleet10k and of gateway BenchmarkFleetGateways10k, pinned to CPU %s, each against its own etcd filled with %d peers (one process since the 10-minute bound: two gave cold starts within 7 %% of each other and add p99s of 44–54 ms against a 1000 ms goal); the p50/p99 rows are over the 50 adds inside one process",
+		fleetRounds, b.cpus.server, fleetPeers))
 	return rows
 }

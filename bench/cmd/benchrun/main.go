@@ -80,7 +80,7 @@ var (
 	fullMode = mode{
 		name: "full", rounds: 4, dnsperfTime: 4 * time.Second, latQueries: 6000, inflightQueries: 8000,
 		encRounds: 3, iperfTime: 4 * time.Second, tunRounds: 3, scaleRounds: 2, scalePeers: 10000, scaleDoH: 5000,
-		scaleDaemon: []daemonSize{{10000, 2}, {50000, 1}}, egressRounds: 2, forwardTime: "2s", fleetRounds: 1,
+		scaleDaemon: []daemonSize{{10000, 2}, {50000, 1}}, egressRounds: 2, forwardTime: "1s", fleetRounds: 1,
 	}
 	quickMode = mode{
 		name: "quick", rounds: 2, dnsperfTime: 2 * time.Second, latQueries: 2000, inflightQueries: 2000,
