@@ -4,6 +4,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 const dnsperfOut = `DNS Performance Testing Tool
@@ -205,5 +206,13 @@ func TestBusy(t *testing.T) {
 		if got := busy(load, 2); got != want {
 			t.Errorf("busy(%q, 2) = %v, want %v", load, got, want)
 		}
+	}
+}
+
+func TestSectionTimes(t *testing.T) {
+	b := &bench{buildTook: 10 * time.Second}
+	b.sections = []sectionTime{{"dns", 174 * time.Second}, {"kernel", 110400 * time.Millisecond}}
+	if got, want := b.sectionTimes(), "build 10s, dns 2m54s, kernel 1m50s"; got != want {
+		t.Errorf("sectionTimes = %q, want %q", got, want)
 	}
 }
