@@ -105,7 +105,7 @@ func (b *bench) kernelSection(ctx context.Context) []row {
 		took = append(took, d)
 		if err == nil {
 			if code, _ := vmtest.ExitCode(console); code != 0 {
-				err = fmt.Errorf("guest benchmarks exited %d: %s", code, lastLine(console))
+				err = fmt.Errorf("kernelguest exited %d: %s", code, guestError(console))
 			}
 		}
 		if err != nil {
@@ -168,6 +168,15 @@ func buildGuest(ctx context.Context, root, dir string) (vmtest.Binaries, error) 
 		}
 	}
 	return bins, nil
+}
+
+// guestError returns kernelguest's error line from the console (it prints
+// "kernelguest: ..." before its exit line), or the console's last line.
+func guestError(console string) string {
+	if i := strings.LastIndex(console, "kernelguest: "); i >= 0 {
+		return firstLine(console[i:])
+	}
+	return lastLine(console)
 }
 
 func firstLine(s string) string {

@@ -216,3 +216,25 @@ func TestSectionTimes(t *testing.T) {
 		t.Errorf("sectionTimes = %q, want %q", got, want)
 	}
 }
+
+// The kernel section reads kernelguest's lines with parseGoBench and its
+// error line with guestError.
+func TestKernelGuestOutput(t *testing.T) {
+	console := "booting\nBenchmarkUp/kernel 1 9363067250 ns/op 9.3631 up-s 50.12 RSS-MiB\n" +
+		"BenchmarkRemove/kernel 1 8890000000 ns/op 8.8900 close-s 8.8500 stop-s\n"
+	m, err := parseGoBench(console, "BenchmarkUp/kernel")
+	if err != nil || m["up-s"] != 9.3631 || m["RSS-MiB"] != 50.12 {
+		t.Errorf("BenchmarkUp/kernel = %v, %v", m, err)
+	}
+	m, err = parseGoBench(console, "BenchmarkRemove/kernel")
+	if err != nil || m["close-s"] != 8.89 || m["stop-s"] != 8.85 {
+		t.Errorf("BenchmarkRemove/kernel = %v, %v", m, err)
+	}
+	bad := console + "kernelguest: up userspace: sluice up exited\nmore\nSLUICE-VM-EXIT 1\n"
+	if got := guestError(bad); got != "kernelguest: up userspace: sluice up exited" {
+		t.Errorf("guestError = %q", got)
+	}
+	if got := guestError("a\nSLUICE-VM-EXIT 1\n"); got != "SLUICE-VM-EXIT 1" {
+		t.Errorf("guestError without an error line = %q", got)
+	}
+}
