@@ -38,3 +38,50 @@ func TestTruncateLogKeepsAppendWriter(t *testing.T) {
 		t.Fatalf("truncateLog of a missing file = %d, want 0", n)
 	}
 }
+
+// missRound turns one dnslat miss result into the added latencies and
+// sluice's differences to dnsdist and unbound (sluice − anchor, which is
+// the difference of their added latencies).
+func TestMissRound(t *testing.T) {
+	servers := []*dnsServer{{name: "sluice", p: &proc{}}, {name: "dnsdist", p: &proc{}}, {name: "unbound", p: &proc{}}}
+	res := map[string]latResult{
+		"direct":  {Name: "direct", Count: 10, P50us: 50, P99us: 100},
+		"sluice":  {Name: "sluice", Count: 10, P50us: 120, P99us: 200},
+		"dnsdist": {Name: "dnsdist", Count: 10, P50us: 110, P99us: 230},
+		"unbound": {Name: "unbound", Count: 10, P50us: 130, P99us: 180},
+	}
+	d50, d99 := &series{}, &series{}
+	add50, add99 := map[string]*series{}, map[string]*series{}
+	for _, s := range servers {
+		add50[s.name], add99[s.name] = &series{}, &series{}
+	}
+	dd50, dd99, ub50, ub99 := &series{}, &series{}, &series{}, &series{}
+	d, ok := missRound(servers, res, nil, d50, d99, add50, add99, dd50, dd99, ub50, ub99)
+	if !ok || d.P50us != 50 {
+		t.Fatalf("missRound = %+v, %v", d, ok)
+	}
+	for _, c := range []struct {
+		name string
+		s    *series
+		want float64
+	}{
+		{"direct p50", d50, 50}, {"direct p99", d99, 100},
+		{"sluice added p50", add50["sluice"], 70}, {"dnsdist added p99", add99["dnsdist"], 130},
+		{"sluice − dnsdist p50", dd50, 10}, {"sluice − dnsdist p99", dd99, -30},
+		{"sluice − unbound p50", ub50, -10}, {"sluice − unbound p99", ub99, 20},
+	} {
+		if len(c.s.vals) != 1 || c.s.vals[0] != c.want {
+			t.Errorf("%s = %v, want [%v]", c.name, c.s.vals, c.want)
+		}
+	}
+
+	// no direct answers: no values, a reason on the direct and difference rows
+	delete(res, "direct")
+	d50, dd50 = &series{}, &series{}
+	if _, ok := missRound(servers, res, nil, d50, &series{}, add50, add99, dd50, &series{}, &series{}, &series{}); ok {
+		t.Fatal("missRound without direct answers reported ok")
+	}
+	if len(d50.vals) != 0 || d50.na == "" || dd50.na == "" {
+		t.Errorf("without direct answers: direct %+v, difference %+v", d50, dd50)
+	}
+}

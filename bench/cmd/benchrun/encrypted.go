@@ -66,7 +66,7 @@ func (b *bench) encryptedSection(ctx context.Context) []row {
 	}
 	label := map[string]string{"dot": "DoT", "doh": "DoH"}
 	rows := func() []row {
-		R := m.rounds
+		R := m.encRounds
 		var out []row
 		for _, tr := range transports {
 			for _, s := range servers {
@@ -162,11 +162,11 @@ func (b *bench) encryptedSection(ctx context.Context) []row {
 	if err := os.WriteFile(hits, []byte(q.String()), 0o644); err != nil {
 		return failAll(err.Error())
 	}
-	for round := range m.rounds {
+	for round := range m.encRounds {
 		if ctx.Err() != nil {
 			break
 		}
-		b.log.Info("encrypted dns round", "round", round+1, "of", m.rounds)
+		b.log.Info("encrypted dns round", "round", round+1, "of", m.encRounds)
 		for _, tr := range transports {
 			got := map[string]float64{}
 			for k := range servers {

@@ -38,35 +38,54 @@ const (
 	clientCPU = "1"
 )
 
-// mode holds the sizes of one kind of run (full or --quick).
+// mode holds the sizes of one kind of run (full or --quick). The full
+// sizes keep `make bench` under 10 minutes on the 2-core CI machine (build
+// included) and the quick ones `make bench-quick` under 2: the header of
+// every result prints each section's wall time.
 type mode struct {
 	name        string
-	rounds      int
+	rounds      int           // rounds of the DNS section
 	dnsperfTime time.Duration // per contender per round
 	latQueries  int           // dnslat measured queries per target per round
-	iperfTime   time.Duration // per variant per round
-	tunRounds   int
+	// inflightQueries is dnslat's measured queries per target per round
+	// at missInflight queries in flight.
+	inflightQueries int
+	encRounds       int           // rounds of the encrypted (DoT/DoH) section
+	iperfTime       time.Duration // per variant per round
+	tunRounds       int
+	// scaleRounds is how many fresh processes measure each Go benchmark
+	// figure of the scale section.
+	scaleRounds int
 	scalePeers  int
 	scaleDoH    int
-	// scaleDaemon is the store sizes `sluice up` is measured at.
-	scaleDaemon []int
+	// scaleDaemon is the store sizes `sluice up` is measured at, and how
+	// many fresh daemons measure each.
+	scaleDaemon []daemonSize
 	// egressRounds and forwardTime bound the egress figures: each round
 	// sets up 100,000 learned pairs in several fresh processes, which is
 	// most of a quick run's time on a busy machine.
 	egressRounds int
 	forwardTime  string // -test.benchtime of BenchmarkForward
+	fleetRounds  int
 }
 
+// daemonSize is one store size of the scale section's `sluice up` figures.
+type daemonSize struct{ peers, rounds int }
+
 var (
+	// Rounds: DNS figures vary most from round to round (ratios 0.93–1.13
+	// over 5 rounds of 10 s), so DNS keeps 4 rounds of 4 s; DoT/DoH (ratio
+	// spread ±3 %), the tunnel (±5 %) and the scale figures (±3 %; 50,000
+	// peers ±2 %) were steadier and run fewer.
 	fullMode = mode{
-		name: "full", rounds: 5, dnsperfTime: 10 * time.Second, latQueries: 20000,
-		iperfTime: 10 * time.Second, tunRounds: 5, scalePeers: 10000, scaleDoH: 5000,
-		scaleDaemon: []int{10000, 50000}, egressRounds: 3, forwardTime: "3s",
+		name: "full", rounds: 4, dnsperfTime: 4 * time.Second, latQueries: 6000, inflightQueries: 8000,
+		encRounds: 3, iperfTime: 4 * time.Second, tunRounds: 3, scaleRounds: 2, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []daemonSize{{10000, 2}, {50000, 1}}, egressRounds: 2, forwardTime: "1s", fleetRounds: 1,
 	}
 	quickMode = mode{
-		name: "quick", rounds: 3, dnsperfTime: 2 * time.Second, latQueries: 4000,
-		iperfTime: 2 * time.Second, tunRounds: 3, scalePeers: 10000, scaleDoH: 5000,
-		scaleDaemon: []int{10000}, egressRounds: 1, forwardTime: "1s",
+		name: "quick", rounds: 2, dnsperfTime: 2 * time.Second, latQueries: 2000, inflightQueries: 2000,
+		encRounds: 2, iperfTime: 2 * time.Second, tunRounds: 2, scaleRounds: 1, scalePeers: 10000, scaleDoH: 5000,
+		scaleDaemon: []daemonSize{{10000, 1}}, egressRounds: 1, forwardTime: "1s", fleetRounds: 1,
 	}
 )
 
@@ -81,8 +100,39 @@ type bench struct {
 	dnsns string // namespace of the running DNS section
 
 	loadBefore string // /proc/loadavg at the start, to judge a shared machine
-	cpus       struct{ server, client string }
+	cpus       struct{ server, client, both string }
 	notes      []string // shown under the table
+	// buildTook is run.sh's build time (-build-secs), sections the wall
+	// time of each section run, in order: the header shows both so that
+	// whoever shortens the run next sees where the time goes.
+	buildTook time.Duration
+	sections  []sectionTime
+}
+
+// sectionTime is the wall time one section took.
+type sectionTime struct {
+	name string
+	took time.Duration
+}
+
+// timed runs one section and records its wall time.
+func (b *bench) timed(name string, f func()) {
+	start := time.Now()
+	f()
+	b.sections = append(b.sections, sectionTime{name, time.Since(start)})
+	b.log.Info("section done", "section", name, "took", time.Since(start).Round(time.Second))
+}
+
+// sectionTimes renders the build and section wall times for the header.
+func (b *bench) sectionTimes() string {
+	var parts []string
+	if b.buildTook > 0 {
+		parts = append(parts, "build "+b.buildTook.Round(time.Second).String())
+	}
+	for _, st := range b.sections {
+		parts = append(parts, st.name+" "+st.took.Round(time.Second).String())
+	}
+	return strings.Join(parts, ", ")
 }
 
 func main() {
@@ -101,6 +151,7 @@ func run() error {
 		runID    = flag.String("run-id", "", "short unique prefix for namespace and interface names")
 		sections = flag.String("sections", "dns,encrypted,tunnel,scale,kernel,fleet", "comma-separated sections to run: dns, encrypted (DoT/DoH), tunnel, scale, kernel (scale on the kernel and embedded backends in a VM with Debian's kernel), fleet (etcd registry), profile (CPU profile of the proxy, not in the default)")
 		verbose  = flag.Bool("v", false, "debug logging")
+		buildSec = flag.Int("build-secs", 0, "seconds run.sh spent building (shown in the header)")
 	)
 	flag.Parse()
 	sectionsSet := false
@@ -133,13 +184,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	b := &bench{log: log, r: r, mode: fullMode, bin: *bin, work: *work, runID: *runID}
+	b := &bench{log: log, r: r, mode: fullMode, bin: *bin, work: *work, runID: *runID, buildTook: time.Duration(*buildSec) * time.Second}
 	if *quick {
 		b.mode = quickMode
 	}
-	b.cpus.server, b.cpus.client = serverCPU, clientCPU
+	b.cpus.server, b.cpus.client, b.cpus.both = serverCPU, clientCPU, serverCPU+","+clientCPU
 	if runtime.NumCPU() < 2 {
-		b.cpus.client = serverCPU
+		b.cpus.client, b.cpus.both = serverCPU, serverCPU
 		b.notes = append(b.notes, "only one CPU: servers and load generators share it")
 	}
 
@@ -159,31 +210,33 @@ func run() error {
 		want[strings.TrimSpace(s)] = true
 	}
 	if want["dns"] {
-		rows = append(rows, b.dnsSection(ctx)...)
+		b.timed("dns", func() { rows = append(rows, b.dnsSection(ctx)...) })
 	}
 	if want["encrypted"] && ctx.Err() == nil {
-		rows = append(rows, b.encryptedSection(ctx)...)
+		b.timed("encrypted", func() { rows = append(rows, b.encryptedSection(ctx)...) })
 	}
 	if want["tunnel"] && ctx.Err() == nil {
-		rows = append(rows, b.tunnelSection(ctx)...)
+		b.timed("tunnel", func() { rows = append(rows, b.tunnelSection(ctx)...) })
 	}
 	if want["scale"] && ctx.Err() == nil {
-		rows = append(rows, b.scaleSection(ctx)...)
+		b.timed("scale", func() { rows = append(rows, b.scaleSection(ctx)...) })
 	}
 	if want["kernel"] && ctx.Err() == nil {
-		rows = append(rows, b.kernelSection(ctx)...)
+		b.timed("kernel", func() { rows = append(rows, b.kernelSection(ctx)...) })
 	}
 	if want["fleet"] && ctx.Err() == nil {
-		rows = append(rows, b.fleetSection(ctx)...)
+		b.timed("fleet", func() { rows = append(rows, b.fleetSection(ctx)...) })
 	}
 	if want["profile"] && ctx.Err() == nil {
 		dir := *out
 		if dir == "" {
 			dir = *work
 		}
-		if err := b.profileSection(ctx, dir); err != nil {
-			log.Error("profile", "err", err)
-		}
+		b.timed("profile", func() {
+			if err := b.profileSection(ctx, dir); err != nil {
+				log.Error("profile", "err", err)
+			}
+		})
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
@@ -227,7 +280,9 @@ func sanitize(s string) string {
 func (b *bench) report(rows []row, took time.Duration) string {
 	var s strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&s, "## sluice bench — %s, %s (%s run, %s)\n\n", time.Now().Format("2006-01-02 15:04 MST"), host, b.mode.name, took.Round(time.Second))
+	total := took + b.buildTook
+	fmt.Fprintf(&s, "## sluice bench — %s, %s (%s run, %s)\n\n", time.Now().Format("2006-01-02 15:04 MST"), host, b.mode.name, total.Round(time.Second))
+	fmt.Fprintf(&s, "- wall time %s: %s\n", total.Round(time.Second), b.sectionTimes())
 	fmt.Fprintf(&s, "- CPU: %s, %d cores; kernel %s; %s\n", cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
 	fmt.Fprintf(&s, "- pinning: servers on CPU %s, load generators on CPU %s; tunnel: gateway side on CPU %s, client side on CPU %s\n",
 		b.cpus.server, b.cpus.client, b.cpus.server, b.cpus.client)
@@ -235,7 +290,7 @@ func (b *bench) report(rows []row, took time.Duration) string {
 	if busy(b.loadBefore, runtime.NumCPU()) {
 		fmt.Fprintf(&s, "- **warning: the machine was busy before this run started (load %s on %d cores): other work competed for the pinned cores, so treat these figures, the tunnel ones above all, as unreliable and run again on a quiet machine**\n", b.loadBefore, runtime.NumCPU())
 	}
-	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (tunnel); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.tunRounds)
+	fmt.Fprintf(&s, "- %d alternating rounds (DNS), %d (DoT/DoH), %d (tunnel), %d (scale benchmarks); median (min–max) over rounds; ratios and differences are taken inside each round\n\n", b.mode.rounds, b.mode.encRounds, b.mode.tunRounds, b.mode.scaleRounds)
 	s.WriteString(table(rows))
 	if len(b.notes) > 0 {
 		s.WriteString("\n")

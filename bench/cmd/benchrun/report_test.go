@@ -4,6 +4,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 const dnsperfOut = `DNS Performance Testing Tool
@@ -205,5 +206,35 @@ func TestBusy(t *testing.T) {
 		if got := busy(load, 2); got != want {
 			t.Errorf("busy(%q, 2) = %v, want %v", load, got, want)
 		}
+	}
+}
+
+func TestSectionTimes(t *testing.T) {
+	b := &bench{buildTook: 10 * time.Second}
+	b.sections = []sectionTime{{"dns", 174 * time.Second}, {"kernel", 110400 * time.Millisecond}}
+	if got, want := b.sectionTimes(), "build 10s, dns 2m54s, kernel 1m50s"; got != want {
+		t.Errorf("sectionTimes = %q, want %q", got, want)
+	}
+}
+
+// The kernel section reads kernelguest's lines with parseGoBench and its
+// error line with guestError.
+func TestKernelGuestOutput(t *testing.T) {
+	console := "booting\nBenchmarkUp/kernel 1 9363067250 ns/op 9.3631 up-s 50.12 RSS-MiB\n" +
+		"BenchmarkRemove/kernel 1 8890000000 ns/op 8.8900 close-s 8.8500 stop-s\n"
+	m, err := parseGoBench(console, "BenchmarkUp/kernel")
+	if err != nil || m["up-s"] != 9.3631 || m["RSS-MiB"] != 50.12 {
+		t.Errorf("BenchmarkUp/kernel = %v, %v", m, err)
+	}
+	m, err = parseGoBench(console, "BenchmarkRemove/kernel")
+	if err != nil || m["close-s"] != 8.89 || m["stop-s"] != 8.85 {
+		t.Errorf("BenchmarkRemove/kernel = %v, %v", m, err)
+	}
+	bad := console + "kernelguest: up userspace: sluice up exited\nmore\nSLUICE-VM-EXIT 1\n"
+	if got := guestError(bad); got != "kernelguest: up userspace: sluice up exited" {
+		t.Errorf("guestError = %q", got)
+	}
+	if got := guestError("a\nSLUICE-VM-EXIT 1\n"); got != "SLUICE-VM-EXIT 1" {
+		t.Errorf("guestError without an error line = %q", got)
 	}
 }

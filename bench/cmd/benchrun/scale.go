@@ -12,8 +12,6 @@ import (
 )
 
 const (
-	// scaleRounds is how many fresh processes measure each scale figure.
-	scaleRounds = 3
 	// scaleTimeout bounds waiting for sluice up to program every peer.
 	scaleTimeout = 2 * time.Minute
 	// rssSettle is how long the daemon idles before its RSS is read.
@@ -34,12 +32,13 @@ var scaleLookupPeers = []int{1000, 10000, 50000}
 
 // daemonSeries are the figures of `sluice up` on a store of n peers.
 type daemonSeries struct {
-	n                  int
+	n, rounds          int
 	upSec, rss, addSec *series
 }
 
 func (b *bench) scaleSection(ctx context.Context) []row {
 	n := b.mode.scalePeers
+	scaleRounds := b.mode.scaleRounds
 	syncSec, syncRSS, change1MS, fwMS := &series{}, &series{}, &series{}, &series{}
 	rows := []row{
 		{figure: fmt.Sprintf("Scale: apply %d peers in one SyncPeers (wgdev benchmark)", n), unit: " s", s: syncSec, rounds: scaleRounds},
@@ -47,13 +46,14 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 		{figure: fmt.Sprintf("Scale: SyncPeers for one changed peer of %d (wgdev benchmark)", n), unit: " ms", s: change1MS, rounds: scaleRounds},
 	}
 	var daemons []daemonSeries
-	for _, dn := range b.mode.scaleDaemon {
-		d := daemonSeries{n: dn, upSec: &series{}, rss: &series{}, addSec: &series{}}
+	for _, ds := range b.mode.scaleDaemon {
+		dn := ds.peers
+		d := daemonSeries{n: dn, rounds: ds.rounds, upSec: &series{}, rss: &series{}, addSec: &series{}}
 		daemons = append(daemons, d)
 		rows = append(rows,
-			row{figure: fmt.Sprintf("Scale: sluice up until %d peers are on the device", dn), unit: " s", s: d.upSec, rounds: scaleRounds},
-			row{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", dn), unit: " MiB", s: d.rss, rounds: scaleRounds},
-			row{figure: fmt.Sprintf("Scale: one peer added to %d (`sluice peer add` until it is on the device)", dn), unit: " s", s: d.addSec, rounds: scaleRounds})
+			row{figure: fmt.Sprintf("Scale: sluice up until %d peers are on the device", dn), unit: " s", s: d.upSec, rounds: d.rounds},
+			row{figure: fmt.Sprintf("Scale: sluice daemon RSS at %d peers", dn), unit: " MiB", s: d.rss, rounds: d.rounds},
+			row{figure: fmt.Sprintf("Scale: one peer added to %d (`sluice peer add` until it is on the device)", dn), unit: " s", s: d.addSec, rounds: d.rounds})
 	}
 	lookups := map[int]*series{}
 	for _, ln := range scaleLookupPeers {
@@ -135,8 +135,12 @@ func (b *bench) scaleSection(ctx context.Context) []row {
 	}
 	b.egressRounds(ctx)
 	b.notes = append(b.notes, "Scale: \"one peer added\" is the wall time of `sluice peer add` against the running daemon (store write, control socket, one SyncPeers) until `wg show` lists the new peer, polled every 20 ms; the proxy's peer-lookup figure is dnsproxy BenchmarkCacheHitPeers/N (a cache hit with 10 groups and the per-peer rate limit, each hit from the next of N peer addresses, after every peer asked once), ns per hit on one core")
-	b.notes = append(b.notes, fmt.Sprintf("Scale: each figure from %d fresh processes pinned to CPU %s; SyncPeers and firewall figures are the packages' own Go benchmarks (gateway/wgdev BenchmarkSyncPeers10k/add: empty userspace device to %d peers in one ConfigureDevice over UAPI; firewall BenchmarkApply: one atomic batch with %d DoH prefixes in interval sets); \"sluice up\" is the wall time from starting the daemon on a store of %d peers (filled by bench/cmd/scale) until `wg show` lists all of them, and its VmRSS %s later",
-		scaleRounds, b.cpus.server, n, b.mode.scaleDoH, n, rssSettle))
+	var sizes []string
+	for _, d := range daemons {
+		sizes = append(sizes, fmt.Sprintf("%d daemon(s) at %d peers", d.rounds, d.n))
+	}
+	b.notes = append(b.notes, fmt.Sprintf("Scale: each Go benchmark figure from %d fresh process(es) pinned to CPU %s, \"sluice up\" from %s (fewer rounds than before: these figures varied by 3 %% or less between rounds, and the 50,000-peer store takes longest); SyncPeers and firewall figures are the packages' own Go benchmarks (gateway/wgdev BenchmarkSyncPeers10k/add: empty userspace device to %d peers in one ConfigureDevice over UAPI; firewall BenchmarkApply: one atomic batch with %d DoH prefixes in interval sets); \"sluice up\" is the wall time from starting the daemon on a store of %d peers (filled by bench/cmd/scale) until `wg show` lists all of them, and its VmRSS %s later",
+		scaleRounds, b.cpus.server, strings.Join(sizes, ", "), n, b.mode.scaleDoH, n, rssSettle))
 	return rows
 }
 
@@ -198,7 +202,7 @@ func parseGoBench(out, name string) (map[string]float64, error) {
 	return nil, fmt.Errorf("benchmark %s: no result line", name)
 }
 
-// scaleDaemon starts sluice up on a store of d.n peers scaleRounds times.
+// scaleDaemon starts sluice up on a store of d.n peers d.rounds times.
 func (b *bench) scaleDaemon(ctx context.Context, d daemonSeries) error {
 	n := d.n
 	dir := filepath.Join(b.work, fmt.Sprintf("scale%d", n))
@@ -225,11 +229,11 @@ func (b *bench) scaleDaemon(ctx context.Context, d daemonSeries) error {
 			b.log.Warn("delete namespace", "err", err)
 		}
 	}()
-	for round := range scaleRounds {
+	for round := range d.rounds {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		b.log.Info("scale round", "peers", n, "round", round+1, "of", scaleRounds)
+		b.log.Info("scale round", "peers", n, "round", round+1, "of", d.rounds)
 		secs, rss, add, err := b.scaleOnce(ctx, ns, ifname, conf, n, round)
 		if err != nil {
 			d.upSec.fail(err.Error())

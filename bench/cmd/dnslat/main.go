@@ -8,6 +8,12 @@
 // their figures can be compared inside one run. In "unique" mode every query
 // asks a name never asked before (a cache miss everywhere); in "set" mode the
 // names cycle through a fixed set (cache hits after a warm-up pass).
+//
+// With -inflight N (N > 1) every target is kept at N queries in flight: N
+// workers, each with its own socket, send one query, wait for its answer and
+// send the next, and every round trip is recorded. Targets are measured one
+// after the other in short slices (-slice queries each), the order rotated
+// every slice, so that they still share the machine's state over the run.
 package main
 
 import (
@@ -21,6 +27,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-vpn/sluice/bench/internal/latency"
@@ -37,6 +45,13 @@ const (
 	warmupQueries = 200
 	// maxErrors stops a run early when a target is plainly broken.
 	maxErrors = 1000
+	// defaultSlice is how many queries a target gets in one turn with
+	// -inflight: long enough that the ramp at each end (the first N sent at
+	// once, the last few draining) is a small share of the samples, short
+	// enough that the targets alternate many times in a run.
+	defaultSlice = 2000
+	// maxInflight bounds -inflight (one socket per query in flight).
+	maxInflight = 1024
 )
 
 // target is one DNS server under test.
@@ -64,14 +79,19 @@ func run() error {
 		zone        = flag.String("zone", defaultZone, "zone the names are made under")
 		timeout     = flag.Duration("timeout", defaultTimeout, "per-query timeout")
 		wantA       = flag.String("want-a", "192.0.2.1", "A record every answer must carry (empty: any NOERROR answer)")
+		inflight    = flag.Int("inflight", 1, "queries kept in flight per target (1: one at a time, targets interleaved query by query)")
+		slice       = flag.Int("slice", defaultSlice, "with -inflight > 1: queries per target per turn")
 	)
 	flag.Parse()
 	targets, err := parseTargets(*targetsFlag)
 	if err != nil {
 		return err
 	}
-	if *count <= 0 || *setSize <= 0 {
-		return errors.New("-n and -set-size must be positive")
+	if *count <= 0 || *setSize <= 0 || *slice <= 0 {
+		return errors.New("-n, -set-size and -slice must be positive")
+	}
+	if *inflight < 1 || *inflight > maxInflight {
+		return fmt.Errorf("-inflight must be 1 to %d", maxInflight)
 	}
 	var want netip.Addr
 	if *wantA != "" {
@@ -106,13 +126,31 @@ func run() error {
 	if *mode != "set" && *mode != "unique" {
 		return fmt.Errorf("unknown -mode %q", *mode)
 	}
+	if *inflight > 1 {
+		if err := runConcurrent(targets, *inflight, *count, *slice, nameFor, want, *timeout); err != nil {
+			return err
+		}
+	} else if err := runSerial(targets, *count, nameFor, want, *timeout); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for _, t := range targets {
+		if err := enc.Encode(summarize(t)); err != nil {
+			return fmt.Errorf("write result: %w", err)
+		}
+	}
+	return nil
+}
+
+// runSerial sends one query at a time, targets interleaved query by query.
+func runSerial(targets []*target, count int, nameFor func(t, i int) string, want netip.Addr, timeout time.Duration) error {
 	buf := make([]byte, dns.MaxMsgSize)
-	total := warmupQueries + *count
+	total := warmupQueries + count
 	for i := range total {
 		for k := range targets {
 			ti := (i + k) % len(targets)
 			t := targets[ti]
-			rtt, err := query(t.conn, nameFor(ti, i), want, *timeout, buf)
+			rtt, err := query(t.conn, nameFor(ti, i), want, timeout, buf)
 			if i < warmupQueries {
 				continue
 			}
@@ -126,13 +164,103 @@ func run() error {
 			t.rtts = append(t.rtts, rtt)
 		}
 	}
-	enc := json.NewEncoder(os.Stdout)
-	for _, t := range targets {
-		if err := enc.Encode(summarize(t)); err != nil {
-			return fmt.Errorf("write result: %w", err)
+	return nil
+}
+
+// runConcurrent keeps inflight queries in flight per target. Each target
+// gets warmupQueries unrecorded queries, then count recorded ones in turns
+// of slice queries; the order of the targets rotates every turn. Query
+// numbers go on across turns, so with -mode unique no name repeats.
+func runConcurrent(targets []*target, inflight, count, slice int, nameFor func(t, i int) string, want netip.Addr, timeout time.Duration) error {
+	conns := make([][]*net.UDPConn, len(targets))
+	defer func() {
+		for _, cs := range conns {
+			for _, c := range cs {
+				c.Close()
+			}
+		}
+	}()
+	for ti, t := range targets {
+		raddr := t.conn.RemoteAddr().(*net.UDPAddr)
+		conns[ti] = []*net.UDPConn{t.conn}
+		for len(conns[ti]) < inflight {
+			c, err := net.DialUDP("udp", nil, raddr)
+			if err != nil {
+				return fmt.Errorf("dial target %q: %w", t.Addr, err)
+			}
+			conns[ti] = append(conns[ti], c)
+		}
+		conns[ti] = conns[ti][:inflight]
+	}
+	next := make([]int, len(targets)) // next query number per target
+	measure := func(ti, n int, record bool) error {
+		t := targets[ti]
+		rtts, errs, last := burst(conns[ti], next[ti], n, func(i int) string { return nameFor(ti, i) }, want, timeout)
+		next[ti] += n
+		if !record {
+			return nil
+		}
+		t.rtts = append(t.rtts, rtts...)
+		t.errs += errs
+		if t.errs >= maxErrors {
+			return fmt.Errorf("target %s: %d errors, last: %w", t.Name, t.errs, last)
+		}
+		return nil
+	}
+	for ti := range targets {
+		if err := measure(ti, warmupQueries, false); err != nil {
+			return err
+		}
+	}
+	turns := (count + slice - 1) / slice
+	for turn := range turns {
+		n := min(slice, count-turn*slice)
+		for k := range targets {
+			if err := measure((turn+k)%len(targets), n, true); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// burst sends queries first..first+n-1 over conns, one worker per socket,
+// each worker sending its next query as soon as its last one is answered
+// (or timed out): len(conns) queries in flight. It returns the round trips
+// of the answered queries, the number of failed ones and the last error.
+func burst(conns []*net.UDPConn, first, n int, nameFor func(i int) string, want netip.Addr, timeout time.Duration) ([]time.Duration, int, error) {
+	var (
+		mu   sync.Mutex
+		rtts = make([]time.Duration, 0, n)
+		errs int
+		last error
+		seq  atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, dns.MaxMsgSize)
+			for { // bounded: every pass takes one of the n query numbers
+				i := int(seq.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				rtt, err := query(c, nameFor(first+i), want, timeout, buf)
+				mu.Lock()
+				if err != nil {
+					errs++
+					last = err
+				} else {
+					rtts = append(rtts, rtt)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return rtts, errs, last
 }
 
 func parseTargets(s string) ([]*target, error) {
