@@ -49,8 +49,9 @@ func dialUDP(addr netip.AddrPort) (udpConn, error) {
 
 // upstreamSocket is a connected non-blocking UDP socket whose reads and writes are
 // raw system calls (see rawSyscall), waiting in Go's poller only when the
-// kernel says EAGAIN. One try owns it at a time (spareSockets), so the
-// operation's state can live in it and the callbacks are built once.
+// kernel says EAGAIN. Read and Write keep the operation's state in it
+// and build their callbacks once: only for one owner at a time (a try of
+// exchangeUDP); a carrier, shared by listeners, sends with send.
 type upstreamSocket struct {
 	*os.File // deadlines, Close, the poller registration
 	rc       syscall.RawConn
@@ -88,6 +89,20 @@ func (c *upstreamSocket) Write(b []byte) (int, error) {
 		return 0, os.NewSyscallError("write", c.errno)
 	}
 	return c.n, nil
+}
+
+// send writes b like Write, for callers that share the socket (a
+// carrier): its state is the call's own.
+func (c *upstreamSocket) send(b []byte) error {
+	var errno syscall.Errno
+	err := c.rc.Write(func(fd uintptr) bool {
+		_, errno = rawSyscall(unix.SYS_WRITE, fd, b)
+		return errno != unix.EAGAIN
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
+	}
+	return err
 }
 
 func (c *upstreamSocket) read(fd uintptr) bool {

@@ -14,8 +14,10 @@
 // header and question from the wire, looks the case-folded key up, and
 // patches ID, question case, flags and TTLs into a copy of the stored wire
 // answer without allocating. A plain UDP miss is forwarded from the
-// client's bytes by the listener and its answer read on the wire, cached
-// and rendered like the hits that follow (miss_wire.go). Everything else
+// client's bytes by the listener on a shared random-port socket (a
+// carrier) whose reader matches the answer, reads it on the wire, caches
+// it and renders it like the hits that follow (miss_wire.go,
+// carrier_linux.go). Everything else
 // takes the slow path. The sockets of both are read and written with raw
 // non-blocking system calls (dialudp_linux.go, server_udp_linux.go), so
 // the Go scheduler never hands the proxy's core to another thread in the
@@ -27,7 +29,8 @@
 //	               section as written (FileConfig) and its validation, Preflight
 //	proxy.go       Proxy lifecycle (New, Start, Reload, Close, Stats, Exchange) and the slow path
 //	server_udp.go  SO_REUSEPORT sockets per core, read loops, the fast path
-//	miss_wire.go   the UDP miss path: startMiss on the listener, finishMiss on a worker
+//	miss_wire.go   the UDP miss path: startMiss on the listener, completeMiss on the carrier's reader
+//	carrier_linux.go  sockets carrying several misses at once, their readers
 //	spares.go      random-port upstream sockets made ahead, reused a few times
 //	server_tcp.go  TCP listener (dns.Server with the proxy's own handler)
 //	wire.go        minimal wire parsing and writing for the fast path

@@ -1,10 +1,9 @@
+//go:build linux
+
 package dnsproxy
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -16,20 +15,23 @@ import (
 // The UDP miss path. A cache miss of the plain shape parseQuery reads
 // (nearly every miss) is forwarded from the client's bytes: the listener
 // itself makes serveMsg's checks on the question, packs the upstream query
-// from the client's question and sends it on a spare socket of the
-// group's first upstream (startMiss), before it reads on; a worker waits
-// for the answer, reads it on the wire (readAnswer), caches the entry it
-// makes, lands the flight, accounts the query and answers the client
-// with writeHit from the entry (finishMiss). Whatever is not that case, the
-// general path (slowWire) answers, and a try that fails hands over to the
-// general exchange with the other upstreams of the group, in the same
-// flight and within the same deadline.
+// from the client's question and sends it on the carrier of the group's
+// first upstream (startMiss, carry), before it reads on. The carrier's
+// reader matches the answer (answerMatchesWire), reads it on the wire
+// (readAnswer), caches the entry it makes, lands the flight, accounts the
+// query and answers the client with writeHit from the entry
+// (completeMiss). Whatever is not that case, the general path (slowWire)
+// answers; an answer of another shape, and a try that fails, go to a
+// worker (finishMiss), which goes on like group.exchange with the other
+// upstreams of the group, in the same flight and within the same deadline.
 //
-// The protections are the general path's: a fresh random source port
-// policy (spareSockets), a random ID per try, and an answer must repeat
-// the ID and the question (answerMatchesWire) or it is read past.
+// The protections are the general path's: a random source port that
+// carries at most spareMaxUses queries within spareMaxAge, a random ID per
+// query, and an answer must repeat the ID and the question or it is
+// dropped, and its port retired (carrier).
 
-// missFlight is a miss whose upstream query the listener sent.
+// missFlight is a miss whose upstream query the listener sent; the
+// carrier's reader, or a worker, finishes it.
 type missFlight struct {
 	job   slowJob
 	st    *state
@@ -43,43 +45,49 @@ type missFlight struct {
 	start time.Time // the query's arrival
 	end   time.Time // the whole query's deadline (Deadline)
 
-	u       *upstream // the first try's upstream
-	sp      spare
-	sent    time.Time
-	sendErr error // the first try could not be sent
+	u      *upstream // the first try's upstream
+	cr     *carrier  // the socket that carries the first try
+	sent   time.Time
+	tryEnd time.Time // the first try's deadline
+
+	// Set before a worker takes m (finishMiss): the first try's answer
+	// when it was not of the wire reader's shape, else why it failed.
+	raw []byte
+	err error
 }
 
 // startMiss starts the miss in ls (the query handleWire just parsed, from
-// src, a cache miss) and returns it for finishMiss, or nil when the general
-// path must answer it. It runs on the listener goroutine.
-func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn) *missFlight {
+// src, a cache miss): its query goes out on a carrier, whose reader
+// finishes it (completeMiss). false when the general path must answer it.
+// It runs on the listener goroutine.
+func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn) bool {
 	q := ls.q
 	if q.qtype == dns.TypeANY {
-		return nil
+		return false
 	}
 	st := p.st.Load()
 	name := wireName(pkt[headerLen:])
 	if name == "" || st.policy.check(name) != "" {
-		return nil
+		return false
 	}
 	g := st.router.route(name)
 	if len(g.ups) == 0 {
-		return nil
+		return false
 	}
 	view := viewOf(st, ls.who)
 	if view.check(name, g) != "" || st.servesName(name, q.qclass) {
-		return nil
+		return false
 	}
 	u := g.first()
 	if u.spec.Proto != "udp" {
-		return nil
+		return false
 	}
 	if !p.slowAcquire() {
-		return nil // the general path drops it too (overload)
+		return false // the general path drops it too (overload)
 	}
 	if !p.inflight.acquire() {
 		p.slow.Add(-1)
-		return nil // the general path answers SERVFAIL (overload)
+		return false // the general path answers SERVFAIL (overload)
 	}
 	key := string(ls.key[:ls.keyLen])
 	f, lead := p.lead(key)
@@ -89,7 +97,7 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		p.flightMu.Unlock()
 		p.inflight.release()
 		p.slow.Add(-1)
-		return nil
+		return false
 	}
 	now := time.Now()
 	m := missPool.Get().(*missFlight)
@@ -110,22 +118,16 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 	m.uq = upQuery{name: name, qtype: q.qtype, qclass: q.qclass, cd: q.flags&flagCD != 0}
 	qname := m.job.pkt[headerLen : headerLen+q.nameLen]
 	m.uq.wire = appendUpQuery(wireBuf, qname, q.qtype, q.qclass, m.uq.cd, q.do, st.cfg.EDNSBufferSize)
-	m.uq.setID(p.ids.next())
-	m.sp, m.sendErr = u.spares.get()
-	if m.sendErr != nil {
-		m.sendErr = fmt.Errorf("dial udp %s: %w", u.label, m.sendErr)
-		return m
-	}
 	m.sent = now
-	tryEnd := now.Add(st.cfg.UpstreamTimeout)
-	if m.end.Before(tryEnd) {
-		tryEnd = m.end
+	m.tryEnd = now.Add(st.cfg.UpstreamTimeout)
+	if m.end.Before(m.tryEnd) {
+		m.tryEnd = m.end
 	}
-	m.sp.c.SetDeadline(tryEnd)
-	if _, err := m.sp.c.Write(m.uq.wire); err != nil {
-		m.sendErr = fmt.Errorf("write udp %s: %w", u.label, err)
+	if err := p.carry(u, m); err != nil {
+		m.err = err // a worker goes on with the group's other upstreams
+		p.hand(slowJob{miss: m})
 	}
-	return m
+	return true
 }
 
 // missPool keeps missFlights with their packet and query buffers: a miss
@@ -157,26 +159,39 @@ func (g *group) first() *upstream {
 	return best
 }
 
-// finishMiss waits for the answer to m's query and answers the client; it
-// runs on a slow-path worker and ends the flight.
+// completeMiss finishes m with its answer raw, on the carrier's reader:
+// the common case (entryFromWire) answers here; anything else goes to a
+// worker (finishMiss).
+func (p *Proxy) completeMiss(m *missFlight, raw []byte) {
+	if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
+		m.u.success(time.Since(m.sent))
+		p.answerMiss(m, e, addrTTL)
+		p.endMiss(m)
+		return
+	}
+	m.raw = raw
+	p.hand(slowJob{miss: m})
+}
+
+// endMiss releases what startMiss took for m.
+func (p *Proxy) endMiss(m *missFlight) {
+	p.inflight.release()
+	p.slow.Add(-1)
+	m.release()
+}
+
+// finishMiss finishes m on a worker: an answer of a shape the wire reader
+// leaves alone (or one this peer may not see) is unpacked and used like
+// group.exchange does; a failed first try goes on with the group's other
+// upstreams, in the same flight and within the same deadline.
 func (p *Proxy) finishMiss(m *missFlight) {
-	defer p.slow.Add(-1)
-	defer p.inflight.release()
-	defer m.release()
-	raw, err := m.await(p.ctx)
+	defer p.endMiss(m)
 	st, g := m.st, m.g
-	if err == nil {
-		d := time.Since(m.sent)
-		if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
-			m.u.success(d)
-			p.answerMiss(m, e, addrTTL)
-			return
-		}
-		// An answer of a shape the wire reader leaves alone (or one this
-		// peer may not see): unpack it and go on like group.exchange.
+	err := m.err
+	if m.raw != nil {
 		var res groupResult
-		if res, err = p.missMsg(m, raw); err == nil {
-			m.u.success(d)
+		if res, err = p.missMsg(m, m.raw); err == nil {
+			m.u.success(time.Since(m.sent))
 			p.cacheResult(st, g, &m.uq, m.key, &res)
 			p.answerGeneral(m, res)
 			return
@@ -213,78 +228,6 @@ func (p *Proxy) missMsg(m *missFlight, raw []byte) (groupResult, error) {
 	}
 	return res, nil
 }
-
-// await reads the answer to the first try: the first datagram that
-// matches, reading past others (like exchangeUDP) until the try's deadline.
-func (m *missFlight) await(ctx context.Context) ([]byte, error) {
-	if m.sendErr != nil {
-		return nil, m.sendErr
-	}
-	c := m.sp.c
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	bp := udpBufPool.Get().(*[]byte)
-	defer udpBufPool.Put(bp)
-	buf := *bp
-	clean := true
-	var lastErr error
-	for range maxStrayReads {
-		n, err := c.Read(buf)
-		if errors.Is(err, io.EOF) {
-			lastErr, clean = errors.New("empty answer"), false
-			continue
-		}
-		if err != nil {
-			m.u.spares.release(m.sp, false)
-			m.sp.c = nil
-			if lastErr != nil && classify(err).kind == errKindTimeout {
-				return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w (after %v)", m.u.label, err, lastErr)}
-			}
-			return nil, fmt.Errorf("read udp %s: %w", m.u.label, err)
-		}
-		if !answerMatchesWire(&m.uq, buf[:n]) {
-			lastErr, clean = errors.New("answer does not match query"), false
-			continue
-		}
-		m.u.spares.release(m.sp, clean)
-		m.sp.c = nil
-		// A copy the size of the answer: the cache keeps it.
-		return append(make([]byte, 0, n), buf[:n]...), nil
-	}
-	m.u.spares.release(m.sp, false)
-	m.sp.c = nil
-	return nil, &upstreamError{kind: errKindMalformed, err: fmt.Errorf("read udp %s: %w", m.u.label, lastErr)}
-}
-
-// answerMatchesWire is answerMatches on the answer's bytes: same ID, QR
-// set, one question, the same name (ignoring case), type and class.
-func answerMatchesWire(uq *upQuery, r []byte) bool {
-	q := uq.wire
-	if len(r) < headerLen || binary16(r) != uq.id() || r[2]&0x80 == 0 || binary16(r[4:]) != 1 {
-		return false
-	}
-	// The question of uq.wire ends 11 bytes (its OPT) before its end.
-	qEnd := len(q) - 11
-	n := qEnd - headerLen
-	if len(r) < headerLen+n {
-		return false
-	}
-	for i := headerLen; i < qEnd; i++ {
-		a, b := r[i], q[i]
-		if a >= 'A' && a <= 'Z' {
-			a += 'a' - 'A'
-		}
-		if b >= 'A' && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		if a != b {
-			return false
-		}
-	}
-	return true
-}
-
-func binary16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
 
 // entryFromWire makes the cache entry of raw (which it takes over), the
 // answer to m, and returns the longest TTL the upstream gave its

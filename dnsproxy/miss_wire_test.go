@@ -2,8 +2,12 @@ package dnsproxy
 
 import (
 	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -204,4 +208,81 @@ func FuzzReadAnswer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMissesConcurrentOnShared: 200 different misses at once, answered by
+// the upstream out of order after random delays, each reach their own
+// client with their own answer; no source port carries more than
+// spareMaxUses queries, and no two queries in flight on one port share an
+// ID (the miss path's carriers, carrier_linux.go).
+func TestMissesConcurrentOnShared(t *testing.T) {
+	type flightKey struct {
+		port int
+		id   uint16
+	}
+	var mu sync.Mutex
+	inFlight := map[flightKey]bool{}
+	perPort := map[int]int{}
+	var problems []string
+	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
+		k := flightKey{from.Port, q.Id}
+		mu.Lock()
+		if inFlight[k] {
+			problems = append(problems, fmt.Sprintf("ID %d in flight twice on port %d", q.Id, from.Port))
+		}
+		inFlight[k] = true
+		perPort[from.Port]++
+		mu.Unlock()
+		name := q.Question[0].Name
+		var i int
+		fmt.Sscanf(name, "c%d.", &i)
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = []dns.RR{mustRR("%s 60 IN A 10.30.%d.%d", name, i/250, i%250+1)}
+		b := pack(t, r)
+		go func() {
+			time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
+			mu.Lock()
+			delete(inFlight, k)
+			mu.Unlock()
+			send(b)
+		}()
+	})
+	p, _ := startProxy(t, testConfig(addr), Options{})
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := new(dns.Msg)
+			m.SetQuestion(fmt.Sprintf("c%d.example.", i), dns.TypeA)
+			c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+			r, _, err := c.Exchange(m, proxyAddr(t, p, "udp"))
+			if err != nil {
+				errs <- fmt.Sprintf("query %d: %v", i, err)
+				return
+			}
+			want := fmt.Sprintf("10.30.%d.%d", i/250, i%250+1)
+			if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != want || r.Question[0].Name != m.Question[0].Name {
+				errs <- fmt.Sprintf("query %d: answer %v, want %s", i, r.Answer, want)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, pr := range problems {
+		t.Error(pr)
+	}
+	for port, k := range perPort {
+		if k > spareMaxUses {
+			t.Errorf("source port %d carried %d queries, want at most %d", port, k, spareMaxUses)
+		}
+	}
 }

@@ -108,6 +108,9 @@ type Proxy struct {
 	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
+	// carrierWG counts the readers of the miss path's carriers
+	// (carrier_linux.go), which Close ends before the workers.
+	carrierWG sync.WaitGroup
 }
 
 // New validates cfg and builds a proxy; nothing is bound until Start.
@@ -433,6 +436,15 @@ func (p *Proxy) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	// The listeners are gone, so no miss starts: close the carriers and
+	// let their readers hand what was in flight to the workers (which
+	// p.wg waits for) before the workers are cancelled.
+	for _, g := range p.st.Load().groups {
+		for _, u := range g.ups {
+			u.closeCarriers()
+		}
+	}
+	p.carrierWG.Wait()
 	p.cancel()
 	p.wg.Wait()
 	for _, g := range p.st.Load().groups {

@@ -136,11 +136,8 @@ func (m *mmsgLoop) handle() {
 		}
 		if slow {
 			to := replyTo{rc: m.rc, sa: m.addr[i], salen: m.rhdr[i].Hdr.Namelen}
-			if m.ls.miss {
-				if mf := m.p.startMiss(m.ls, pkt, src, to, m.c); mf != nil {
-					m.p.hand(slowJob{miss: mf})
-					continue
-				}
+			if m.ls.miss && m.p.startMiss(m.ls, pkt, src, to, m.c) {
+				continue
 			}
 			m.p.dispatchSlow(m.c, pkt, src, m.shard, to)
 		}

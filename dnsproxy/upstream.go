@@ -123,8 +123,9 @@ type upstream struct {
 	healthyGauge prometheus.Gauge
 	errors       *prometheus.CounterVec
 
-	tlsConf *tls.Config   // tls only
-	spares  *spareSockets // udp only
+	tlsConf  *tls.Config   // tls only
+	spares   *spareSockets // udp only
+	carriers               // udp only: the miss path's sockets (carrier_linux.go)
 
 	poolMu sync.Mutex // protects idle, closed
 	idle   []idleConn
@@ -161,6 +162,7 @@ func newUpstream(spec Upstream, group string, m *metrics, tlsConf *tls.Config, l
 
 // close drops idle connections; later exchanges dial fresh ones and do not pool.
 func (u *upstream) close() {
+	u.closeCarriers()
 	if u.spares != nil {
 		u.spares.close()
 	}

@@ -434,3 +434,33 @@ func readAnswer(msg []byte) (answerFacts, bool) {
 	}
 	return f, true
 }
+
+// answerMatchesWire is answerMatches on the answer's bytes: same ID, QR
+// set, one question, the same name (ignoring case), type and class.
+func answerMatchesWire(uq *upQuery, r []byte) bool {
+	q := uq.wire
+	if len(r) < headerLen || binary16(r) != uq.id() || r[2]&0x80 == 0 || binary16(r[4:]) != 1 {
+		return false
+	}
+	// The question of uq.wire ends 11 bytes (its OPT) before its end.
+	qEnd := len(q) - 11
+	n := qEnd - headerLen
+	if len(r) < headerLen+n {
+		return false
+	}
+	for i := headerLen; i < qEnd; i++ {
+		a, b := r[i], q[i]
+		if a >= 'A' && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if b >= 'A' && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+func binary16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package dnsproxy
+
+// carriers is empty where the miss path (Linux) is not built.
+type carriers struct{}
+
+func (u *upstream) closeCarriers() {}
+
+// missFlight is a miss the Linux listener started; none elsewhere.
+type missFlight struct{}
+
+func (p *Proxy) finishMiss(*missFlight) {}

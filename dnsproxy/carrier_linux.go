@@ -1,0 +1,328 @@
+package dnsproxy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// carrierBatch is how many answers one recvmmsg of a carrier reads.
+const carrierBatch = 16
+
+// carriers is an upstream's carrier state (see carrier).
+type carriers struct {
+	carrierMu      sync.Mutex
+	carrier        *carrier              // the one taking queries
+	carriers       map[*carrier]struct{} // every one with a reader
+	carriersClosed bool
+}
+
+// A carrier is a connected UDP socket (a spare: random source port) that
+// carries the miss path's queries to one upstream, several at a time,
+// each under its own random ID, up to spareMaxUses queries and for at
+// most spareMaxAge; then it is retired and a fresh one takes over. One
+// reader goroutine per carrier reads the answers in batches and matches
+// each to its query by ID and question (answerMatchesWire). An answer
+// that matches no query in flight, or repeats an ID with another question,
+// retires the carrier at once: like a spare whose try saw a forged
+// answer, its port carries no further query.
+//
+// This is the spares' defence (port, ID and question to guess, a port
+// good for at most spareMaxUses queries within spareMaxAge) without a
+// goroutine, a poller wait and a socket per query: under load, one
+// recvmmsg and one wake-up serve a batch of answers.
+type carrier struct {
+	u    *upstream
+	c    *upstreamSocket
+	born time.Time
+
+	// Guarded by u.carrierMu: the read deadline is only ever set under
+	// it, so a wake-up (retire) cannot be overwritten by the reader.
+	pending  []*missFlight
+	carried  int       // queries sent
+	retired  bool      // takes no more queries
+	deadline time.Time // the socket's read deadline (zero: none)
+}
+
+// setDeadline sets cr's read deadline; u.carrierMu is held.
+func (cr *carrier) setDeadline(t time.Time) {
+	if !t.Equal(cr.deadline) {
+		cr.deadline = t
+		cr.c.SetReadDeadline(t)
+	}
+}
+
+// retire stops cr taking queries and wakes its reader, which closes it
+// once its queries in flight are answered or late; u.carrierMu is held.
+func (cr *carrier) retire() {
+	if !cr.retired {
+		cr.retired = true
+		cr.setDeadline(time.Unix(1, 0))
+	}
+}
+
+// carry registers m on u's current carrier (a fresh one when there is
+// none, or it is full, old or retired) under a random ID unique among the
+// carrier's queries in flight, and sends m's query. It runs on a listener
+// goroutine; once m is registered, the carrier's reader owns it and may
+// finish it at any moment. On error m is not registered and still the
+// caller's.
+func (p *Proxy) carry(u *upstream, m *missFlight) error {
+	u.carrierMu.Lock()
+	cr := u.carrier
+	if cr == nil || cr.retired || cr.carried >= spareMaxUses || time.Since(cr.born) >= spareMaxAge {
+		if cr != nil {
+			cr.retire()
+			u.carrier = nil
+		}
+		if u.carriersClosed {
+			u.carrierMu.Unlock()
+			return errors.New("upstream closed")
+		}
+		sp, err := u.spares.get()
+		if err != nil {
+			u.carrierMu.Unlock()
+			return fmt.Errorf("dial udp %s: %w", u.label, err)
+		}
+		sock, ok := sp.c.(*upstreamSocket)
+		if !ok {
+			sp.c.Close()
+			u.carrierMu.Unlock()
+			return errors.New("carrier needs a raw socket")
+		}
+		sock.SetDeadline(time.Time{}) // a spare that carried a try of exchangeUDP keeps its deadlines
+		cr = &carrier{u: u, c: sock, born: sp.born}
+		u.carrier = cr
+		if u.carriers.carriers == nil {
+			u.carriers.carriers = map[*carrier]struct{}{}
+		}
+		u.carriers.carriers[cr] = struct{}{}
+		p.carrierWG.Add(1)
+		go p.readCarrier(cr)
+	}
+	id := p.ids.next()
+	for collides(cr.pending, id) {
+		id = p.ids.next()
+	}
+	m.uq.setID(id)
+	m.cr = cr
+	if len(cr.pending) == 0 {
+		cr.setDeadline(m.tryEnd)
+	}
+	cr.pending = append(cr.pending, m)
+	cr.carried++
+	u.carrierMu.Unlock()
+
+	// Not Write: listeners on other cores send on the same carrier.
+	if err := cr.c.send(m.uq.wire); err != nil {
+		u.carrierMu.Lock()
+		mine := cr.drop(m) // else the reader took m (and owns it now)
+		cr.retire()
+		u.carrierMu.Unlock()
+		if mine {
+			return fmt.Errorf("write udp %s: %w", u.label, err)
+		}
+	}
+	return nil
+}
+
+func collides(ms []*missFlight, id uint16) bool {
+	for _, m := range ms {
+		if m.uq.id() == id {
+			return true
+		}
+	}
+	return false
+}
+
+// drop removes m from cr's queries in flight; u.carrierMu is held.
+func (cr *carrier) drop(m *missFlight) bool {
+	for i, x := range cr.pending {
+		if x == m {
+			last := len(cr.pending) - 1
+			cr.pending[i] = cr.pending[last]
+			cr.pending[last] = nil
+			cr.pending = cr.pending[:last]
+			return true
+		}
+	}
+	return false
+}
+
+// carrierRead is one reader's recvmmsg state: buffers for a batch of
+// answers of any size UDP carries, kept in carrierReads for the next
+// carrier's reader.
+type carrierRead struct {
+	hdr   [carrierBatch]unix.Mmsghdr
+	iov   [carrierBatch]unix.Iovec
+	bufs  [carrierBatch][]byte
+	n     int
+	errno syscall.Errno
+}
+
+var carrierReads = sync.Pool{New: func() any {
+	r := new(carrierRead)
+	for i := range carrierBatch {
+		r.bufs[i] = make([]byte, maxUDPAnswer)
+		r.iov[i].Base = &r.bufs[i][0]
+		r.iov[i].SetLen(maxUDPAnswer)
+		r.hdr[i].Hdr.Iov = &r.iov[i]
+		r.hdr[i].Hdr.SetIovlen(1)
+	}
+	return r
+}}
+
+// readCarrier matches cr's answers to its queries until cr is retired
+// with none left in flight, or closed. A query whose try deadline passes
+// goes to a worker as a failed try (finishMiss). The goroutine is not in
+// p.wg: Close ends it by closing the socket (closeCarriers).
+func (p *Proxy) readCarrier(cr *carrier) {
+	u := cr.u
+	r := carrierReads.Get().(*carrierRead)
+	defer carrierReads.Put(r)
+	recv := func(fd uintptr) bool { // built per carrier: one closure, not one per read
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdr[0])), carrierBatch,
+			unix.MSG_DONTWAIT, 0, 0)
+		if e == unix.EAGAIN || e == unix.EINTR {
+			return false
+		}
+		r.n, r.errno = int(n), e
+		return true
+	}
+	defer p.carrierWG.Done()
+	for {
+		u.carrierMu.Lock()
+		if cr.retired && len(cr.pending) == 0 {
+			// Done: retired and nothing in flight.
+			if u.carrier == cr {
+				u.carrier = nil
+			}
+			delete(u.carriers.carriers, cr)
+			u.carrierMu.Unlock()
+			cr.c.Close()
+			return
+		}
+		earliest := time.Time{}
+		for _, m := range cr.pending {
+			if earliest.IsZero() || m.tryEnd.Before(earliest) {
+				earliest = m.tryEnd
+			}
+		}
+		if cr.retired && earliest.IsZero() {
+			earliest = time.Unix(1, 0)
+		}
+		cr.setDeadline(earliest)
+		u.carrierMu.Unlock()
+		for i := range carrierBatch {
+			r.hdr[i].Len = 0
+			r.hdr[i].Hdr.Flags = 0
+		}
+		r.n, r.errno = 0, 0
+		err := cr.c.rc.Read(recv)
+		if err == nil && r.errno != 0 {
+			err = os.NewSyscallError("recvmmsg", r.errno)
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				p.expireCarrier(cr, fmt.Errorf("read udp %s: %w", u.label, err))
+				continue
+			}
+			// Closed (the proxy stopping, the upstream removed) or broken:
+			// every query in flight fails its try.
+			u.carrierMu.Lock()
+			cr.retired = true
+			left := cr.pending
+			cr.pending = nil
+			if u.carrier == cr {
+				u.carrier = nil
+			}
+			delete(u.carriers.carriers, cr)
+			u.carrierMu.Unlock()
+			for _, m := range left {
+				m.err = fmt.Errorf("read udp %s: %w", u.label, err)
+				p.hand(slowJob{miss: m})
+			}
+			cr.c.Close()
+			return
+		}
+		for i := 0; i < r.n; i++ {
+			raw := r.bufs[i][:r.hdr[i].Len]
+			m := cr.match(raw)
+			if m == nil {
+				continue
+			}
+			// A copy the size of the answer: the cache keeps it.
+			p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...))
+		}
+	}
+}
+
+// match takes the query raw answers off cr's queries in flight. An answer
+// that answers none of them retires cr (see carrier).
+func (cr *carrier) match(raw []byte) *missFlight {
+	u := cr.u
+	u.carrierMu.Lock()
+	defer u.carrierMu.Unlock()
+	if len(raw) >= 2 {
+		id := binary16(raw)
+		for _, m := range cr.pending {
+			if m.uq.id() == id && answerMatchesWire(&m.uq, raw) {
+				cr.drop(m)
+				return m
+			}
+		}
+	}
+	cr.retire()
+	u.log.Debug("dns upstream answer matches no query: port retired", "group", u.group, "upstream", u.label)
+	return nil
+}
+
+// expireCarrier fails the tries of cr whose deadline passed.
+func (p *Proxy) expireCarrier(cr *carrier, err error) {
+	u := cr.u
+	now := time.Now()
+	var late []*missFlight
+	u.carrierMu.Lock()
+	for i := 0; i < len(cr.pending); {
+		if m := cr.pending[i]; !now.Before(m.tryEnd) {
+			cr.drop(m)
+			late = append(late, m)
+			continue
+		}
+		i++
+	}
+	if len(late) > 0 {
+		cr.retire() // a port whose answers do not come is not reused
+	} else {
+		cr.deadline = time.Time{} // woken early (retire): re-arm
+	}
+	u.carrierMu.Unlock()
+	for _, m := range late {
+		m.err = err
+		p.hand(slowJob{miss: m})
+	}
+}
+
+// closeCarriers closes every carrier of u and lets no new one start
+// (Close, or u removed by a reload): their readers fail what is in flight
+// and exit.
+func (u *upstream) closeCarriers() {
+	u.carrierMu.Lock()
+	u.carriersClosed = true
+	u.carrier = nil
+	crs := make([]*carrier, 0, len(u.carriers.carriers))
+	for cr := range u.carriers.carriers {
+		cr.retire()
+		crs = append(crs, cr)
+	}
+	u.carrierMu.Unlock()
+	for _, cr := range crs {
+		cr.c.Close()
+	}
+}
