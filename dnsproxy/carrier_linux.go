@@ -166,17 +166,27 @@ type carrierRead struct {
 	errno syscall.Errno
 }
 
+// carrierReadSize is the buffer for one answer on a carrier: above the
+// EDNS buffer size the proxy advertises (at most 4096), so a conforming
+// upstream's answer fits; a larger one (MSG_TRUNC) is asked again by the
+// general path, whose buffer takes any datagram.
+const carrierReadSize = 4096 + 512
+
 var carrierReads = sync.Pool{New: func() any {
 	r := new(carrierRead)
 	for i := range carrierBatch {
-		r.bufs[i] = make([]byte, maxUDPAnswer)
+		r.bufs[i] = make([]byte, carrierReadSize)
 		r.iov[i].Base = &r.bufs[i][0]
-		r.iov[i].SetLen(maxUDPAnswer)
+		r.iov[i].SetLen(carrierReadSize)
 		r.hdr[i].Hdr.Iov = &r.iov[i]
 		r.hdr[i].Hdr.SetIovlen(1)
 	}
 	return r
 }}
+
+// errLargeAnswer is a first try whose answer did not fit a carrier's
+// buffer: the general path asks the same upstream again (not a failure).
+var errLargeAnswer = errors.New("answer larger than the carrier's buffer")
 
 // readCarrier matches cr's answers to its queries until cr is retired
 // with none left in flight, or closed. A query whose try deadline passes
@@ -255,6 +265,11 @@ func (p *Proxy) readCarrier(cr *carrier) {
 			raw := r.bufs[i][:r.hdr[i].Len]
 			m := cr.match(raw)
 			if m == nil {
+				continue
+			}
+			if r.hdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+				m.err = errLargeAnswer
+				p.hand(slowJob{miss: m})
 				continue
 			}
 			// A copy the size of the answer: the cache keeps it.

@@ -3,6 +3,7 @@
 package dnsproxy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -198,7 +199,10 @@ func (p *Proxy) finishMiss(m *missFlight) {
 		}
 	}
 	threshold := st.cfg.Health.Failures
-	prior := &priorTry{u: m.u, network: m.u.tryFailed(err, time.Since(m.sent), threshold)}
+	var prior *priorTry // errLargeAnswer: the same upstream, with a buffer for any datagram
+	if !errors.Is(err, errLargeAnswer) {
+		prior = &priorTry{u: m.u, network: m.u.tryFailed(err, time.Since(m.sent), threshold)}
+	}
 	res := g.exchange(p.ctx, m.end, &m.uq, &p.ids, st.cfg.UpstreamTimeout, threshold, prior)
 	p.cacheResult(st, g, &m.uq, m.key, &res)
 	p.answerGeneral(m, res)

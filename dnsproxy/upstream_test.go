@@ -245,7 +245,7 @@ func TestUpstreamSourcePorts(t *testing.T) {
 		send(b)
 	})
 	p, _ := startProxy(t, testConfig(addr), Options{})
-	const n = 100
+	const n = 3*spareMaxUses + 10 // at least four ports
 	for i := range n {
 		if r := ask(t, p, "udp", fmt.Sprintf("port%d.example.", i), dns.TypeA, 0); r.Rcode != dns.RcodeSuccess {
 			t.Fatalf("query %d: %s", i, dns.RcodeToString[r.Rcode])
