@@ -204,12 +204,20 @@ func newCacheEntryWire(key string, raw []byte, msg *dns.Msg, ttl time.Duration, 
 	if msg.Rcode > 0xF || msg.Truncated { // an extended rcode lives in the OPT record cacheWire drops
 		return nil, false
 	}
+	addrs, addrTTL := answerAddrs(msg.Answer)
+	return rawEntry(key, raw, ttl, now, g, msg.Rcode, addrs, addrTTL)
+}
+
+// rawEntry is the entry of an upstream answer's bytes raw (taken over and
+// rewritten by cacheWire) with rcode and addresses addrs (their longest
+// TTL addrTTL), cached for ttl from now: false for a shape cacheWire
+// leaves alone.
+func rawEntry(key string, raw []byte, ttl time.Duration, now int64, g *group, rcode int, addrs []netip.Addr, addrTTL time.Duration) (*cacheEntry, bool) {
 	secs := uint32(ttl / time.Second)
 	wire, offs, ok := cacheWire(raw, secs)
 	if !ok {
 		return nil, false
 	}
-	addrs, addrTTL := answerAddrs(msg.Answer)
 	return &cacheEntry{
 		addrs:    addrs,
 		addrTTL:  min(addrTTL, time.Duration(secs)*time.Second),
@@ -221,7 +229,7 @@ func newCacheEntryWire(key string, raw []byte, msg *dns.Msg, ttl time.Duration, 
 		group:    g.label,
 		zidx:     g.zidx,
 		counters: g.counters,
-		rcode:    msg.Rcode,
+		rcode:    rcode,
 	}, true
 }
 

@@ -260,28 +260,14 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 	if ttl < time.Second {
 		return nil, 0, false
 	}
-	secs := uint32(ttl / time.Second)
-	wire, offs, ok := cacheWire(raw, secs)
+	addrTTL := time.Duration(facts.addrTTL) * time.Second
+	e, ok := rawEntry(m.key, raw, ttl, p.now().UnixNano(), g, facts.rcode, facts.addrs, addrTTL)
 	if !ok {
 		return nil, 0, false
 	}
-	now := p.now().UnixNano()
-	e := &cacheEntry{
-		addrs:    facts.addrs,
-		addrTTL:  min(time.Duration(facts.addrTTL)*time.Second, ttl),
-		key:      m.key,
-		wire:     wire,
-		ttlOffs:  offs,
-		stored:   now,
-		expires:  now + int64(ttl),
-		group:    g.label,
-		zidx:     g.zidx,
-		counters: g.counters,
-		rcode:    facts.rcode,
-		xz:       xz,
-	}
+	e.xz = xz
 	e.gen.Store(st.gen)
-	return e, time.Duration(facts.addrTTL) * time.Second, true
+	return e, addrTTL, true
 }
 
 func containsZone(zs []uint32, z uint32) bool {

@@ -17,8 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +25,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/miekg/dns"
+	"github.com/sluice-vpn/sluice/vmtest/guestinit"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -82,74 +81,21 @@ type ns struct {
 
 func newNS(t testing.TB) *ns {
 	t.Helper()
-	type res struct {
-		h   netns.NsHandle
-		err error
-	}
-	c := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.New() // switches this thread into it
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		} // else the thread stays locked and dies with the goroutine
-		c <- res{h: h}
-	}()
-	r := <-c
-	if r.err != nil {
-		t.Fatalf("create netns: %v", r.err)
-	}
-	nl, err := netlink.NewHandleAt(r.h, unix.NETLINK_ROUTE)
+	h, err := guestinit.NewNetns()
 	if err != nil {
-		r.h.Close()
+		t.Fatal(err)
+	}
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
 		t.Fatalf("netlink in netns: %v", err)
 	}
-	n := &ns{h: r.h, nl: nl}
-	t.Cleanup(func() { nl.Close(); r.h.Close() })
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nl.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	t.Cleanup(func() { nl.Close(); h.Close() })
+	return &ns{h: h, nl: nl}
 }
 
-// do runs fn on a thread switched into the namespace: sockets, netlink and
-// wgctrl clients it opens and processes it starts belong to the namespace.
-func (n *ns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.h); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+// do runs fn on a thread switched into the namespace (guestinit.InNetns).
+func (n *ns) do(fn func() error) error { return guestinit.InNetns(n.h, fn) }
 
 // wgctrl opens a WireGuard control client in the namespace.
 func (n *ns) wgctrl(t testing.TB) *wgctrl.Client {
@@ -743,40 +689,4 @@ func answerAddr(m *dns.Msg) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("no address in answer: %v", m.Answer)
-}
-
-// rssMiB returns a process's VmRSS in MiB.
-func rssMiB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			if err != nil {
-				return 0, err
-			}
-			return float64(kb) / 1024, nil
-		}
-	}
-	return 0, errors.New("no VmRSS")
-}
-
-// lockedBuffer collects a process's output from its copying goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -5,10 +5,10 @@
 // backend in the same VM and prints them as Go benchmark lines on the
 // serial console, then powers the VM off.
 //
-// It measures what vmtest/guest's BenchmarkSync10k and BenchmarkUp10k
-// measure — an empty device to -peers peers in one SyncPeers, and `sluice
-// up` on a store of -peers peers until its first sync is on the device,
-// with the daemon's RSS — but it does not remove those interfaces: under
+// It measures an empty device to -peers peers in one SyncPeers, and
+// `sluice up` on a store of -peers peers until its first sync is on the
+// device, with the daemon's RSS (the guest benchmarks of vmtest/guest it
+// replaced did the same), but it does not remove those interfaces: under
 // emulation the kernel takes minutes to remove an interface with 10,000
 // peers (per-peer work that emulation magnifies; about 170 s each time on
 // the bench VM), which measured the emulator more than sluice. Removal
@@ -28,12 +28,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -42,22 +40,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/sluice-vpn/sluice/gateway/wgdev"
 	"github.com/sluice-vpn/sluice/peers"
 	"github.com/sluice-vpn/sluice/vmtest"
+	"github.com/sluice-vpn/sluice/vmtest/guestinit"
 )
 
 const (
@@ -140,7 +133,7 @@ func measure(n, rm int) error {
 // syncOnce opens an empty device and gives it n peers in one SyncPeers.
 // The device stays (removing it is measured at a smaller size).
 func syncOnce(backend string, n int) error {
-	h, err := newNS()
+	h, err := guestinit.NewNetns()
 	if err != nil {
 		return err
 	}
@@ -154,7 +147,7 @@ func syncOnce(backend string, n int) error {
 		Addresses: []netip.Prefix{netip.MustParsePrefix("10.30.0.1/16"), netip.MustParsePrefix("fd20::1/64")},
 	}
 	var d *wgdev.Device
-	if err := do(h, func() (err error) { d, err = wgdev.Open(context.Background(), cfg, wgdev.Options{}); return err }); err != nil {
+	if err := guestinit.InNetns(h, func() (err error) { d, err = wgdev.Open(context.Background(), cfg, wgdev.Options{}); return err }); err != nil {
 		return err
 	}
 	keep = append(keep, d)
@@ -175,7 +168,7 @@ func syncOnce(backend string, n int) error {
 	if err != nil || len(st) != n {
 		return fmt.Errorf("device has %d peers: %v", len(st), err)
 	}
-	rss, err := rssMiB(os.Getpid())
+	rss, err := guestinit.RSSMiB(os.Getpid())
 	if err != nil {
 		return err
 	}
@@ -191,7 +184,7 @@ func syncOnce(backend string, n int) error {
 // removeOnce opens a device with n peers and returns the seconds its
 // removal (wgdev Close) takes.
 func removeOnce(backend string, n int) (float64, error) {
-	h, err := newNS()
+	h, err := guestinit.NewNetns()
 	if err != nil {
 		return 0, err
 	}
@@ -203,7 +196,7 @@ func removeOnce(backend string, n int) (float64, error) {
 	cfg := wgdev.Config{Name: unique("slbr"), Backend: wgdev.Backend(backend), PrivateKey: key,
 		Addresses: []netip.Prefix{netip.MustParsePrefix("10.30.0.1/16")}}
 	var d *wgdev.Device
-	if err := do(h, func() (err error) { d, err = wgdev.Open(context.Background(), cfg, wgdev.Options{}); return err }); err != nil {
+	if err := guestinit.InNetns(h, func() (err error) { d, err = wgdev.Open(context.Background(), cfg, wgdev.Options{}); return err }); err != nil {
 		return 0, err
 	}
 	ps, err := peerConfigs(n)
@@ -260,7 +253,7 @@ type upResult struct{ up, rss, stop float64 }
 // the exit; without, it kills it (SIGKILL): the interface stays in the
 // namespace, which stays until the VM powers off.
 func upOnce(s store, backend string, n int, stop bool) (upResult, error) {
-	h, err := newNS()
+	h, err := guestinit.NewNetns()
 	if err != nil {
 		return upResult{}, err
 	}
@@ -281,12 +274,12 @@ admin: {listen: "", control_socket: %s/%s.sock}
 		return upResult{}, err
 	}
 	// The daemon logs "peers applied" with the total once its first sync
-	// is on the device (as vmtest/guest's BenchmarkUp10k waits for).
+	// is on the device.
 	applied := fmt.Sprintf("total=%d ", n)
 	cmd := exec.Command(vmtest.SluicePath, "up", "-c", conf, "--log-level", "info")
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
-	out := &lockedBuffer{}
+	out := &guestinit.LockedBuffer{}
 	seen := make(chan time.Time, 1)
 	scanned := make(chan struct{})
 	go func() {
@@ -305,7 +298,7 @@ admin: {listen: "", control_socket: %s/%s.sock}
 		_, _ = io.Copy(io.Discard, pr)
 	}()
 	start := time.Now()
-	if err := do(h, cmd.Start); err != nil {
+	if err := guestinit.InNetns(h, cmd.Start); err != nil {
 		pw.Close()
 		return upResult{}, err
 	}
@@ -330,11 +323,11 @@ admin: {listen: "", control_socket: %s/%s.sock}
 	}
 	r := upResult{up: at.Sub(start).Seconds()}
 	time.Sleep(rssSettle)
-	if r.rss, err = rssMiB(cmd.Process.Pid); err != nil {
+	if r.rss, err = guestinit.RSSMiB(cmd.Process.Pid); err != nil {
 		return r, err
 	}
 	var wg *wgctrl.Client
-	if err := do(h, func() (err error) { wg, err = wgctrl.New(); return err }); err != nil {
+	if err := guestinit.InNetns(h, func() (err error) { wg, err = wgctrl.New(); return err }); err != nil {
 		return r, err
 	}
 	dev, err := wg.Device(ifname)
@@ -398,170 +391,10 @@ func unique(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// newNS creates a network namespace with loopback up.
-func newNS() (netns.NsHandle, error) {
-	type res struct {
-		h   netns.NsHandle
-		err error
-	}
-	c := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.New() // switches this thread into it
-		if err != nil {
-			c <- res{err: err}
-			return
-		}
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		} // else the thread stays locked and dies with the goroutine
-		c <- res{h: h}
-	}()
-	r := <-c
-	if r.err != nil {
-		return r.h, fmt.Errorf("create netns: %w", r.err)
-	}
-	nl, err := netlink.NewHandleAt(r.h, unix.NETLINK_ROUTE)
-	if err != nil {
-		r.h.Close()
-		return r.h, fmt.Errorf("netlink in netns: %w", err)
-	}
-	defer nl.Close()
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		r.h.Close()
-		return r.h, fmt.Errorf("loopback up: %w", err)
-	}
-	return r.h, nil
-}
-
-// do runs fn on a thread switched into namespace h: sockets, netlink
-// clients and processes it starts belong to the namespace.
-func do(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// boot prepares the bare initramfs: pseudo file systems, modules, loopback.
+// boot prepares the bare initramfs (guestinit.Boot).
 func boot() error {
-	mounts := []struct{ src, dst, fstype string }{
-		{"proc", "/proc", "proc"},
-		{"sysfs", "/sys", "sysfs"},
-		{"devtmpfs", "/dev", "devtmpfs"},
-		{"tmpfs", "/run", "tmpfs"},
-		{"tmpfs", "/tmp", "tmpfs"},
-	}
-	for _, mt := range mounts {
-		if err := os.MkdirAll(mt.dst, 0o755); err != nil {
-			return err
-		}
-		if err := unix.Mount(mt.src, mt.dst, mt.fstype, 0, ""); err != nil {
-			return fmt.Errorf("mount %s: %w", mt.dst, err)
-		}
-	}
-	files, err := filepath.Glob(filepath.Join(vmtest.ModulesDir, "*.ko"))
-	if err != nil {
-		return err
-	}
-	sort.Strings(files) // names start with the load order
-	for _, f := range files {
-		if err := loadModule(f); err != nil {
-			return err
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find loopback: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("loopback up: %w", err)
-	}
-	for _, kv := range [][2]string{{"HOME", "/root"}, {"PATH", "/bin"}, {"TMPDIR", "/tmp"}} {
-		os.Setenv(kv[0], kv[1])
-	}
-	return nil
+	_, err := guestinit.Boot(vmtest.ModulesDir)
+	return err
 }
 
-func loadModule(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
-		return fmt.Errorf("load module %s: %w", filepath.Base(path), err)
-	}
-	return nil
-}
-
-// poweroff stops the VM; qemu runs with -no-reboot, so a restart ends it.
-func poweroff() {
-	unix.Sync()
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
-		fmt.Println("reboot:", err)
-	}
-	os.Exit(1) // init exiting panics the kernel, which qemu also ends on
-}
-
-// rssMiB returns a process's VmRSS in MiB.
-func rssMiB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			if err != nil {
-				return 0, err
-			}
-			return float64(kb) / 1024, nil
-		}
-	}
-	return 0, errors.New("no VmRSS")
-}
-
-// lockedBuffer collects a process's output from its copying goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+func poweroff() { guestinit.Poweroff() }
