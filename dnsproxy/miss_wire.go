@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -91,11 +92,8 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		return false // the general path answers SERVFAIL (overload)
 	}
 	key := string(ls.key[:ls.keyLen])
-	f, lead := p.lead(key)
-	if !lead {
-		p.flightMu.Lock()
-		f.joined-- // not joined after all: the general path joins it
-		p.flightMu.Unlock()
+	f, lead := p.lead(key, false)
+	if !lead { // the general path joins it
 		p.inflight.release()
 		p.slow.Add(-1)
 		return false
@@ -152,8 +150,7 @@ var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1500); return &
 func (g *group) first() *upstream {
 	best := g.ups[0]
 	for _, u := range g.ups[1:] {
-		hb, hu := best.healthy.Load(), u.healthy.Load()
-		if hu && !hb || hu == hb && u.ewmaNs.Load() < best.ewmaNs.Load() {
+		if tryBefore(u, best) {
 			best = u
 		}
 	}
@@ -224,11 +221,8 @@ func (p *Proxy) missMsg(m *missFlight, raw []byte) (groupResult, error) {
 		}
 		msg, res = r, groupResult{msg: r, upstream: m.u.label}
 	}
-	switch msg.Rcode {
-	case dns.RcodeServerFailure:
-		return groupResult{}, &upstreamError{kind: errKindServfail, err: errServfail}
-	case dns.RcodeRefused:
-		return groupResult{}, &upstreamError{kind: errKindRefused, err: errRefused}
+	if err := rcodeError(msg.Rcode); err != nil {
+		return groupResult{}, err
 	}
 	return res, nil
 }
@@ -249,7 +243,7 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 		if err != nil {
 			return nil, 0, false
 		}
-		if z := st.router.route(name).zidx; z != g.zidx && z != zoneDefault && !containsZone(xz, z) {
+		if z := st.router.route(name).zidx; z != g.zidx && z != zoneDefault && !slices.Contains(xz, z) {
 			xz = append(xz, z)
 		}
 	}
@@ -268,15 +262,6 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 	e.xz = xz
 	e.gen.Store(st.gen)
 	return e, addrTTL, true
-}
-
-func containsZone(zs []uint32, z uint32) bool {
-	for _, x := range zs {
-		if x == z {
-			return true
-		}
-	}
-	return false
 }
 
 // answerMiss caches the fresh entry e, lands the flight (unpacking e for

@@ -857,7 +857,7 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 
 // resolveQuery is resolve for a packed upstream query.
 func (p *Proxy) resolveQuery(ctx context.Context, st *state, g *group, uq *upQuery, key string) groupResult {
-	f, lead := p.lead(key)
+	f, lead := p.lead(key, true)
 	if !lead {
 		return p.join(ctx, f, g)
 	}
@@ -878,12 +878,15 @@ func (p *Proxy) resolveQuery(ctx context.Context, st *state, g *group, uq *upQue
 }
 
 // lead returns the flight for key: a new one that the caller leads (and
-// must land), or the one in the air to join.
-func (p *Proxy) lead(key string) (*flight, bool) {
+// must land), or the one in the air, which the caller joins (counted, so
+// that the leader leaves it a message) when join is set.
+func (p *Proxy) lead(key string, join bool) (*flight, bool) {
 	p.flightMu.Lock()
 	defer p.flightMu.Unlock()
 	if f := p.flights[key]; f != nil {
-		f.joined++
+		if join {
+			f.joined++
+		}
 		return f, false
 	}
 	f := &flight{done: make(chan struct{})}

@@ -461,19 +461,34 @@ type group struct {
 // EWMA.
 func (g *group) order(dst []*upstream) []*upstream {
 	out := append(dst[:0], g.ups...)
-	less := func(a, b *upstream) bool {
-		ha, hb := a.healthy.Load(), b.healthy.Load()
-		if ha != hb {
-			return ha
-		}
-		return a.ewmaNs.Load() < b.ewmaNs.Load()
-	}
 	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && less(out[j], out[j-1]); j-- {
+		for j := i; j > 0 && tryBefore(out[j], out[j-1]); j-- {
 			out[j], out[j-1] = out[j-1], out[j]
 		}
 	}
 	return out
+}
+
+// tryBefore reports whether a is tried before b: healthy first, then the
+// lower latency EWMA.
+func tryBefore(a, b *upstream) bool {
+	ha, hb := a.healthy.Load(), b.healthy.Load()
+	if ha != hb {
+		return ha
+	}
+	return a.ewmaNs.Load() < b.ewmaNs.Load()
+}
+
+// rcodeError is the failure an answer's rcode makes of a try: SERVFAIL
+// and REFUSED (a live server that will not answer), else nil.
+func rcodeError(rcode int) error {
+	switch rcode {
+	case dns.RcodeServerFailure:
+		return &upstreamError{kind: errKindServfail, err: errServfail}
+	case dns.RcodeRefused:
+		return &upstreamError{kind: errKindRefused, err: errRefused}
+	}
+	return nil
 }
 
 // groupResult is the outcome of asking a group.
@@ -527,12 +542,7 @@ func (g *group) exchange(ctx context.Context, deadline time.Time, uq *upQuery, i
 		r, raw, err := u.exchangeRaw(ctx, tryDeadline, uq)
 		d := time.Since(start)
 		if err == nil {
-			switch r.Rcode {
-			case dns.RcodeServerFailure:
-				err = &upstreamError{kind: errKindServfail, err: errServfail}
-			case dns.RcodeRefused:
-				err = &upstreamError{kind: errKindRefused, err: errRefused}
-			}
+			err = rcodeError(r.Rcode)
 		}
 		if err == nil {
 			u.success(d)
