@@ -49,6 +49,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/sluice-vpn/sluice/peers"
 )
@@ -65,6 +67,9 @@ const (
 	// DefaultMaxTxnOps is etcd's default --max-txn-ops: a change with more
 	// operations than this is refused before it is sent.
 	DefaultMaxTxnOps = 128
+	// reconnectMaxDelay bounds the wait between two attempts to reach the
+	// cluster again after it went away.
+	reconnectMaxDelay = 2 * time.Second
 	// probeInterval is how often a following backend checks that the
 	// cluster has quorum.
 	probeInterval = 2 * time.Second
@@ -220,6 +225,15 @@ func Open(cfg Config) (*Backend, error) {
 		DialKeepAliveTimeout: 3 * time.Second,
 		TLS:                  cfg.TLS,
 		Logger:               zap.NewNop(),
+		// gRPC's own reconnect backoff grows to two minutes: after an
+		// outage of the cluster, a registry client (a gateway, a CLI
+		// writer) could wait that long to try again and fail its requests
+		// meanwhile. Reconnect at least every reconnectMaxDelay.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2,
+				MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: b.timeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open etcd peer registry %s: %w", b.Where(), err)
