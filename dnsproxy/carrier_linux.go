@@ -111,7 +111,6 @@ func (p *Proxy) carry(u *upstream, m *missFlight) error {
 		id = p.ids.next()
 	}
 	m.uq.setID(id)
-	m.cr = cr
 	if len(cr.pending) == 0 {
 		cr.setDeadline(m.tryEnd)
 	}

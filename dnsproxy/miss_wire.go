@@ -48,7 +48,6 @@ type missFlight struct {
 	end   time.Time // the whole query's deadline (Deadline)
 
 	u      *upstream // the first try's upstream
-	cr     *carrier  // the socket that carries the first try
 	sent   time.Time
 	tryEnd time.Time // the first try's deadline
 
@@ -114,9 +113,8 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		end:   now.Add(st.cfg.Deadline),
 		u:     u,
 	}
-	m.uq = upQuery{name: name, qtype: q.qtype, qclass: q.qclass, cd: q.flags&flagCD != 0}
-	qname := m.job.pkt[headerLen : headerLen+q.nameLen]
-	m.uq.wire = appendUpQuery(wireBuf, qname, q.qtype, q.qclass, m.uq.cd, q.do, st.cfg.EDNSBufferSize)
+	m.uq = newUpQuery(wireBuf, m.job.pkt[headerLen:headerLen+q.nameLen], name, q.qtype, q.qclass,
+		q.flags&flagCD != 0, q.do, st.cfg.EDNSBufferSize)
 	m.sent = now
 	m.tryEnd = now.Add(st.cfg.UpstreamTimeout)
 	if m.end.Before(m.tryEnd) {

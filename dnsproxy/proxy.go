@@ -850,9 +850,9 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 	if opt := req.IsEdns0(); opt != nil {
 		do = opt.Do()
 	}
-	uq := &upQuery{name: q.Name, qtype: q.Qtype, qclass: q.Qclass, cd: req.CheckingDisabled}
-	uq.wire = appendUpQuery(make([]byte, 0, headerLen+len(qname)+4+11), qname, q.Qtype, q.Qclass, uq.cd, do, st.cfg.EDNSBufferSize)
-	return p.resolveQuery(ctx, st, g, uq, key)
+	uq := newUpQuery(make([]byte, 0, headerLen+len(qname)+4+11), qname, q.Name, q.Qtype, q.Qclass,
+		req.CheckingDisabled, do, st.cfg.EDNSBufferSize)
+	return p.resolveQuery(ctx, st, g, &uq, key)
 }
 
 // resolveQuery is resolve for a packed upstream query.

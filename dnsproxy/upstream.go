@@ -242,6 +242,13 @@ func appendUpQuery(b, qname []byte, qtype, qclass uint16, cd, do bool, ednsSize 
 	return appendOPT(b, ednsSize, do)
 }
 
+// newUpQuery is the upstream query for a question: name (as the client
+// wrote it, presentation form) is qname in wire form; packed into buf.
+func newUpQuery(buf, qname []byte, name string, qtype, qclass uint16, cd, do bool, ednsSize int) upQuery {
+	return upQuery{wire: appendUpQuery(buf, qname, qtype, qclass, cd, do, ednsSize),
+		name: name, qtype: qtype, qclass: qclass, cd: cd}
+}
+
 // upQueryOf packs q (one question) as it stands, ID included.
 func upQueryOf(q *dns.Msg) (*upQuery, error) {
 	if len(q.Question) != 1 {
