@@ -562,12 +562,16 @@ type answerInfo struct {
 // log: the one place its counters move. The proxy's own probes (see Probe)
 // are not client traffic and are not recorded.
 func (p *Proxy) account(shard int, start time.Time, req, resp *dns.Msg, info answerInfo, src netip.AddrPort) {
-	var qtype uint16
-	name := ""
-	if len(req.Question) > 0 {
-		qtype, name = req.Question[0].Qtype, req.Question[0].Name
-	}
+	qtype, name := questionOf(req)
 	p.accountRcode(shard, start, qtype, name, resp.Rcode, info, src)
+}
+
+// questionOf is req's question type and name (0 and "" without one).
+func questionOf(req *dns.Msg) (uint16, string) {
+	if len(req.Question) == 0 {
+		return 0, ""
+	}
+	return req.Question[0].Qtype, req.Question[0].Name
 }
 
 // accountRcode is account for an answer known by its rcode, to a question

@@ -404,10 +404,7 @@ func (p *Proxy) slowWire(ctx context.Context, pkt []byte, src netip.AddrPort, sh
 	_, plain := parseQuery(pkt, &q, &key)
 	resp, e, info := p.serveEntry(ctx, st, req, shard, src.Addr().Unmap(), plain)
 	info.transport = tr
-	name := ""
-	if len(req.Question) > 0 {
-		name = req.Question[0].Name
-	}
+	_, name := questionOf(req)
 	return p.writeAnswer(ctx, st, pkt, &q, name, req, resp, e, info, src, shard, start)
 }
 
