@@ -213,24 +213,11 @@ func newCacheEntryWire(key string, raw []byte, msg *dns.Msg, ttl time.Duration, 
 // TTL addrTTL), cached for ttl from now: false for a shape cacheWire
 // leaves alone.
 func rawEntry(key string, raw []byte, ttl time.Duration, now int64, g *group, rcode int, addrs []netip.Addr, addrTTL time.Duration) (*cacheEntry, bool) {
-	secs := uint32(ttl / time.Second)
-	wire, offs, ok := cacheWire(raw, secs)
+	wire, offs, ok := cacheWire(raw, uint32(ttl/time.Second))
 	if !ok {
 		return nil, false
 	}
-	return &cacheEntry{
-		addrs:    addrs,
-		addrTTL:  min(addrTTL, time.Duration(secs)*time.Second),
-		key:      key,
-		wire:     wire,
-		ttlOffs:  offs,
-		stored:   now,
-		expires:  now + int64(ttl),
-		group:    g.label,
-		zidx:     g.zidx,
-		counters: g.counters,
-		rcode:    rcode,
-	}, true
+	return wireEntry(key, wire, offs, ttl, now, g, rcode, addrs, addrTTL), true
 }
 
 // newCacheEntry packs msg for the cache: ID 0, lower-case question, no OPT,
@@ -264,9 +251,16 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 		return nil, false
 	}
 	addrs, addrTTL := answerAddrs(m.Answer)
+	return wireEntry(key, wire, offs, ttl, now, g, m.Rcode, addrs, addrTTL), true
+}
+
+// wireEntry is the entry of wire (the cached form, ttlOffs its TTL
+// fields) cached for ttl from now; its addresses' TTL is capped to ttl's
+// whole seconds.
+func wireEntry(key string, wire []byte, offs []uint16, ttl time.Duration, now int64, g *group, rcode int, addrs []netip.Addr, addrTTL time.Duration) *cacheEntry {
 	return &cacheEntry{
 		addrs:    addrs,
-		addrTTL:  addrTTL,
+		addrTTL:  min(addrTTL, ttl/time.Second*time.Second),
 		key:      key,
 		wire:     wire,
 		ttlOffs:  offs,
@@ -275,8 +269,8 @@ func newCacheEntry(key string, msg *dns.Msg, ttl time.Duration, now int64, g *gr
 		group:    g.label,
 		zidx:     g.zidx,
 		counters: g.counters,
-		rcode:    m.Rcode,
-	}, true
+		rcode:    rcode,
+	}
 }
 
 // addrTTLAt is the longest TTL of e's addresses as an answer rendered at
