@@ -397,7 +397,7 @@ peers.address_quarantine (default 7 days).`,
 // changePeers opens the store, applies change, prints the peers it changed
 // (verb names what happened to them) and tells the running daemon. A
 // missing USER[/DEVICE] is reported as not found (exit 3).
-func (g *globals) changePeers(cmd *cobra.Command, asJSON bool, verb, user, device string, change func(*peers.Store) ([]peers.Peer, error)) error {
+func (g *globals) changePeers(cmd *cobra.Command, asJSON bool, verb, user, device string, change storeChange) error {
 	st, cfg, err := g.openStore()
 	if err != nil {
 		return err
@@ -426,12 +426,11 @@ func printPeers(cmd *cobra.Command, cfg *gateway.Config, asJSON bool, verb strin
 }
 
 func newPeerDisableCmd(g *globals, disable bool) *cobra.Command {
-	var asJSON bool
 	use, short, verb := "enable", "Enable a disabled device, or every device of a user", "enabled"
 	if disable {
 		use, short, verb = "disable", "Disable a device, or every device of a user, keeping it in the store", "disabled"
 	}
-	cmd := &cobra.Command{
+	return peerChangeCmd(g, &cobra.Command{
 		Use:   use + " USER[/DEVICE]",
 		Short: short,
 		Long: short + `.
@@ -439,23 +438,36 @@ A disabled peer keeps its keys and addresses but is taken off the WireGuard
 device and out of the DNS proxy's identities within a second; 'peer enable'
 brings it back with the same client config.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			user, device, err := selector(args[0])
-			if err != nil {
-				return err
-			}
-			return g.changePeers(cmd, asJSON, verb, user, device, func(st *peers.Store) ([]peers.Peer, error) {
-				return st.SetDisabled(user, device, disable)
-			})
-		},
+	}, verb, func(args []string) (string, string, storeChange, error) {
+		user, device, err := selector(args[0])
+		return user, device, func(st *peers.Store) ([]peers.Peer, error) {
+			return st.SetDisabled(user, device, disable)
+		}, err
+	})
+}
+
+// storeChange is one change of the peer store that returns the peers it
+// changed.
+type storeChange func(*peers.Store) ([]peers.Peer, error)
+
+// peerChangeCmd completes cmd (use, help, args) as a command that makes
+// the change changeFor derives from its arguments on the peers of
+// USER[/DEVICE] and prints them, as text or (--json) a JSON array.
+func peerChangeCmd(g *globals, cmd *cobra.Command, verb string, changeFor func(args []string) (user, device string, change storeChange, err error)) *cobra.Command {
+	var asJSON bool
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		user, device, change, err := changeFor(args)
+		if err != nil {
+			return err
+		}
+		return g.changePeers(cmd, asJSON, verb, user, device, change)
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the changed peers as a JSON array")
 	return cmd
 }
 
 func newPeerExpireCmd(g *globals) *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
+	return peerChangeCmd(g, &cobra.Command{
 		Use:   "expire USER[/DEVICE] DURATION|DATE|never",
 		Short: "Set when a device (or every device of a user) expires",
 		Long: `Set when a device, or every device of a user, expires: a duration from now
@@ -465,27 +477,20 @@ a restart) and stays in the store, shown as expired; set a new expiry to
 bring it back.`,
 		Example: "  sluice peer expire alice/laptop 90d\n  sluice peer expire contractor 2026-12-31\n  sluice peer expire alice never",
 		Args:    usageArgs(cobra.ExactArgs(2)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			user, device, err := selector(args[0])
-			if err != nil {
-				return err
-			}
-			t, err := parseExpiry(args[1], time.Now())
-			if err != nil {
-				return err
-			}
-			return g.changePeers(cmd, asJSON, "updated", user, device, func(st *peers.Store) ([]peers.Peer, error) {
-				return st.SetExpires(user, device, t)
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the changed peers as a JSON array")
-	return cmd
+	}, "updated", func(args []string) (string, string, storeChange, error) {
+		user, device, err := selector(args[0])
+		if err != nil {
+			return "", "", nil, err
+		}
+		t, err := parseExpiry(args[1], time.Now())
+		return user, device, func(st *peers.Store) ([]peers.Peer, error) {
+			return st.SetExpires(user, device, t)
+		}, err
+	})
 }
 
 func newPeerRenameCmd(g *globals) *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
+	return peerChangeCmd(g, &cobra.Command{
 		Use:   "rename FROM TO",
 		Short: "Rename a device (USER/DEVICE) or a user (USER, every device)",
 		Long: `Rename a device (alice/laptop → alice/work-laptop, or to another user:
@@ -493,25 +498,22 @@ alice/laptop → bob/laptop) or a whole user (alice → alice.smith, every devic
 moves). Keys and addresses stay, so client configs keep working.`,
 		Example: "  sluice peer rename alice/laptop alice/work-laptop\n  sluice peer rename alice alice.smith",
 		Args:    usageArgs(cobra.ExactArgs(2)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			fu, fd, err := selector(args[0])
-			if err != nil {
-				return err
-			}
-			tu, td, err := selector(args[1])
-			if err != nil {
-				return err
-			}
-			if fd == "" && td != "" {
-				return usageError{fmt.Errorf("rename %s: a user is renamed to a user (TO without /DEVICE)", fu)}
-			}
-			return g.changePeers(cmd, asJSON, "renamed to", fu, fd, func(st *peers.Store) ([]peers.Peer, error) {
-				return st.Rename(fu, fd, tu, td)
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the renamed peers as a JSON array")
-	return cmd
+	}, "renamed to", func(args []string) (string, string, storeChange, error) {
+		fu, fd, err := selector(args[0])
+		if err != nil {
+			return "", "", nil, err
+		}
+		tu, td, err := selector(args[1])
+		if err != nil {
+			return "", "", nil, err
+		}
+		if fd == "" && td != "" {
+			return "", "", nil, usageError{fmt.Errorf("rename %s: a user is renamed to a user (TO without /DEVICE)", fu)}
+		}
+		return fu, fd, func(st *peers.Store) ([]peers.Peer, error) {
+			return st.Rename(fu, fd, tu, td)
+		}, nil
+	})
 }
 
 // renderFor renders p's client config: the one renderer of `peer config`
