@@ -5,7 +5,15 @@ GO       ?= go
 BIN      := bin/sluice
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
-FUZZTIME ?= 15s
+# fuzz budgets are execution counts, not durations: with a duration, Go 1.26's
+# fuzz coordinator can report "context deadline exceeded" as a failure when
+# the deadline lands while a worker is mid-call (go.dev/issue/75804, fixed in
+# Go 1.27). Each count takes 10-15 s here. FUZZTIME=10m (or 5000000x) overrides
+# all four for a longer run.
+FUZZ_REQUEST    ?= 100000x
+FUZZ_DOH        ?= 120000x
+FUZZ_READANSWER ?= 150000x
+FUZZ_LINT       ?= 350000x
 
 # Debian packages the tests and the demo use: WireGuard client tools, the
 # resolvers and DNS clients of the e2e network, and packet tools.
@@ -72,10 +80,10 @@ unit:
 
 # fuzz runs each fuzz target briefly on top of its committed seed corpus.
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
-	$(GO) test -run='^$$' -fuzz='^FuzzDoHRequest$$' -fuzztime=$(FUZZTIME) ./dnsproxy
-	$(GO) test -run='^$$' -fuzz='^FuzzReadAnswer$$' -fuzztime=$(FUZZTIME) ./dnsproxy
-	$(GO) test -run='^$$' -fuzz='^FuzzLint$$' -fuzztime=$(FUZZTIME) ./peers
+	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_REQUEST)) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzDoHRequest$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_DOH)) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzReadAnswer$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_READANSWER)) ./dnsproxy
+	$(GO) test -run='^$$' -fuzz='^FuzzLint$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_LINT)) ./peers
 
 demo: deps build
 	./e2e/demo.sh $(BIN)
