@@ -116,10 +116,14 @@ func (p *Proxy) carry(u *upstream, m *missFlight) error {
 	}
 	cr.pending = append(cr.pending, m)
 	cr.carried++
+	// Read under the lock: from here on the reader owns m, and its answer
+	// (which cannot come before the send) may finish and recycle m
+	// before send returns.
+	wire := m.uq.wire
 	u.carrierMu.Unlock()
 
 	// Not Write: listeners on other cores send on the same carrier.
-	if err := cr.c.send(m.uq.wire); err != nil {
+	if err := cr.c.send(wire); err != nil {
 		u.carrierMu.Lock()
 		mine := cr.drop(m) // else the reader took m (and owns it now)
 		cr.retire()
@@ -191,89 +195,129 @@ var errLargeAnswer = errors.New("answer larger than the carrier's buffer")
 // with none left in flight, or closed. A query whose try deadline passes
 // goes to a worker as a failed try (finishMiss). The goroutine is not in
 // p.wg: Close ends it by closing the socket (closeCarriers).
+//
+// The answers are read and finished inside the RawConn.Read callback,
+// which waits in the poller as soon as a batch comes back short: like the
+// listener's (mmsgLoop.recv), no recvmmsg is spent on an EAGAIN per
+// wake-up.
 func (p *Proxy) readCarrier(cr *carrier) {
 	u := cr.u
 	r := carrierReads.Get().(*carrierRead)
 	defer carrierReads.Put(r)
+	done := false
+	// wait re-arms the deadline for the queries now in flight before the
+	// callback waits in the poller (false), or ends the reader (true).
+	wait := func() bool {
+		done = !cr.arm()
+		return done
+	}
 	recv := func(fd uintptr) bool { // built per carrier: one closure, not one per read
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdr[0])), carrierBatch,
-			unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
+		got := false
+		for {
+			for i := range carrierBatch {
+				r.hdr[i].Len = 0
+				r.hdr[i].Hdr.Flags = 0
+			}
+			n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdr[0])), carrierBatch,
+				unix.MSG_DONTWAIT, 0, 0)
+			switch e {
+			case 0:
+			case unix.EAGAIN:
+				return got && wait()
+			case unix.EINTR:
+				continue
+			default:
+				r.errno = e
+				return true
+			}
+			p.carried(cr, r, int(n))
+			got = true
+			if int(n) < carrierBatch {
+				return wait()
+			}
 		}
-		r.n, r.errno = int(n), e
-		return true
 	}
 	defer p.carrierWG.Done()
 	for {
-		u.carrierMu.Lock()
-		if cr.retired && len(cr.pending) == 0 {
-			// Done: retired and nothing in flight.
-			if u.carrier == cr {
-				u.carrier = nil
-			}
-			delete(u.carriers.carriers, cr)
-			u.carrierMu.Unlock()
+		if !cr.arm() {
 			cr.c.Close()
 			return
 		}
-		earliest := time.Time{}
-		for _, m := range cr.pending {
-			if earliest.IsZero() || m.tryEnd.Before(earliest) {
-				earliest = m.tryEnd
-			}
-		}
-		if cr.retired && earliest.IsZero() {
-			earliest = time.Unix(1, 0)
-		}
-		cr.setDeadline(earliest)
-		u.carrierMu.Unlock()
-		for i := range carrierBatch {
-			r.hdr[i].Len = 0
-			r.hdr[i].Hdr.Flags = 0
-		}
-		r.n, r.errno = 0, 0
+		r.errno = 0
 		err := cr.c.rc.Read(recv)
+		if done {
+			cr.c.Close()
+			return
+		}
 		if err == nil && r.errno != 0 {
 			err = os.NewSyscallError("recvmmsg", r.errno)
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				p.expireCarrier(cr, fmt.Errorf("read udp %s: %w", u.label, err))
-				continue
-			}
-			// Closed (the proxy stopping, the upstream removed) or broken:
-			// every query in flight fails its try.
-			u.carrierMu.Lock()
-			cr.retired = true
-			left := cr.pending
-			cr.pending = nil
-			if u.carrier == cr {
-				u.carrier = nil
-			}
-			delete(u.carriers.carriers, cr)
-			u.carrierMu.Unlock()
-			for _, m := range left {
-				m.err = fmt.Errorf("read udp %s: %w", u.label, err)
-				p.hand(slowJob{miss: m})
-			}
-			cr.c.Close()
-			return
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			p.expireCarrier(cr, err)
+			continue
 		}
-		for i := 0; i < r.n; i++ {
-			raw := r.bufs[i][:r.hdr[i].Len]
-			m := cr.match(raw)
-			if m == nil {
-				continue
-			}
-			if r.hdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
-				m.err = errLargeAnswer
-				p.hand(slowJob{miss: m})
-				continue
-			}
-			// A copy the size of the answer: the cache keeps it.
-			p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...))
+		// Closed (the proxy stopping, the upstream removed) or broken:
+		// every query in flight fails its try.
+		u.carrierMu.Lock()
+		cr.retired = true
+		left := cr.pending
+		cr.pending = nil
+		if u.carrier == cr {
+			u.carrier = nil
 		}
+		delete(u.carriers.carriers, cr)
+		u.carrierMu.Unlock()
+		for _, m := range left {
+			m.err = fmt.Errorf("read udp %s: %w", u.label, err)
+			p.hand(slowJob{miss: m})
+		}
+		cr.c.Close()
+		return
+	}
+}
+
+// arm sets cr's read deadline to the earliest try deadline of its queries
+// in flight; false when cr is retired with none left, which takes it off
+// the upstream's carriers (the caller closes its socket).
+func (cr *carrier) arm() bool {
+	u := cr.u
+	u.carrierMu.Lock()
+	defer u.carrierMu.Unlock()
+	if cr.retired && len(cr.pending) == 0 {
+		if u.carrier == cr {
+			u.carrier = nil
+		}
+		delete(u.carriers.carriers, cr)
+		return false
+	}
+	earliest := time.Time{}
+	for _, m := range cr.pending {
+		if earliest.IsZero() || m.tryEnd.Before(earliest) {
+			earliest = m.tryEnd
+		}
+	}
+	if cr.retired && earliest.IsZero() {
+		earliest = time.Unix(1, 0)
+	}
+	cr.setDeadline(earliest)
+	return true
+}
+
+// carried finishes the queries whose answers are the n datagrams of r.
+func (p *Proxy) carried(cr *carrier, r *carrierRead, n int) {
+	for i := range n {
+		raw := r.bufs[i][:r.hdr[i].Len]
+		m := cr.match(raw)
+		if m == nil {
+			continue
+		}
+		if r.hdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+			m.err = errLargeAnswer
+			p.hand(slowJob{miss: m})
+			continue
+		}
+		// A copy the size of the answer: the cache keeps it.
+		p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...))
 	}
 }
 
@@ -313,10 +357,15 @@ func (p *Proxy) expireCarrier(cr *carrier, err error) {
 	}
 	if len(late) > 0 {
 		cr.retire() // a port whose answers do not come is not reused
-	} else {
-		cr.deadline = time.Time{} // woken early (retire): re-arm
 	}
+	// The socket's deadline has passed (it fired, perhaps a hair before
+	// a try's deadline by the clock, or retire woke the reader): say so,
+	// so that arm sets the next one, whatever it is (none too).
+	cr.deadline = time.Unix(1, 0)
 	u.carrierMu.Unlock()
+	if len(late) > 0 {
+		err = fmt.Errorf("read udp %s: %w", u.label, err)
+	}
 	for _, m := range late {
 		m.err = err
 		p.hand(slowJob{miss: m})

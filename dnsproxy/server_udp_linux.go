@@ -30,7 +30,7 @@ type mmsgLoop struct {
 	shdr  [udpBatch]unix.Mmsghdr
 	siov  [udpBatch]unix.Iovec
 	outs  [udpBatch][]byte
-	nRecv int
+	nRecv int // datagrams of the batch being handled
 	nSend int
 	sent  int
 	errno syscall.Errno
@@ -61,38 +61,52 @@ func (p *Proxy) runUDP(c *net.UDPConn, shard int) {
 	m.recvFn = m.recv
 	m.sendFn = m.send
 	for {
+		m.errno = 0
+		if err := rc.Read(m.recvFn); err != nil {
+			return // closed
+		}
+		if m.errno == unix.ENOSYS {
+			p.udpLoop(c, shard)
+			return
+		}
+	}
+}
+
+// recv reads and answers batches until the socket is empty, then returns
+// false to wait in the poller. A batch shorter than udpBatch means
+// recvmmsg found the queue empty (MSG_DONTWAIT reads until it is), so the
+// loop waits at once instead of asking again for an EAGAIN: the poller is
+// edge-triggered, and any datagram queued after that recvmmsg has raised
+// an edge that wakes it. That saves a system call per wake-up, which at
+// one query at a time is one per query on the listener. recv is true
+// (RawConn.Read returns) only on an error other than EAGAIN/EINTR.
+//
+// recv and send are raw system calls (MSG_DONTWAIT: they cannot block);
+// see rawSyscall.
+func (m *mmsgLoop) recv(fd uintptr) bool {
+	for {
 		for i := range udpBatch {
 			m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 			m.rhdr[i].Len = 0
 		}
-		m.nRecv, m.errno = 0, 0
-		if err := rc.Read(m.recvFn); err != nil {
-			return // closed
-		}
-		if m.errno != 0 {
-			if m.errno == unix.ENOSYS {
-				p.udpLoop(c, shard)
-				return
-			}
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
+			unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+		case unix.EAGAIN:
+			return false
+		case unix.EINTR:
 			continue
+		default:
+			m.errno = e
+			return true
 		}
-		m.handle()
-	}
-}
-
-// recv and send are raw system calls (MSG_DONTWAIT: they cannot block);
-// see rawSyscall.
-func (m *mmsgLoop) recv(fd uintptr) bool {
-	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
-		unix.MSG_DONTWAIT, 0, 0)
-	if e == unix.EAGAIN || e == unix.EINTR {
-		return false
-	}
-	m.errno = e
-	if e == 0 {
 		m.nRecv = int(n)
+		m.handle()
+		if m.nRecv < udpBatch {
+			return false
+		}
 	}
-	return true
 }
 
 func (m *mmsgLoop) send(fd uintptr) bool {
