@@ -103,6 +103,7 @@ build_sluice_side dnsproxy.test ./dnsproxy test &
 
 go build -o "$bin/benchrun" ./bench/cmd/benchrun
 go build -o "$bin/dnslat" ./bench/cmd/dnslat
+go build -o "$bin/dnsload" ./bench/cmd/dnsload
 go build -o "$bin/enclat" ./bench/cmd/enclat
 # standalone wireguard-go from the very module version sluice embeds (go.mod)
 go build -o "$bin/wireguard-go-same" golang.zx2c4.com/wireguard

@@ -46,6 +46,7 @@ type mode struct {
 	name        string
 	rounds      int           // rounds of the DNS section
 	dnsperfTime time.Duration // per contender per round
+	loadTime    time.Duration // dnsload's run per contender per round
 	latQueries  int           // dnslat measured queries per target per round
 	// inflightQueries is dnslat's measured queries per target per round
 	// at missInflight queries in flight.
@@ -78,12 +79,12 @@ var (
 	// spread ±3 %), the tunnel (±5 %) and the scale figures (±3 %; 50,000
 	// peers ±2 %) were steadier and run fewer.
 	fullMode = mode{
-		name: "full", rounds: 4, dnsperfTime: 4 * time.Second, latQueries: 6000, inflightQueries: 8000,
+		name: "full", rounds: 4, dnsperfTime: 4 * time.Second, loadTime: 3 * time.Second, latQueries: 6000, inflightQueries: 8000,
 		encRounds: 3, iperfTime: 4 * time.Second, tunRounds: 3, scaleRounds: 2, scalePeers: 10000, scaleDoH: 5000,
 		scaleDaemon: []daemonSize{{10000, 2}, {50000, 1}}, egressRounds: 2, forwardTime: "1s", fleetRounds: 1,
 	}
 	quickMode = mode{
-		name: "quick", rounds: 2, dnsperfTime: 2 * time.Second, latQueries: 2000, inflightQueries: 2000,
+		name: "quick", rounds: 2, dnsperfTime: 2 * time.Second, loadTime: time.Second, latQueries: 2000, inflightQueries: 2000,
 		encRounds: 2, iperfTime: 2 * time.Second, tunRounds: 2, scaleRounds: 1, scalePeers: 10000, scaleDoH: 5000,
 		scaleDaemon: []daemonSize{{10000, 1}}, egressRounds: 1, forwardTime: "1s", fleetRounds: 1,
 	}
