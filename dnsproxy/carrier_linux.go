@@ -165,7 +165,6 @@ type carrierRead struct {
 	hdr   [carrierBatch]unix.Mmsghdr
 	iov   [carrierBatch]unix.Iovec
 	bufs  [carrierBatch][]byte
-	n     int
 	errno syscall.Errno
 }
 
