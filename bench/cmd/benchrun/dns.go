@@ -354,13 +354,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				err = b.waitDNS(ctx, s.port, s.p)
 			}
 		case dnsdist2:
-			conf := filepath.Join(dir, "dnsdist2.conf")
-			if err = os.WriteFile(conf, []byte(render(dnsdist2Conf, s.port, dir)), 0o644); err == nil {
-				s.p, err = b.r.start("dnsdist-2cores", b.dnsns, b.cpus.both, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
-			}
-			if err == nil {
-				err = b.waitDNS(ctx, s.port, s.p)
-			}
+			s.p, err = b.startDnsdist(ctx, dir, "dnsdist-2cores", render(dnsdist2Conf, s.port, dir), b.cpus.both, s.port)
 		case "sluice", groupsServer, sluiceEgress, everything:
 			if !b.have("dnsproxy-bench") {
 				s.na = b.why("dnsproxy-bench")
@@ -384,13 +378,7 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 				err = b.waitDNS(ctx, s.port, s.p)
 			}
 		case "dnsdist":
-			conf := filepath.Join(dir, "dnsdist.conf")
-			if err = os.WriteFile(conf, []byte(render(dnsdistConf, s.port, dir)), 0o644); err == nil {
-				s.p, err = b.r.start("dnsdist", b.dnsns, b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
-			}
-			if err == nil {
-				err = b.waitDNS(ctx, s.port, s.p)
-			}
+			s.p, err = b.startDnsdist(ctx, dir, "dnsdist", render(dnsdistConf, s.port, dir), b.cpus.server, s.port)
 		case "unbound":
 			s.p, err = b.startUnbound(ctx, dir, "unbound-cache", unboundCacheConf, s.port)
 		}
@@ -401,22 +389,11 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 	}
 	// the tuned dnsdist: saturation rows only
-	{
-		conf := filepath.Join(dir, "dnsdist-tuned.conf")
-		err := os.WriteFile(conf, []byte(render(dnsdistTunedConf, tuned.port, dir)), 0o644)
-		if err == nil {
-			tuned.p, err = b.r.start("dnsdist-tuned", b.dnsns, b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
-		}
-		if err == nil {
-			err = b.waitDNS(ctx, tuned.port, tuned.p)
-		}
-		if err != nil {
-			tuned.na = err.Error()
-			b.r.stop(tuned.p)
-			tuned.p = nil
-		} else {
-			defer b.r.stop(tuned.p)
-		}
+	if p, err := b.startDnsdist(ctx, dir, "dnsdist-tuned", render(dnsdistTunedConf, tuned.port, dir), b.cpus.server, tuned.port); err != nil {
+		tuned.na = err.Error()
+	} else {
+		tuned.p = p
+		defer b.r.stop(p)
 	}
 	satServer := map[string]*dnsServer{dnsdistTuned: tuned}
 	for _, s := range append(slices.Clone(servers), servers2...) {
@@ -752,14 +729,27 @@ func missRound(servers []*dnsServer, res map[string]latResult, err error, d50, d
 	return d, true
 }
 
+// startDnsdist writes conf to dir/name.conf, starts dnsdist with it pinned
+// to cpus and waits until it answers on port.
+func (b *bench) startDnsdist(ctx context.Context, dir, name, conf, cpus string, port int) (*proc, error) {
+	return b.startWithConfig(ctx, dir, name, conf, cpus, port, "dnsdist", "--supervised", "--disable-syslog", "-C")
+}
+
 // startUnbound writes an unbound config, starts it pinned to the server CPU
 // and waits until it answers.
 func (b *bench) startUnbound(ctx context.Context, dir, name, tmpl string, port int) (*proc, error) {
-	conf := filepath.Join(dir, name+".conf")
-	if err := os.WriteFile(conf, []byte(render(tmpl, port, dir)), 0o644); err != nil {
+	return b.startWithConfig(ctx, dir, name, render(tmpl, port, dir), b.cpus.server, port, "unbound", "-d", "-c")
+}
+
+// startWithConfig writes conf to dir/name.conf, starts the server whose
+// command line is args followed by that path, pinned to cpus, and waits
+// until it answers on port.
+func (b *bench) startWithConfig(ctx context.Context, dir, name, conf, cpus string, port int, args ...string) (*proc, error) {
+	path := filepath.Join(dir, name+".conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("write %s config: %w", name, err)
 	}
-	p, err := b.r.start(name, b.dnsns, b.cpus.server, nil, "unbound", "-d", "-c", conf)
+	p, err := b.r.start(name, b.dnsns, cpus, nil, append(args, path)...)
 	if err != nil {
 		return nil, err
 	}
@@ -808,21 +798,10 @@ func (b *bench) dnsperf(ctx context.Context, s *dnsServer, file string) (dnsperf
 // threads; the CPU share it returns is in percent of one core (up to 100 ×
 // the server's cores).
 func (b *bench) dnsperfOn(ctx context.Context, s *dnsServer, file, cpus string, threads int) (dnsperfResult, float64, error) {
-	port := strconv.Itoa(s.port)
-	if _, err := b.r.run(ctx, b.dnsns, cpus, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file, "-n", "1", "-q", "10", "-t", "2"); err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("warm up %s: %w", s.name, err)
-	}
-	c0, err := cpuSeconds(s.p.Pid())
-	if err != nil {
-		return dnsperfResult{}, 0, err
-	}
-	out, err := b.r.run(ctx, b.dnsns, cpus, nil, "dnsperf", "-s", "127.0.0.1", "-p", port, "-d", file,
-		"-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(threads),
-		"-q", strconv.Itoa(dnsperfOutstanding), "-t", "1", "-O", "suppress=timeout")
-	if err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("dnsperf %s: %w", s.name, err)
-	}
-	c1, err := cpuSeconds(s.p.Pid())
+	base := []string{"dnsperf", "-s", "127.0.0.1", "-p", strconv.Itoa(s.port), "-d", file}
+	out, cpuSecs, err := b.loadRun(ctx, s, s.name, cpus, append(slices.Clone(base), "-n", "1", "-q", "10", "-t", "2"),
+		append(base, "-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(threads),
+			"-q", strconv.Itoa(dnsperfOutstanding), "-t", "1", "-O", "suppress=timeout"))
 	if err != nil {
 		return dnsperfResult{}, 0, err
 	}
@@ -838,7 +817,29 @@ func (b *bench) dnsperfOn(ctx context.Context, s *dnsServer, file, cpus string, 
 	if res.RunTime <= 0 {
 		return res, 0, fmt.Errorf("dnsperf %s: zero run time", s.name)
 	}
-	return res, 100 * (c1 - c0) / res.RunTime, nil
+	return res, 100 * cpuSecs / res.RunTime, nil
+}
+
+// loadRun runs a load generator against s's server: warm (a warm-up pass)
+// and then run, both pinned to cpus. It returns run's output and the CPU
+// seconds the server used during it; label names the run in errors.
+func (b *bench) loadRun(ctx context.Context, s *dnsServer, label, cpus string, warm, run []string) (string, float64, error) {
+	if _, err := b.r.run(ctx, b.dnsns, cpus, nil, warm...); err != nil {
+		return "", 0, fmt.Errorf("warm up %s: %w", label, err)
+	}
+	c0, err := cpuSeconds(s.p.Pid())
+	if err != nil {
+		return "", 0, err
+	}
+	out, err := b.r.run(ctx, b.dnsns, cpus, nil, run...)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s %s: %w", filepath.Base(run[0]), label, err)
+	}
+	c1, err := cpuSeconds(s.p.Pid())
+	if err != nil {
+		return "", 0, err
+	}
+	return out, c1 - c0, nil
 }
 
 // dnsload runs the saturating load generator (bench/cmd/dnsload) against
@@ -849,18 +850,7 @@ func (b *bench) dnsload(ctx context.Context, s *dnsServer, cpus string) (dnsperf
 		return []string{filepath.Join(b.bin, "dnsload"), "-target", fmt.Sprintf("127.0.0.1:%d", s.port), "-l", d.String(),
 			"-sockets", strconv.Itoa(dnsloadSockets), "-window", strconv.Itoa(dnsloadWindow), "-set-size", strconv.Itoa(hitNames)}
 	}
-	if _, err := b.r.run(ctx, b.dnsns, cpus, nil, args(500*time.Millisecond)...); err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("warm up %s: %w", s.name, err)
-	}
-	c0, err := cpuSeconds(s.p.Pid())
-	if err != nil {
-		return dnsperfResult{}, 0, err
-	}
-	out, err := b.r.run(ctx, b.dnsns, cpus, nil, args(b.mode.loadTime)...)
-	if err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("dnsload %s: %w", s.name, err)
-	}
-	c1, err := cpuSeconds(s.p.Pid())
+	out, cpuSecs, err := b.loadRun(ctx, s, s.name, cpus, args(500*time.Millisecond), args(b.mode.loadTime))
 	if err != nil {
 		return dnsperfResult{}, 0, err
 	}
@@ -877,7 +867,7 @@ func (b *bench) dnsload(ctx context.Context, s *dnsServer, cpus string) (dnsperf
 	if lr.Sent == 0 || lr.RunTime <= 0 || lr.Mismatched > 0 || float64(lr.Completed) < 0.99*float64(lr.Sent) {
 		return res, 0, fmt.Errorf("dnsload %s: %d of %d queries answered, %d lost, %d wrong answers", s.name, lr.Completed, lr.Sent, lr.Lost, lr.Mismatched)
 	}
-	return res, 100 * (c1 - c0) / lr.RunTime, nil
+	return res, 100 * cpuSecs / lr.RunTime, nil
 }
 
 // dnslat runs the latency client pinned to the client CPU.

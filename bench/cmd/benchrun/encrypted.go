@@ -124,16 +124,13 @@ func (b *bench) encryptedSection(ctx context.Context) []row {
 				"-listen", "127.0.0.1", "-port", strconv.Itoa(s.port), "-upstream", fmt.Sprintf("127.0.0.1:%d", upstreamPort),
 				"-dot-port", strconv.Itoa(s.dot), "-doh-port", strconv.Itoa(s.doh),
 				"-cert", paths.Cert, "-key", paths.Key, "-server-name", encServerName)
+			if err == nil {
+				err = b.waitDNS(ctx, s.port, s.p)
+			}
 		case "dnsdist":
-			conf := filepath.Join(dir, "dnsdist.conf")
 			text := strings.NewReplacer("{{DOT}}", strconv.Itoa(s.dot), "{{DOH}}", strconv.Itoa(s.doh),
 				"{{CERT}}", paths.Cert, "{{KEY}}", paths.Key).Replace(render(dnsdistEncConf, s.port, dir))
-			if err = os.WriteFile(conf, []byte(text), 0o644); err == nil {
-				s.p, err = b.r.start("dnsdist-enc", b.dnsns, b.cpus.server, nil, "dnsdist", "--supervised", "--disable-syslog", "-C", conf)
-			}
-		}
-		if err == nil {
-			err = b.waitDNS(ctx, s.port, s.p)
+			s.p, err = b.startDnsdist(ctx, dir, "dnsdist-enc", text, b.cpus.server, s.port)
 		}
 		if err != nil {
 			s.na = err.Error()
@@ -246,23 +243,10 @@ func (b *bench) dnsperfEnc(ctx context.Context, s *encContender, tr string, port
 		return b.enclatLoad(ctx, s, port, ca)
 	}
 	base := []string{"dnsperf", "-m", tr, "-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", file}
-	if tr == "doh" {
-		base = append(base, "-O", fmt.Sprintf("doh-uri=https://127.0.0.1:%d/dns-query", port), "-O", "doh-method=POST")
-	}
-	if _, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, append(slices.Clone(base), "-n", "1", "-q", "10", "-t", "2")...); err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("warm up %s %s: %w", s.name, tr, err)
-	}
-	c0, err := cpuSeconds(s.p.Pid())
-	if err != nil {
-		return dnsperfResult{}, 0, err
-	}
-	out, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, append(slices.Clone(base),
-		"-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(dnsperfThreads),
-		"-q", strconv.Itoa(dnsperfOutstanding), "-t", "1", "-O", "suppress=timeout")...)
-	if err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("dnsperf %s %s: %w", s.name, tr, err)
-	}
-	c1, err := cpuSeconds(s.p.Pid())
+	label := s.name + " " + tr
+	out, cpuSecs, err := b.loadRun(ctx, &s.dnsServer, label, b.cpus.client, append(slices.Clone(base), "-n", "1", "-q", "10", "-t", "2"),
+		append(base, "-l", strconv.Itoa(int(b.mode.dnsperfTime.Seconds())), "-c", strconv.Itoa(dnsperfClients), "-T", strconv.Itoa(dnsperfThreads),
+			"-q", strconv.Itoa(dnsperfOutstanding), "-t", "1", "-O", "suppress=timeout"))
 	if err != nil {
 		return dnsperfResult{}, 0, err
 	}
@@ -271,12 +255,12 @@ func (b *bench) dnsperfEnc(ctx context.Context, s *encContender, tr string, port
 		return res, 0, err
 	}
 	if res.Sent == 0 || float64(res.Completed) < 0.99*float64(res.Sent) {
-		return res, 0, fmt.Errorf("dnsperf %s %s: only %d of %d queries answered", s.name, tr, res.Completed, res.Sent)
+		return res, 0, fmt.Errorf("dnsperf %s: only %d of %d queries answered", label, res.Completed, res.Sent)
 	}
 	if res.RunTime <= 0 {
-		return res, 0, fmt.Errorf("dnsperf %s %s: zero run time", s.name, tr)
+		return res, 0, fmt.Errorf("dnsperf %s: zero run time", label)
 	}
-	return res, 100 * (c1 - c0) / res.RunTime, nil
+	return res, 100 * cpuSecs / res.RunTime, nil
 }
 
 // enclatLoad measures DoH throughput with enclat's load mode (same
@@ -288,18 +272,7 @@ func (b *bench) enclatLoad(ctx context.Context, s *encContender, port int, ca st
 			"-inflight", strconv.Itoa(dnsperfOutstanding), "-set-size", strconv.Itoa(hitNames), "-ca", ca, "-server-name", encServerName,
 			"-targets", fmt.Sprintf("%s=https://127.0.0.1:%d/dns-query", s.name, port)}
 	}
-	if _, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, args(time.Second)...); err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("warm up %s doh: %w", s.name, err)
-	}
-	c0, err := cpuSeconds(s.p.Pid())
-	if err != nil {
-		return dnsperfResult{}, 0, err
-	}
-	out, err := b.r.run(ctx, b.dnsns, b.cpus.client, nil, args(b.mode.dnsperfTime)...)
-	if err != nil {
-		return dnsperfResult{}, 0, fmt.Errorf("enclat load %s doh: %w", s.name, err)
-	}
-	c1, err := cpuSeconds(s.p.Pid())
+	out, cpuSecs, err := b.loadRun(ctx, &s.dnsServer, s.name+" doh", b.cpus.client, args(time.Second), args(b.mode.dnsperfTime))
 	if err != nil {
 		return dnsperfResult{}, 0, err
 	}
@@ -315,5 +288,5 @@ func (b *bench) enclatLoad(ctx context.Context, s *encContender, port int, ca st
 	if res.Sent == 0 || float64(res.Completed) < 0.99*float64(res.Sent) || res.RunTime <= 0 {
 		return res, 0, fmt.Errorf("enclat load %s doh: only %d of %d queries answered", s.name, res.Completed, res.Sent)
 	}
-	return res, 100 * (c1 - c0) / res.RunTime, nil
+	return res, 100 * cpuSecs / res.RunTime, nil
 }
