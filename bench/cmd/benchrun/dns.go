@@ -409,37 +409,48 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 			x.fail(b.why("dnsload"))
 		}
 	}
-	// saturate runs dnsload against the contenders named, one after the
-	// other from round's turn, and records their saturation figures.
-	saturate := func(round int, names []string, cpus string) (qps, eff map[string]float64) {
+	// hitRound measures each contender of list with measure, one after
+	// the other from round's turn, and records its QPS, server CPU share
+	// and hits per server CPU-second in the series under its name; it
+	// returns the QPS and per-CPU-second figures by name for the ratios.
+	hitRound := func(round int, list []*dnsServer, qpsS, cpuS, effS map[string]*series,
+		measure func(*dnsServer) (dnsperfResult, float64, error)) (qps, eff map[string]float64) {
 		qps, eff = map[string]float64{}, map[string]float64{}
-		for k := range names {
-			n := names[(round+k)%len(names)]
-			s := satServer[n]
+		for k := range list {
+			s := list[(round+k)%len(list)]
 			switch {
-			case !b.have("dnsload"):
-				continue
 			case s.p == nil:
-				satQPS[n].fail(s.na)
+				qpsS[s.name].fail(s.na)
 				continue
 			case s.p.Exited():
-				satQPS[n].fail("exited: " + b.r.logTail(s.p.name, 2))
+				s.na = "exited: " + b.r.logTail(s.p.name, 2)
+				qpsS[s.name].fail(s.na)
 				continue
 			}
-			res, cpu, err := b.dnsload(ctx, s, cpus)
+			res, cpu, err := measure(s)
 			if err != nil {
-				satQPS[n].fail(err.Error())
+				qpsS[s.name].fail(err.Error())
 				continue
 			}
-			qps[n] = res.QPS
-			satQPS[n].add(res.QPS)
-			satCPU[n].add(cpu)
+			qps[s.name] = res.QPS
+			qpsS[s.name].add(res.QPS)
+			cpuS[s.name].add(cpu)
 			if cpu > 0 {
-				eff[n] = res.QPS / (cpu / 100)
-				satEff[n].add(eff[n])
+				eff[s.name] = res.QPS / (cpu / 100)
+				effS[s.name].add(eff[s.name])
 			}
 		}
 		return qps, eff
+	}
+	satList := func(names ...string) []*dnsServer {
+		if !b.have("dnsload") {
+			return nil
+		}
+		var list []*dnsServer
+		for _, n := range names {
+			list = append(list, satServer[n])
+		}
+		return list
 	}
 	ratio := func(x *series, m map[string]float64, a, b string) {
 		if m[a] > 0 && m[b] > 0 {
@@ -526,104 +537,40 @@ func (b *bench) dnsSection(ctx context.Context) []row {
 		}
 		logged += truncateLog(everythingLog(dir))
 		b.log.Info("dns round", "round", round+1, "of", m.rounds)
-		qps, eff := map[string]float64{}, map[string]float64{}
 		// dnsperf, one contender after the other, order rotated each round
-		for k := range servers {
-			s := servers[(round+k)%len(servers)]
-			if s.p == nil {
-				continue
-			}
-			if s.p.Exited() {
-				s.na = "exited: " + b.r.logTail(s.p.name, 2)
-				hitQPS[s.name].fail(s.na)
-				continue
-			}
-			res, cpu, err := b.dnsperf(ctx, s, hits)
-			if err != nil {
-				hitQPS[s.name].fail(err.Error())
-				continue
-			}
-			qps[s.name] = res.QPS
-			hitQPS[s.name].add(res.QPS)
-			hitCPU[s.name].add(cpu)
-			if cpu > 0 {
-				eff[s.name] = res.QPS / (cpu / 100)
-				hitEff[s.name].add(eff[s.name])
-			}
-		}
-		if eff["sluice"] > 0 && eff["dnsdist"] > 0 {
-			effDD.add(eff["sluice"] / eff["dnsdist"])
-		}
-		if qps["sluice"] > 0 && qps["dnsdist"] > 0 {
-			ratioDD.add(qps["sluice"] / qps["dnsdist"])
-		}
-		if qps["sluice"] > 0 && qps["unbound"] > 0 {
-			ratioUB.add(qps["sluice"] / qps["unbound"])
-		}
-		if qps[groupsServer] > 0 && qps["sluice"] > 0 {
-			ratioGroups.add(qps[groupsServer] / qps["sluice"])
-		}
-		if eff[groupsServer] > 0 && eff["sluice"] > 0 {
-			effGroups.add(eff[groupsServer] / eff["sluice"])
-		}
-		if qps[groupsServer] > 0 && qps["dnsdist"] > 0 {
-			ratioGroupsDD.add(qps[groupsServer] / qps["dnsdist"])
-		}
-		if qps[sluiceEgress] > 0 && qps["sluice"] > 0 {
-			ratioEgress.add(qps[sluiceEgress] / qps["sluice"])
-		}
-		if qps[sluiceEgress] > 0 && qps["dnsdist"] > 0 {
-			ratioEgressDD.add(qps[sluiceEgress] / qps["dnsdist"])
-		}
-		if qps[everything] > 0 && qps["sluice"] > 0 {
-			allQPS.add(qps[everything] / qps["sluice"])
-		}
-		if eff[everything] > 0 && eff["sluice"] > 0 {
-			allEff.add(eff[everything] / eff["sluice"])
-		}
-		if qps[everything] > 0 && qps["dnsdist"] > 0 {
-			allDD.add(qps[everything] / qps["dnsdist"])
-		}
+		qps, eff := hitRound(round, servers, hitQPS, hitCPU, hitEff, func(s *dnsServer) (dnsperfResult, float64, error) {
+			return b.dnsperf(ctx, s, hits)
+		})
+		ratio(effDD, eff, "sluice", "dnsdist")
+		ratio(ratioDD, qps, "sluice", "dnsdist")
+		ratio(ratioUB, qps, "sluice", "unbound")
+		ratio(ratioGroups, qps, groupsServer, "sluice")
+		ratio(effGroups, eff, groupsServer, "sluice")
+		ratio(ratioGroupsDD, qps, groupsServer, "dnsdist")
+		ratio(ratioEgress, qps, sluiceEgress, "sluice")
+		ratio(ratioEgressDD, qps, sluiceEgress, "dnsdist")
+		ratio(allQPS, qps, everything, "sluice")
+		ratio(allEff, eff, everything, "sluice")
+		ratio(allDD, qps, everything, "dnsdist")
 
 		// saturation: dnsload, which keeps the server's core full
-		sq, se := saturate(round, satNames, b.cpus.client)
+		sq, se := hitRound(round, satList(satNames...), satQPS, satCPU, satEff, func(s *dnsServer) (dnsperfResult, float64, error) {
+			return b.dnsload(ctx, s, b.cpus.client)
+		})
 		ratio(satDD, sq, "sluice", "dnsdist")
 		ratio(satEffDD, se, "sluice", "dnsdist")
 		ratio(satTuned, sq, "sluice", dnsdistTuned)
 		ratio(satEffTuned, se, "sluice", dnsdistTuned)
 
 		// hits on two cores: the pair, which goes first alternating
-		qps2, eff2 := map[string]float64{}, map[string]float64{}
-		for k := range servers2 {
-			s := servers2[(round+k)%len(servers2)]
-			if s.p == nil {
-				continue
-			}
-			if s.p.Exited() {
-				s.na = "exited: " + b.r.logTail(s.p.name, 2)
-				hit2QPS[s.name].fail(s.na)
-				continue
-			}
-			res, cpu, err := b.dnsperfOn(ctx, s, hits, b.cpus.both, dnsperfThreads2)
-			if err != nil {
-				hit2QPS[s.name].fail(err.Error())
-				continue
-			}
-			qps2[s.name] = res.QPS
-			hit2QPS[s.name].add(res.QPS)
-			hit2CPU[s.name].add(cpu)
-			if cpu > 0 {
-				eff2[s.name] = res.QPS / (cpu / 100)
-				hit2Eff[s.name].add(eff2[s.name])
-			}
-		}
-		if qps2[sluice2] > 0 && qps2[dnsdist2] > 0 {
-			ratio2DD.add(qps2[sluice2] / qps2[dnsdist2])
-		}
-		if eff2[sluice2] > 0 && eff2[dnsdist2] > 0 {
-			eff2DD.add(eff2[sluice2] / eff2[dnsdist2])
-		}
-		sq2, se2 := saturate(round, []string{sluice2, dnsdist2}, b.cpus.both)
+		qps2, eff2 := hitRound(round, servers2, hit2QPS, hit2CPU, hit2Eff, func(s *dnsServer) (dnsperfResult, float64, error) {
+			return b.dnsperfOn(ctx, s, hits, b.cpus.both, dnsperfThreads2)
+		})
+		ratio(ratio2DD, qps2, sluice2, dnsdist2)
+		ratio(eff2DD, eff2, sluice2, dnsdist2)
+		sq2, se2 := hitRound(round, satList(sluice2, dnsdist2), satQPS, satCPU, satEff, func(s *dnsServer) (dnsperfResult, float64, error) {
+			return b.dnsload(ctx, s, b.cpus.both)
+		})
 		ratio(sat2DD, sq2, sluice2, dnsdist2)
 		ratio(sat2EffDD, se2, sluice2, dnsdist2)
 
