@@ -7,9 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"time"
+
+	"github.com/sluice-vpn/sluice/internal/nsexec"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -297,12 +298,7 @@ func (s *uapiServer) handle(dev *device.Device, c net.Conn) {
 	}
 }
 
-// inNamespace runs fn on a goroutine locked to a thread switched into ns and
-// switches the thread back afterwards, so that the thread can return to the
-// scheduler's pool. (A thread left switched is discarded when its goroutine
-// exits, except the process's main thread, which Go keeps "wedged" instead:
-// the whole process would then look like it lives in ns.) Only if switching
-// back fails is the thread left locked, to be discarded.
+// inNamespace runs fn on a thread switched into ns (nsexec.In).
 //
 // When the device lives in the process's own namespace — always, outside
 // tests — fn runs directly: every thread of the scheduler's pool is there
@@ -317,31 +313,7 @@ func inNamespace(ns netns.NsHandle, fn func()) error {
 			return nil
 		}
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get thread network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it ends with this goroutine.
-			errc <- fmt.Errorf("restore thread network namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	return <-errc
+	return nsexec.In(ns, func() error { fn(); return nil })
 }
 
 // Close stops accepting, closes open connections, waits for their handlers

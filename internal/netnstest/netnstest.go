@@ -15,10 +15,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-vpn/sluice/internal/nsexec"
 
 	"github.com/vishvananda/netns"
 )
@@ -147,37 +148,7 @@ func (n *NS) Handle() netns.NsHandle {
 // thread back afterwards. Sockets and
 // netlink handles fn creates belong to the namespace; goroutines fn starts do
 // not (they run on other threads), but sockets they use keep their namespace.
-func (n *NS) Do(fn func() error) error {
-	h, err := netns.GetFromName(n.Name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.Name, err)
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return // the thread stays locked and exits with the goroutine
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		// Switch back before unlocking. Go cannot terminate the main thread
-		// when a locked goroutine exits on it, so a thread left in the test
-		// namespace would put the whole process there. If switching back
-		// fails, the thread stays locked and is terminated instead.
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *NS) Do(fn func() error) error { return nsexec.InNamed(n.Name, fn) }
 
 // Veth connects namespace a (interface aName) to namespace b (bName) with a
 // veth pair, both ends up. Deleting either namespace removes the pair.

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sluice-vpn/sluice/internal/nsexec"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -173,25 +175,4 @@ func NewNetns() (netns.NsHandle, error) {
 
 // InNetns runs fn on a thread switched into namespace h: sockets, netlink
 // and wgctrl clients it opens and processes it starts belong to h.
-func InNetns(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func InNetns(h netns.NsHandle, fn func() error) error { return nsexec.In(h, fn) }

@@ -7,14 +7,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sluice-vpn/sluice/internal/nsexec"
+
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 )
 
 // Loopback ports of the DNS contenders. The upstream port is the one the
@@ -853,39 +853,12 @@ func dialUDPIn(ns, addr string) (net.Conn, error) {
 	if ns == "" {
 		return net.Dial("udp", addr)
 	}
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	// The goroutine ends right after the dial; its locked thread is
-	// discarded by the runtime if switching back failed.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: fmt.Errorf("get current netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			ch <- result{err: fmt.Errorf("open netns %q: %w", ns, err)}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{err: fmt.Errorf("enter netns %q: %w", ns, err)}
-			return
-		}
-		c, err := net.Dial("udp", addr)
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	var c net.Conn
+	err := nsexec.InNamed(ns, func() (err error) {
+		c, err = net.Dial("udp", addr)
+		return err
+	})
+	return c, err
 }
 
 // exchangeIn sends one query over a fresh socket in namespace ns.
