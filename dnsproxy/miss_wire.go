@@ -20,8 +20,8 @@ import (
 // from the client's question and sends it on the carrier of the group's
 // first upstream (startMiss, carry), before it reads on. The carrier's
 // reader matches the answer (answerMatchesWire), reads it on the wire
-// (readAnswer), accounts the query, answers the client with writeHit from
-// the entry it makes, then caches that entry and lands the flight
+// (readAnswer), caches the entry it makes, lands the flight, accounts the
+// query and answers the client with writeHit from the entry
 // (completeMiss). Whatever is not that case, the general path (slowWire)
 // answers; an answer of another shape, and a try that fails, go to a
 // worker (finishMiss), which goes on like group.exchange with the other
@@ -262,9 +262,9 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 	return e, addrTTL, true
 }
 
-// answerMiss accounts the query, answers m's client from the fresh entry
-// e, then caches e and lands the flight (unpacking e for joiners, which
-// read a message).
+// answerMiss caches the fresh entry e, lands the flight (unpacking e for
+// joiners, which read a message), accounts the query and answers m's
+// client from e.
 // addrTTL is the longest TTL the upstream gave e's addresses.
 func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) {
 	st := m.st
@@ -283,17 +283,8 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) 
 		// as long as the upstream gave them (like observe).
 		p.observeAddrs(p.ctx, m.job.src.Addr(), e.addrs, addrTTL)
 	}
-	// Counted before the client has the answer, like every other answer:
-	// whoever asks next (metrics, status, a trace) sees this query. Then
-	// the answer, and only then the cache insert (which may evict, cold
-	// memory on a full cache) and the flight landing: 1–3 µs off every
-	// miss's latency in the lab. The flight stays listed until the entry
-	// is in the cache, so a query for the same name in between joins it
-	// instead of asking upstream again.
-	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,
-		cacheMiss: true}
-	p.accountRcode(m.job.shard, m.start, m.q.qtype, m.name, e.rcode, info, m.job.src)
-	m.job.reply(out)
+	// In the cache and the flight landed before the client has the
+	// answer: its next query hits, and never joins this flight.
 	p.cache.put(e)
 	m.f.res = groupResult{entry: e, upstream: m.u.label}
 	if p.unlist(m.key, m.f) > 0 {
@@ -306,6 +297,12 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) 
 		}
 	}
 	close(m.f.done)
+	// Counted before the client has the answer, like every other answer:
+	// whoever asks next (metrics, status, a trace) sees this query.
+	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,
+		cacheMiss: true}
+	p.accountRcode(m.job.shard, m.start, m.q.qtype, m.name, e.rcode, info, m.job.src)
+	m.job.reply(out)
 }
 
 // answerGeneral answers m's client from a result of the general exchange
