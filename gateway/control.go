@@ -286,13 +286,22 @@ type Client struct {
 }
 
 // NewClient returns a client for the control socket at path.
+//
+// Every request has a connection of its own (a local socket costs next to
+// nothing to open): a kept-alive one that a stopping daemon closed would
+// fail a POST with "server closed idle connection" instead of
+// ErrNotRunning, and one kept across a daemon restart would talk to a
+// socket that is gone.
 func NewClient(path string) *Client {
 	return &Client{path: path, http: &http.Client{
 		Timeout: controlTimeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}},
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", path)
+			},
+		},
 	}}
 }
 
