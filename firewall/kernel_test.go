@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sluice-vpn/sluice/internal/netnstest"
-	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 )
 
@@ -393,7 +391,7 @@ func gatewaySink(t testing.TB) (gw, peer, sink *netnstest.NS, wg string) {
 func udpEcho(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
 	var pc net.PacketConn
-	if err := doIn(ns, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
+	if err := ns.Do(func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -418,7 +416,7 @@ func udpExchange(t *testing.T, ns *netnstest.NS, addr string, timeout time.Durat
 	t.Helper()
 	var reply string
 	var xerr error
-	err := doIn(ns, func() error {
+	err := ns.Do(func() error {
 		c, err := net.Dial("udp", addr)
 		if err != nil {
 			return err
@@ -442,7 +440,7 @@ func udpExchange(t *testing.T, ns *netnstest.NS, addr string, timeout time.Durat
 func tcpDial(t *testing.T, ns *netnstest.NS, addr string, timeout time.Duration) error {
 	t.Helper()
 	var derr error
-	if err := doIn(ns, func() error {
+	if err := ns.Do(func() error {
 		c, err := net.DialTimeout("tcp", addr, timeout)
 		if err == nil {
 			c.Close()
@@ -453,43 +451,6 @@ func tcpDial(t *testing.T, ns *netnstest.NS, addr string, timeout time.Duration)
 		t.Fatal(err)
 	}
 	return derr
-}
-
-// doIn runs fn on a locked OS thread switched into ns and switches the
-// thread back afterwards. netnstest's NS.Do leaves its thread in the
-// namespace; when that thread is the process's main thread (which never
-// exits) `ip netns pids` reports the test process and the cleanup kills it.
-func doIn(ns *netnstest.NS, fn func() error) error {
-	target, err := netns.GetFromName(ns.Name)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it exits with this goroutine.
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 func isTimeout(err error) bool {

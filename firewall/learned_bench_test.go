@@ -182,7 +182,7 @@ func BenchmarkForward(b *testing.B) {
 				}
 			}
 			b.Run("connect", func(b *testing.B) {
-				if err := doIn(peer, func() error {
+				if err := peer.Do(func() error {
 					for b.Loop() {
 						c, err := net.DialTimeout("tcp", "198.51.100.80:9000", 2*time.Second)
 						if err != nil {
@@ -199,7 +199,7 @@ func BenchmarkForward(b *testing.B) {
 				const chunk = 1 << 20
 				buf := make([]byte, 64<<10)
 				b.SetBytes(chunk)
-				if err := doIn(peer, func() error {
+				if err := peer.Do(func() error {
 					c, err := net.DialTimeout("tcp", "198.51.100.80:9000", 2*time.Second)
 					if err != nil {
 						return err

@@ -20,7 +20,7 @@ import (
 func tcpServe(tb testing.TB, ns *netnstest.NS, addr string, handle func(net.Conn)) {
 	tb.Helper()
 	var ln net.Listener
-	if err := doIn(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
 		tb.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -144,7 +144,7 @@ func TestKernelEgressResolved(t *testing.T) {
 
 	// An established flow survives its pair going away.
 	var conn net.Conn
-	if err := doIn(peer, func() (err error) {
+	if err := peer.Do(func() (err error) {
 		conn, err = net.DialTimeout("tcp", "198.51.100.80:8080", 3*time.Second)
 		return err
 	}); err != nil {
