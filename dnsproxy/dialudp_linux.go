@@ -105,17 +105,13 @@ func (c *upstreamSocket) send(b []byte) error {
 	return err
 }
 
-func (c *upstreamSocket) read(fd uintptr) bool {
-	n, errno := rawSyscall(unix.SYS_READ, fd, c.buf)
-	if errno == unix.EAGAIN {
-		return false
-	}
-	c.n, c.errno = n, errno
-	return true
-}
+func (c *upstreamSocket) read(fd uintptr) bool  { return c.call(unix.SYS_READ, fd) }
+func (c *upstreamSocket) write(fd uintptr) bool { return c.call(unix.SYS_WRITE, fd) }
 
-func (c *upstreamSocket) write(fd uintptr) bool {
-	n, errno := rawSyscall(unix.SYS_WRITE, fd, c.buf)
+// call is read's and write's system call on c.buf: false (wait in the
+// poller) on EAGAIN, else the result kept in c.
+func (c *upstreamSocket) call(trap, fd uintptr) bool {
+	n, errno := rawSyscall(trap, fd, c.buf)
 	if errno == unix.EAGAIN {
 		return false
 	}
