@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sluice-vpn/sluice/internal/netnstest"
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
 )
 
 // The cached Debian root. Changing the suite, the variant or the package
@@ -171,7 +172,7 @@ type machine struct {
 	name    string
 	leader  int // the machine's PID 1, as the host sees it
 	cmd     *exec.Cmd
-	console *syncBuffer
+	console *syncbuf.Buffer
 	exited  chan struct{}
 }
 
@@ -181,7 +182,7 @@ type machine struct {
 func bootMachine(t *testing.T, root string) *machine {
 	t.Helper()
 	start := time.Now()
-	m := &machine{t: t, name: netnstest.Unique("slsd-"), console: &syncBuffer{}, exited: make(chan struct{})}
+	m := &machine{t: t, name: netnstest.Unique("slsd-"), console: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	m.cmd = exec.Command("systemd-nspawn",
 		"--directory="+root, "--machine="+m.name,
 		"--boot", "--register=no", "--keep-unit", "--console=read-only",

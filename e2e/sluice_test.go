@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluice-vpn/sluice/internal/netnstest"
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
 )
 
 // Timeouts of the sluice process.
@@ -194,7 +195,7 @@ func (g *sluiceGW) cli(args ...string) (string, error) {
 	full := append([]string{"netns", "exec", g.tp.gw.Name, sluiceBin}, args...)
 	full = append(full, "-c", g.cfgPath)
 	cmd := exec.CommandContext(ctx, "ip", full...)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

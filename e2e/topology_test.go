@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluice-vpn/sluice/internal/netnstest"
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
 )
 
 // The test network of DESIGN.md. Everything lives in namespaces the test
@@ -410,7 +410,7 @@ type proc struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
-	out     *syncBuffer
+	out     *syncbuf.Buffer
 	done    chan struct{}
 	err     error // set before done is closed
 }
@@ -420,7 +420,7 @@ type proc struct {
 // the tail of its output.
 func startProc(t testing.TB, ns *netnstest.NS, dir, name string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, logPath: filepath.Join(dir, name+".out"), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, logPath: filepath.Join(dir, name+".out"), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	f, err := os.Create(p.logPath)
 	if err != nil {
 		t.Fatalf("create %s: %v", p.logPath, err)
@@ -476,28 +476,10 @@ func (p *proc) stop(timeout time.Duration) error {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and many readers.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // teeWriter writes to a file and a buffer.
 type teeWriter struct {
 	a *os.File
-	b *syncBuffer
+	b *syncbuf.Buffer
 }
 
 func (w *teeWriter) Write(p []byte) (int, error) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
 )
 
 // liveApply is how fast a peer change made with the CLI must reach the
@@ -147,7 +149,7 @@ func TestClientTunnel(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		trace := exec.CommandContext(ctx, "ip", "netns", "exec", tp.gw.Name, sluiceBin, "peer", "trace", "alice/laptop", "--json", "-c", g.cfgPath)
-		var traced syncBuffer
+		var traced syncbuf.Buffer
 		trace.Stdout = &traced
 		if err := trace.Start(); err != nil {
 			t.Fatal(err)

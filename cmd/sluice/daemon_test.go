@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
+
 	"github.com/miekg/dns"
 
 	"github.com/sluice-vpn/sluice/gateway"
@@ -43,26 +45,8 @@ type upDaemon struct {
 	ns     *netnstest.NS
 	cfg    string
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *syncbuf.Buffer
 	done   chan error
-}
-
-// lockedBuffer is a bytes.Buffer safe for the exec copier and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // sluiceCmd returns the CLI (this test binary) run inside ns.
@@ -111,7 +95,7 @@ func launchUp(t *testing.T, ns *netnstest.NS, cfg string, cmd *exec.Cmd) (*upDae
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nconn.Close() })
-	d := &upDaemon{t: t, ns: ns, cfg: cfg, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	d := &upDaemon{t: t, ns: ns, cfg: cfg, stderr: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	d.cmd = cmd
 	d.cmd.Env = append(d.cmd.Env, "NOTIFY_SOCKET="+sock)
 	d.cmd.Stderr = d.stderr

@@ -9,7 +9,6 @@
 package guestinit
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/sluice-vpn/sluice/internal/nsexec"
 
@@ -106,24 +104,6 @@ func RSSMiB(pid int) (float64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
-}
-
-// LockedBuffer collects a process's output from its copying goroutines.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // NewNetns creates a network namespace with loopback up, without moving

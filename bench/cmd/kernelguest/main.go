@@ -44,6 +44,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
+
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -279,7 +281,7 @@ admin: {listen: "", control_socket: %s/%s.sock}
 	cmd := exec.Command(vmtest.SluicePath, "up", "-c", conf, "--log-level", "info")
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
-	out := &guestinit.LockedBuffer{}
+	out := &syncbuf.Buffer{}
 	seen := make(chan time.Time, 1)
 	scanned := make(chan struct{})
 	go func() {

@@ -4,7 +4,6 @@
 package etcdtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-vpn/sluice/internal/syncbuf"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -30,29 +31,12 @@ type Server struct {
 	// TLS is set by StartTLS: the files a client needs for mTLS.
 	TLS      *TLSFiles
 	args     []string
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	probeTLS *tls.Config
 
 	mu     sync.Mutex // protects cmd and exited
 	cmd    *exec.Cmd
 	exited chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // freePort asks the kernel for a free loopback port.
@@ -88,7 +72,7 @@ func startServer(t testing.TB, files *TLSFiles) *Server {
 	}
 	client := fmt.Sprintf("%s://127.0.0.1:%d", scheme, cport)
 	peer := fmt.Sprintf("http://127.0.0.1:%d", pport)
-	s := &Server{Endpoint: client, TLS: files, log: &syncBuffer{}}
+	s := &Server{Endpoint: client, TLS: files, log: &syncbuf.Buffer{}}
 	s.args = []string{
 		"--name", "t0",
 		"--data-dir", filepath.Join(dir, "data"),
