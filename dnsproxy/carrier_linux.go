@@ -69,11 +69,11 @@ func (cr *carrier) retire() {
 
 // carry registers m on u's current carrier (a fresh one when there is
 // none, or it is full, old or retired) under a random ID unique among the
-// carrier's queries in flight, and sends m's query. It runs on a listener
-// goroutine; once m is registered, the carrier's reader owns it and may
-// finish it at any moment. On error m is not registered and still the
-// caller's.
-func (p *Proxy) carry(u *upstream, m *missFlight) error {
+// carrier's queries in flight, and sends m's query, or with a batch b
+// queues a copy of it for b's flush. It runs on a listener goroutine;
+// once m is registered, the carrier's reader owns it and may finish it at
+// any moment. On error m is not registered and still the caller's.
+func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 	u.carrierMu.Lock()
 	cr := u.carrier
 	if cr == nil || cr.retired || cr.carried >= spareMaxUses || time.Since(cr.born) >= spareMaxAge {
@@ -120,19 +120,124 @@ func (p *Proxy) carry(u *upstream, m *missFlight) error {
 	// (which cannot come before the send) may finish and recycle m
 	// before send returns.
 	wire := m.uq.wire
+	if b != nil {
+		b.add(cr, m, wire)
+		u.carrierMu.Unlock()
+		return nil
+	}
 	u.carrierMu.Unlock()
 
 	// Not Write: listeners on other cores send on the same carrier.
 	if err := cr.c.send(wire); err != nil {
-		u.carrierMu.Lock()
-		mine := cr.drop(m) // else the reader took m (and owns it now)
-		cr.retire()
-		u.carrierMu.Unlock()
-		if mine {
+		if cr.unsent(m, id) {
 			return fmt.Errorf("write udp %s: %w", u.label, err)
 		}
 	}
 	return nil
+}
+
+// unsent takes m, whose query under id could not be sent, off cr's
+// queries in flight and retires cr: true when m was still there (and is
+// the caller's again); false when the reader already took it.
+func (cr *carrier) unsent(m *missFlight, id uint16) bool {
+	cr.u.carrierMu.Lock()
+	defer cr.u.carrierMu.Unlock()
+	cr.retire()
+	// By pointer and ID: in flight, m is the carrier's and its ID stays;
+	// once finished it may be reused for another query meanwhile.
+	for _, x := range cr.pending {
+		if x == m && m.uq.id() == id {
+			return cr.drop(m)
+		}
+	}
+	return false
+}
+
+// upstreamBatch is the upstream queries a listener's batch of datagrams
+// starts (carry with a batch): flush sends each carrier's share with one
+// sendmmsg once the whole batch is read. One system call and, with the
+// upstream on the same core, one wake-up of it per batch, not per miss.
+// The queries are copies: a query's missFlight belongs to the carrier's
+// reader from the moment carry registers it.
+type upstreamBatch struct {
+	n    int
+	cr   [udpBatch]*carrier
+	m    [udpBatch]*missFlight
+	id   [udpBatch]uint16
+	wire [udpBatch][]byte
+	hdr  [udpBatch]unix.Mmsghdr
+	iov  [udpBatch]unix.Iovec
+	sent int // of the run being sent (send)
+	run  int // its length
+	from int // its first index
+	err  syscall.Errno
+	fn   func(fd uintptr) bool // built once: a closure passed to RawConn escapes
+}
+
+// add queues m's query wire on cr; u.carrierMu is held.
+func (b *upstreamBatch) add(cr *carrier, m *missFlight, wire []byte) {
+	i := b.n
+	b.n++
+	b.cr[i], b.m[i], b.id[i] = cr, m, m.uq.id()
+	b.wire[i] = append(b.wire[i][:0], wire...)
+}
+
+// flush sends the queued queries, one sendmmsg per run of queries on the
+// same carrier (nearly always one run: a group's first upstream has one
+// carrier at a time). A query the kernel refuses fails its try at once,
+// like carry's send: the worker goes on with the group's other upstreams.
+func (p *Proxy) flush(b *upstreamBatch) {
+	if b.fn == nil {
+		b.fn = b.send
+	}
+	for i := 0; i < b.n; {
+		cr := b.cr[i]
+		j := i
+		for j < b.n && b.cr[j] == cr {
+			b.iov[j].Base = &b.wire[j][0]
+			b.iov[j].SetLen(len(b.wire[j]))
+			b.hdr[j] = unix.Mmsghdr{}
+			b.hdr[j].Hdr.Iov = &b.iov[j]
+			b.hdr[j].Hdr.SetIovlen(1)
+			j++
+		}
+		b.from, b.run, b.sent = i, j-i, 0
+		for b.sent < b.run {
+			b.err = 0
+			if err := cr.c.rc.Write(b.fn); err != nil { // closed: none of the rest goes
+				for k := b.from + b.sent; k < j; k++ {
+					p.unsent(cr, b.m[k], b.id[k], err)
+				}
+				break
+			}
+			if b.err != 0 { // the kernel refused the query at b.sent
+				p.unsent(cr, b.m[b.from+b.sent], b.id[b.from+b.sent], os.NewSyscallError("sendmmsg", b.err))
+				b.sent++
+			}
+		}
+		i = j
+	}
+	for i := range b.n {
+		b.cr[i], b.m[i] = nil, nil
+	}
+	b.n = 0
+}
+
+// unsent fails the try of m, queued under id on cr, whose query could not
+// be sent (unless the reader already took m).
+func (p *Proxy) unsent(cr *carrier, m *missFlight, id uint16, err error) {
+	if cr.unsent(m, id) {
+		m.err = fmt.Errorf("write udp %s: %w", cr.u.label, err)
+		p.hand(slowJob{miss: m})
+	}
+}
+
+// send is flush's sendmmsg of the current run from b.sent (sendBatch);
+// b.err is the error at the datagram b.sent.
+func (b *upstreamBatch) send(fd uintptr) bool {
+	done, e := sendBatch(fd, b.hdr[b.from:b.from+b.run], &b.sent, false)
+	b.err = e
+	return done
 }
 
 func collides(ms []*missFlight, id uint16) bool {
@@ -166,6 +271,7 @@ type carrierRead struct {
 	iov   [carrierBatch]unix.Iovec
 	bufs  [carrierBatch][]byte
 	errno syscall.Errno
+	rb    replyBatch // the answers to the clients
 }
 
 // carrierReadSize is the buffer for one answer on a carrier: above the
@@ -316,8 +422,9 @@ func (p *Proxy) carried(cr *carrier, r *carrierRead, n int) {
 			continue
 		}
 		// A copy the size of the answer: the cache keeps it.
-		p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...))
+		p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...), &r.rb)
 	}
+	r.rb.flush()
 }
 
 // match takes the query raw answers off cr's queries in flight. An answer

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -72,5 +74,127 @@ func TestCarrierRearmsAfterWake(t *testing.T) {
 	}
 	if len(u.carriers.carriers) != 0 {
 		t.Fatal("a finished carrier is still listed")
+	}
+}
+
+// carrierTo is a carrier of a bare upstream whose socket is connected to
+// a fresh loopback listener, which it returns too.
+func carrierTo(t *testing.T) (*carrier, *net.UDPConn) {
+	t.Helper()
+	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	c, err := dialUDP(l.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	u := &upstream{label: "test " + l.LocalAddr().String()}
+	return &carrier{u: u, c: c.(*upstreamSocket), born: time.Now()}, l
+}
+
+// queue registers a miss with query wire (ID first) on cr and queues it
+// in b, as carry does with a batch.
+func queue(b *upstreamBatch, cr *carrier, wire string) *missFlight {
+	m := &missFlight{}
+	m.uq.wire = []byte(wire)
+	cr.u.carrierMu.Lock()
+	cr.pending = append(cr.pending, m)
+	b.add(cr, m, m.uq.wire)
+	cr.u.carrierMu.Unlock()
+	return m
+}
+
+func readN(t *testing.T, l *net.UDPConn, n int) []string {
+	t.Helper()
+	var got []string
+	buf := make([]byte, 512)
+	l.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range n {
+		k, _, err := l.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, string(buf[:k]))
+	}
+	return got
+}
+
+// TestUpstreamBatchFlush: flush sends every queued query to its own
+// carrier's upstream, in order, with queries of two carriers interleaved;
+// a query that cannot be sent (a closed socket) fails its try at once
+// (the worker gets it, off the carrier's queries in flight, and the
+// carrier is retired), and the batch is empty afterwards.
+func TestUpstreamBatchFlush(t *testing.T) {
+	a, la := carrierTo(t)
+	b, lb := carrierTo(t)
+	p := &Proxy{slowJobs: make(chan slowJob, 4)}
+	var batch upstreamBatch
+	queue(&batch, a, "a1")
+	queue(&batch, a, "a2")
+	queue(&batch, b, "b1")
+	queue(&batch, a, "a3")
+	p.flush(&batch)
+	if got := readN(t, la, 3); !slices.Equal(got, []string{"a1", "a2", "a3"}) {
+		t.Errorf("upstream a got %q, want a1 a2 a3", got)
+	}
+	if got := readN(t, lb, 1); !slices.Equal(got, []string{"b1"}) {
+		t.Errorf("upstream b got %q, want b1", got)
+	}
+	if batch.n != 0 || batch.m[0] != nil || batch.cr[3] != nil {
+		t.Errorf("batch not emptied: n=%d", batch.n)
+	}
+	if len(p.slowJobs) != 0 {
+		t.Fatalf("%d tries failed; every query went out", len(p.slowJobs))
+	}
+
+	// b's socket closed: both of its queries fail their try, a's goes out.
+	b.c.Close()
+	m1 := queue(&batch, b, "b2")
+	m2 := queue(&batch, b, "b3")
+	queue(&batch, a, "a4")
+	p.flush(&batch)
+	if got := readN(t, la, 1); !slices.Equal(got, []string{"a4"}) {
+		t.Errorf("upstream a got %q, want a4", got)
+	}
+	for _, m := range []*missFlight{m1, m2} {
+		select {
+		case job := <-p.slowJobs:
+			if job.miss != m || job.miss.err == nil || !strings.Contains(job.miss.err.Error(), "write udp") {
+				t.Errorf("worker got %p (err %v), want %p failed with a write error", job.miss, job.miss.err, m)
+			}
+		default:
+			t.Fatalf("query %s not failed over to a worker", m.uq.wire)
+		}
+	}
+	if len(b.pending) != 1 || !b.retired { // b1 is still in flight there
+		t.Errorf("carrier b: %d in flight, retired %v; want 1 (b1) and retired", len(b.pending), b.retired)
+	}
+	if a.retired {
+		t.Error("carrier a retired though its queries went out")
+	}
+}
+
+// TestCarrierUnsent: a query that could not be sent comes back to the
+// caller only while it is still the carrier's under the ID it was sent
+// with; once the reader took it (or it was reused under another ID), it
+// is not the caller's to fail.
+func TestCarrierUnsent(t *testing.T) {
+	cr, _ := carrierTo(t)
+	var batch upstreamBatch
+	m := queue(&batch, cr, "\x12\x34q")
+	if cr.unsent(m, 0x1235) {
+		t.Error("unsent took a query reused under another ID")
+	}
+	if !cr.unsent(m, 0x1234) {
+		t.Error("unsent left a query still in flight")
+	}
+	if len(cr.pending) != 0 || !cr.retired {
+		t.Errorf("after unsent: %d in flight, retired %v", len(cr.pending), cr.retired)
+	}
+	if cr.unsent(m, 0x1234) {
+		t.Error("unsent took a query the reader had already taken")
 	}
 }

@@ -61,7 +61,7 @@ type missFlight struct {
 // src, a cache miss): its query goes out on a carrier, whose reader
 // finishes it (completeMiss). false when the general path must answer it.
 // It runs on the listener goroutine.
-func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn) bool {
+func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn, b *upstreamBatch) bool {
 	q := ls.q
 	if q.qtype == dns.TypeANY {
 		return false
@@ -120,7 +120,7 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 	if m.end.Before(m.tryEnd) {
 		m.tryEnd = m.end
 	}
-	if err := p.carry(u, m); err != nil {
+	if err := p.carry(u, m, b); err != nil {
 		m.err = err // a worker goes on with the group's other upstreams
 		p.hand(slowJob{miss: m})
 	}
@@ -141,9 +141,6 @@ func (m *missFlight) release() {
 	missPool.Put(m)
 }
 
-// replyPool keeps the buffers answers are rendered into before the sendto.
-var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1500); return &b }}
-
 // first is the upstream a query tries first (order's first).
 func (g *group) first() *upstream {
 	best := g.ups[0]
@@ -158,10 +155,10 @@ func (g *group) first() *upstream {
 // completeMiss finishes m with its answer raw, on the carrier's reader:
 // the common case (entryFromWire) answers here; anything else goes to a
 // worker (finishMiss).
-func (p *Proxy) completeMiss(m *missFlight, raw []byte) {
+func (p *Proxy) completeMiss(m *missFlight, raw []byte, rb *replyBatch) {
 	if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
 		m.u.success(time.Since(m.sent))
-		p.answerMiss(m, e, addrTTL)
+		p.answerMiss(m, e, addrTTL, rb)
 		p.endMiss(m)
 		return
 	}
@@ -265,19 +262,15 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 // answerMiss caches the fresh entry e, lands the flight (unpacking e for
 // joiners, which read a message), accounts the query and answers m's
 // client from e.
-// addrTTL is the longest TTL the upstream gave e's addresses.
-func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) {
+// addrTTL is the longest TTL the upstream gave e's addresses. The answer
+// is rendered into rb and sent with the rest of the reader's batch (its
+// flush): m came from a batched listener (startMiss), which gave it the
+// socket to answer on.
+func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, rb *replyBatch) {
 	st := m.st
 	maxSize := maxUDPSize(m.q.edns, m.q.udpSize, st.cfg.EDNSBufferSize)
-	bp := replyPool.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= 64<<10 {
-			replyPool.Put(bp)
-		}
-	}()
-	out := writeHit((*bp)[:0], e, m.job.pkt[headerLen:headerLen+m.q.nameLen], &m.q,
+	out := writeHit(rb.buf(), e, m.job.pkt[headerLen:headerLen+m.q.nameLen], &m.q,
 		e.stored, st.cfg.EDNSBufferSize, maxSize)
-	*bp = out[:0]
 	if out[2]&byte(flagTC>>8) == 0 {
 		// Egress learning before the client can use the addresses, for
 		// as long as the upstream gave them (like observe).
@@ -302,7 +295,7 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration) 
 	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,
 		cacheMiss: true}
 	p.accountRcode(m.job.shard, m.start, m.q.qtype, m.name, e.rcode, info, m.job.src)
-	m.job.reply(out)
+	rb.add(out, &m.job.to)
 }
 
 // answerGeneral answers m's client from a result of the general exchange

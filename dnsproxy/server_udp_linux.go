@@ -37,6 +37,8 @@ type mmsgLoop struct {
 
 	recvFn func(fd uintptr) bool // built once: closures passed to RawConn escape
 	sendFn func(fd uintptr) bool
+
+	up upstreamBatch // the misses' upstream queries, sent before the hits' answers
 }
 
 // runUDP serves c until it is closed, with recvmmsg/sendmmsg.
@@ -110,21 +112,33 @@ func (m *mmsgLoop) recv(fd uintptr) bool {
 }
 
 func (m *mmsgLoop) send(fd uintptr) bool {
-	for m.sent < m.nSend {
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.shdr[m.sent])),
-			uintptr(m.nSend-m.sent), unix.MSG_DONTWAIT, 0, 0)
-		switch {
-		case e == unix.EAGAIN:
-			return false
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			m.sent++ // skip the datagram the kernel refused (e.g. unreachable)
-			continue
+	done, _ := sendBatch(fd, m.shdr[:m.nSend], &m.sent, true)
+	return done
+}
+
+// sendBatch sends hdrs from *sent on with sendmmsg (MSG_DONTWAIT), as a
+// RawConn.Write callback: false (wait in the poller) when the socket
+// buffer is full. A datagram the kernel refuses (e.g. unreachable) is
+// skipped when skip is set; else sendBatch returns the error with *sent
+// at that datagram.
+func sendBatch(fd uintptr, hdrs []unix.Mmsghdr, sent *int, skip bool) (bool, syscall.Errno) {
+	for *sent < len(hdrs) {
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[*sent])),
+			uintptr(len(hdrs)-*sent), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			*sent += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false, 0
+		default:
+			if !skip {
+				return true, e
+			}
+			*sent++
 		}
-		m.sent += int(n)
 	}
-	return true
+	return true, 0
 }
 
 // handle answers the received batch: hits are queued for one sendmmsg,
@@ -150,11 +164,14 @@ func (m *mmsgLoop) handle() {
 		}
 		if slow {
 			to := replyTo{rc: m.rc, sa: m.addr[i], salen: m.rhdr[i].Hdr.Namelen}
-			if m.ls.miss && m.p.startMiss(m.ls, pkt, src, to, m.c) {
+			if m.ls.miss && m.p.startMiss(m.ls, pkt, src, to, m.c, &m.up) {
 				continue
 			}
 			m.p.dispatchSlow(m.c, pkt, src, m.shard, to)
 		}
+	}
+	if m.up.n > 0 {
+		m.p.flush(&m.up)
 	}
 	if m.nSend > 0 {
 		if err := m.rc.Write(m.sendFn); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -188,6 +205,70 @@ type replyTo struct {
 	rc    syscall.RawConn
 	sa    unix.RawSockaddrInet6
 	salen uint32
+}
+
+// replyBatch is the answers one read of a carrier finishes (answerMiss
+// with a batch): flush sends them with one sendmmsg per listening socket
+// (nearly always one) instead of a sendto each.
+type replyBatch struct {
+	n    int
+	rc   [carrierBatch]syscall.RawConn
+	sa   [carrierBatch]unix.RawSockaddrInet6
+	out  [carrierBatch][]byte // the answers, rendered in place
+	hdr  [carrierBatch]unix.Mmsghdr
+	iov  [carrierBatch]unix.Iovec
+	run  []unix.Mmsghdr // being sent (send)
+	sent int
+	fn   func(fd uintptr) bool // built once: a closure passed to RawConn escapes
+}
+
+// buf is the buffer the next answer is rendered into (then add).
+func (rb *replyBatch) buf() []byte {
+	if rb.out[rb.n] == nil {
+		rb.out[rb.n] = make([]byte, 0, 1500)
+	}
+	return rb.out[rb.n][:0]
+}
+
+// add queues b, rendered into buf, for the client to.
+func (rb *replyBatch) add(b []byte, to *replyTo) {
+	i := rb.n
+	rb.n++
+	rb.out[i] = b[:0] // keeps a buffer that grew
+	rb.rc[i], rb.sa[i] = to.rc, to.sa
+	rb.iov[i].Base = &b[0]
+	rb.iov[i].SetLen(len(b))
+	rb.hdr[i] = unix.Mmsghdr{}
+	rb.hdr[i].Hdr.Iov = &rb.iov[i]
+	rb.hdr[i].Hdr.SetIovlen(1)
+	rb.hdr[i].Hdr.Name = (*byte)(unsafe.Pointer(&rb.sa[i]))
+	rb.hdr[i].Hdr.Namelen = to.salen
+}
+
+// flush sends the queued answers, a sendmmsg per run of answers on the
+// same socket. A failure is the client's (gone) or the proxy's (stopping):
+// nothing to do.
+func (rb *replyBatch) flush() {
+	if rb.fn == nil {
+		rb.fn = rb.send
+	}
+	for i := 0; i < rb.n; {
+		rc := rb.rc[i]
+		j := i + 1
+		for j < rb.n && rb.rc[j] == rc {
+			j++
+		}
+		rb.run, rb.sent = rb.hdr[i:j], 0
+		rc.Write(rb.fn) //nolint:errcheck // closed: the proxy is stopping
+		i = j
+	}
+	clear(rb.rc[:rb.n])
+	rb.n, rb.run = 0, nil
+}
+
+func (rb *replyBatch) send(fd uintptr) bool {
+	done, _ := sendBatch(fd, rb.run, &rb.sent, true)
+	return done
 }
 
 // reply writes the slow path's answer to the job's client: a raw sendto
