@@ -111,11 +111,7 @@ func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 		id = p.ids.next()
 	}
 	m.uq.setID(id)
-	if len(cr.pending) == 0 {
-		cr.setDeadline(m.tryEnd)
-	}
-	cr.pending = append(cr.pending, m)
-	cr.carried++
+	cr.track(m)
 	// Read under the lock: from here on the reader owns m, and its answer
 	// (which cannot come before the send) may finish and recycle m
 	// before send returns.
@@ -238,6 +234,16 @@ func (b *upstreamBatch) send(fd uintptr) bool {
 	done, e := sendBatch(fd, b.hdr[b.from:b.from+b.run], &b.sent, false)
 	b.err = e
 	return done
+}
+
+// track puts m, its ID set, in cr's queries in flight, with the read
+// deadline no later than m's try deadline (see arm); u.carrierMu is held.
+func (cr *carrier) track(m *missFlight) {
+	if cr.deadline.IsZero() || m.tryEnd.Before(cr.deadline) {
+		cr.setDeadline(m.tryEnd)
+	}
+	cr.pending = append(cr.pending, m)
+	cr.carried++
 }
 
 func collides(ms []*missFlight, id uint16) bool {
@@ -381,9 +387,16 @@ func (p *Proxy) readCarrier(cr *carrier) {
 	}
 }
 
-// arm sets cr's read deadline to the earliest try deadline of its queries
-// in flight; false when cr is retired with none left, which takes it off
-// the upstream's carriers (the caller closes its socket).
+// arm makes cr's read deadline fall no later than the earliest try
+// deadline of its queries in flight; false when cr is retired with none
+// left, which takes it off the upstream's carriers (the caller closes its
+// socket).
+//
+// A deadline still ahead stays when it is early enough, also with nothing
+// in flight: moving the runtime's timer costs about half a microsecond,
+// twice per miss at one query at a time (set by carry, cleared here), and
+// a deadline that is early only wakes the reader once for nothing
+// (expireCarrier finds no try late), at most once per upstream timeout.
 func (cr *carrier) arm() bool {
 	u := cr.u
 	u.carrierMu.Lock()
@@ -401,8 +414,12 @@ func (cr *carrier) arm() bool {
 			earliest = m.tryEnd
 		}
 	}
-	if cr.retired && earliest.IsZero() {
-		earliest = time.Unix(1, 0)
+	switch {
+	case cr.retired && earliest.IsZero():
+		earliest = time.Unix(1, 0) // wake to end
+	case !cr.deadline.IsZero() && time.Now().Before(cr.deadline) &&
+		(earliest.IsZero() || !earliest.Before(cr.deadline)):
+		return true // ahead, and early enough
 	}
 	cr.setDeadline(earliest)
 	return true
@@ -410,6 +427,9 @@ func (cr *carrier) arm() bool {
 
 // carried finishes the queries whose answers are the n datagrams of r.
 func (p *Proxy) carried(cr *carrier, r *carrierRead, n int) {
+	got := time.Now()
+	var done [carrierBatch]*missFlight // answered here: ended once the answers are out
+	nd := 0
 	for i := range n {
 		raw := r.bufs[i][:r.hdr[i].Len]
 		m := cr.match(raw)
@@ -422,9 +442,15 @@ func (p *Proxy) carried(cr *carrier, r *carrierRead, n int) {
 			continue
 		}
 		// A copy the size of the answer: the cache keeps it.
-		p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...), &r.rb)
+		if p.completeMiss(m, append(make([]byte, 0, len(raw)), raw...), &r.rb) {
+			done[nd] = m
+			nd++
+		}
 	}
 	r.rb.flush()
+	for _, m := range done[:nd] {
+		p.doneMiss(m, got)
+	}
 }
 
 // match takes the query raw answers off cr's queries in flight. An answer

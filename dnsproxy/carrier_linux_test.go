@@ -98,10 +98,10 @@ func carrierTo(t *testing.T) (*carrier, *net.UDPConn) {
 // queue registers a miss with query wire (ID first) on cr and queues it
 // in b, as carry does with a batch.
 func queue(b *upstreamBatch, cr *carrier, wire string) *missFlight {
-	m := &missFlight{}
+	m := &missFlight{tryEnd: time.Now().Add(time.Minute)}
 	m.uq.wire = []byte(wire)
 	cr.u.carrierMu.Lock()
-	cr.pending = append(cr.pending, m)
+	cr.track(m)
 	b.add(cr, m, m.uq.wire)
 	cr.u.carrierMu.Unlock()
 	return m
@@ -196,5 +196,50 @@ func TestCarrierUnsent(t *testing.T) {
 	}
 	if cr.unsent(m, 0x1234) {
 		t.Error("unsent took a query the reader had already taken")
+	}
+}
+
+// TestCarrierDeadlineKept: the read deadline moves only when a try needs
+// an earlier one, or when it has passed: not for every query and answer
+// (each move is a runtime timer operation on the miss path).
+func TestCarrierDeadlineKept(t *testing.T) {
+	cr, _ := carrierTo(t)
+	u := cr.u
+	now := time.Now()
+	try := func(d time.Duration) *missFlight { return &missFlight{tryEnd: now.Add(d)} }
+	locked := func(f func()) {
+		u.carrierMu.Lock()
+		defer u.carrierMu.Unlock()
+		f()
+	}
+	m1, m2, m3 := try(time.Minute), try(2*time.Minute), try(30*time.Second)
+	locked(func() { cr.track(m1) })
+	if !cr.deadline.Equal(m1.tryEnd) {
+		t.Fatalf("deadline %v after the first try, want its %v", cr.deadline, m1.tryEnd)
+	}
+	locked(func() { cr.track(m2) })
+	if !cr.deadline.Equal(m1.tryEnd) {
+		t.Errorf("a later try moved the deadline to %v", cr.deadline)
+	}
+	locked(func() { cr.drop(m1); cr.drop(m2) })
+	if !cr.arm() || !cr.deadline.Equal(m1.tryEnd) {
+		t.Errorf("with nothing in flight, arm moved a deadline still ahead to %v", cr.deadline)
+	}
+	locked(func() { cr.track(m3) })
+	if !cr.deadline.Equal(m3.tryEnd) {
+		t.Errorf("deadline %v, want the earlier try's %v", cr.deadline, m3.tryEnd)
+	}
+	// Passed (the reader woke on it): arm sets the earliest try's, or
+	// none when nothing is in flight.
+	locked(func() { cr.deadline = time.Unix(1, 0); cr.track(m2) })
+	if !cr.deadline.Equal(time.Unix(1, 0)) {
+		t.Errorf("a try moved a passed deadline (the reader's to re-arm) to %v", cr.deadline)
+	}
+	if !cr.arm() || !cr.deadline.Equal(m3.tryEnd) {
+		t.Errorf("arm after a passed deadline: %v, want %v", cr.deadline, m3.tryEnd)
+	}
+	locked(func() { cr.drop(m2); cr.drop(m3); cr.deadline = time.Unix(1, 0) })
+	if !cr.arm() || !cr.deadline.IsZero() {
+		t.Errorf("arm with nothing in flight after a passed deadline: %v, want none", cr.deadline)
 	}
 }

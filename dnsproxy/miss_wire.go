@@ -153,17 +153,26 @@ func (g *group) first() *upstream {
 }
 
 // completeMiss finishes m with its answer raw, on the carrier's reader:
-// the common case (entryFromWire) answers here; anything else goes to a
+// the common case (entryFromWire) is answered into rb, and true says the
+// caller ends m (doneMiss) once rb is sent; anything else goes to a
 // worker (finishMiss).
-func (p *Proxy) completeMiss(m *missFlight, raw []byte, rb *replyBatch) {
+func (p *Proxy) completeMiss(m *missFlight, raw []byte, rb *replyBatch) bool {
 	if e, addrTTL, ok := p.entryFromWire(m, raw); ok {
-		m.u.success(time.Since(m.sent))
 		p.answerMiss(m, e, addrTTL, rb)
-		p.endMiss(m)
-		return
+		return true
 	}
 	m.raw = raw
 	p.hand(slowJob{miss: m})
+	return false
+}
+
+// doneMiss ends a miss completeMiss answered, its answer sent: the
+// upstream's health learns of the success (the answer came in at got),
+// and what startMiss took is released. Kept until after the send: none of
+// it is the client's business.
+func (p *Proxy) doneMiss(m *missFlight, got time.Time) {
+	m.u.success(got.Sub(m.sent))
+	p.endMiss(m)
 }
 
 // endMiss releases what startMiss took for m.
@@ -289,7 +298,7 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, 
 			m.f.res = groupResult{ede: dns.ExtendedErrorCodeOther, text: "cached answer unreadable: " + err.Error()}
 		}
 	}
-	close(m.f.done)
+	m.f.wake()
 	// Counted before the client has the answer, like every other answer:
 	// whoever asks next (metrics, status, a trace) sees this query.
 	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: m.u.label,

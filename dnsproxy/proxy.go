@@ -840,9 +840,20 @@ func blockedEDE(reason string) []dns.EDNS0 {
 
 // flight is one upstream resolution shared by identical concurrent queries.
 type flight struct {
+	// done is closed when res is set (wake); made by the first query
+	// that joins (nearly every flight has none), guarded by
+	// Proxy.flightMu until the flight is unlisted.
 	done   chan struct{}
 	res    groupResult
 	joined int // queries waiting on it; guarded by Proxy.flightMu
+}
+
+// wake tells the queries that joined f that f.res is set; after unlist,
+// which leaves no query able to join.
+func (f *flight) wake() {
+	if f.done != nil {
+		close(f.done)
+	}
 }
 
 // resolve asks g for req's question once per key at a time (coalescing
@@ -890,10 +901,13 @@ func (p *Proxy) lead(key string, join bool) (*flight, bool) {
 	if f := p.flights[key]; f != nil {
 		if join {
 			f.joined++
+			if f.done == nil {
+				f.done = make(chan struct{})
+			}
 		}
 		return f, false
 	}
-	f := &flight{done: make(chan struct{})}
+	f := &flight{}
 	p.flights[key] = f
 	return f, true
 }
@@ -913,11 +927,11 @@ func (p *Proxy) join(ctx context.Context, f *flight, g *group) groupResult {
 // ones read f.res.
 func (p *Proxy) land(key string, f *flight) {
 	p.unlist(key, f)
-	close(f.done)
+	f.wake()
 }
 
-// unlist is land without closing f.done: no query joins f any more, and
-// the caller, which must close f.done, learns how many did.
+// unlist is land without the wake-up: no query joins f any more, and the
+// caller, which must wake f, learns how many did.
 func (p *Proxy) unlist(key string, f *flight) (joined int) {
 	p.flightMu.Lock()
 	defer p.flightMu.Unlock()
