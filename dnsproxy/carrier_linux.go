@@ -19,6 +19,7 @@ const carrierBatch = 16
 type carriers struct {
 	carrierMu      sync.Mutex
 	carrier        *carrier              // the one taking queries
+	next           *carrier              // made ahead, its reader waiting: the one after (prepare)
 	carriers       map[*carrier]struct{} // every one with a reader
 	carriersClosed bool
 }
@@ -58,14 +59,25 @@ func (cr *carrier) setDeadline(t time.Time) {
 	}
 }
 
-// retire stops cr taking queries and wakes its reader, which closes it
-// once its queries in flight are answered or late; u.carrierMu is held.
+// retire stops cr taking queries; its reader closes it once its queries
+// in flight are answered or late, and with none in flight it is woken to
+// do so retireLinger from now; u.carrierMu is held.
 func (cr *carrier) retire() {
 	if !cr.retired {
 		cr.retired = true
-		cr.setDeadline(time.Unix(1, 0))
+		if len(cr.pending) == 0 {
+			cr.setDeadline(time.Now().Add(retireLinger))
+		}
 	}
 }
+
+// retireLinger is how long a retired carrier with nothing in flight stays
+// open before its reader closes it. Not at once: a carrier is retired by
+// the query that moves to the next one, and a reader woken then would run
+// (and close its socket: system calls) before the reader of that query's
+// answer. Its port carries nothing meanwhile: an answer arriving there
+// matches no query.
+const retireLinger = 50 * time.Millisecond
 
 // carry registers m on u's current carrier (a fresh one when there is
 // none, or it is full, old or retired) under a random ID unique among the
@@ -85,26 +97,14 @@ func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 			u.carrierMu.Unlock()
 			return errors.New("upstream closed")
 		}
-		sp, err := u.spares.get()
-		if err != nil {
-			u.carrierMu.Unlock()
-			return fmt.Errorf("dial udp %s: %w", u.label, err)
+		if cr = u.takeNext(); cr == nil {
+			var err error
+			if cr, err = p.newCarrier(u); err != nil {
+				u.carrierMu.Unlock()
+				return err
+			}
 		}
-		sock, ok := sp.c.(*upstreamSocket)
-		if !ok {
-			sp.c.Close()
-			u.carrierMu.Unlock()
-			return errors.New("carrier needs a raw socket")
-		}
-		sock.SetDeadline(time.Time{}) // a spare that carried a try of exchangeUDP keeps its deadlines
-		cr = &carrier{u: u, c: sock, born: sp.born}
 		u.carrier = cr
-		if u.carriers.carriers == nil {
-			u.carriers.carriers = map[*carrier]struct{}{}
-		}
-		u.carriers.carriers[cr] = struct{}{}
-		p.carrierWG.Add(1)
-		go p.readCarrier(cr)
 	}
 	id := p.ids.next()
 	for collides(cr.pending, id) {
@@ -234,6 +234,61 @@ func (b *upstreamBatch) send(fd uintptr) bool {
 	done, e := sendBatch(fd, b.hdr[b.from:b.from+b.run], &b.sent, false)
 	b.err = e
 	return done
+}
+
+// newCarrier makes a carrier of u from a spare and starts its reader;
+// u.carrierMu is held.
+func (p *Proxy) newCarrier(u *upstream) (*carrier, error) {
+	sp, err := u.spares.get()
+	if err != nil {
+		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
+	}
+	sock, ok := sp.c.(*upstreamSocket)
+	if !ok {
+		sp.c.Close()
+		return nil, errors.New("carrier needs a raw socket")
+	}
+	sock.SetDeadline(time.Time{}) // a spare that carried a try of exchangeUDP keeps its deadlines
+	cr := &carrier{u: u, c: sock, born: sp.born}
+	if u.carriers.carriers == nil {
+		u.carriers.carriers = map[*carrier]struct{}{}
+	}
+	u.carriers.carriers[cr] = struct{}{}
+	p.carrierWG.Add(1)
+	go p.readCarrier(cr)
+	return cr, nil
+}
+
+// takeNext returns the carrier prepare made ahead when it may still take
+// queries, else nil; u.carrierMu is held.
+func (u *upstream) takeNext() *carrier {
+	n := u.next
+	u.next = nil
+	if n != nil && (n.retired || time.Since(n.born) >= spareMaxAge) {
+		n.retire() // its reader closes it
+		return nil
+	}
+	return n
+}
+
+// prepareAt is how many queries the current carrier has carried when
+// prepare makes the next one: soon before it is needed, so that the next
+// port is not open long before it carries anything.
+const prepareAt = spareMaxUses * 3 / 4
+
+// prepare makes u's next carrier ahead of need (its socket from a spare,
+// its reader started and waiting) when the current one nears its last
+// query. The reader calls it after its answers are sent: a carrier's
+// start (a goroutine, its buffers, the socket's deadline) is then no part
+// of the query that needs the new carrier, which only swaps it in.
+func (p *Proxy) prepare(u *upstream) {
+	u.carrierMu.Lock()
+	defer u.carrierMu.Unlock()
+	if cr := u.carrier; u.next != nil || u.carriersClosed || cr == nil ||
+		(cr.carried < prepareAt && time.Since(cr.born) < spareMaxAge*3/4) {
+		return
+	}
+	u.next, _ = p.newCarrier(u) // on error, carry makes one when it needs it (and reports it)
 }
 
 // track puts m, its ID set, in cr's queries in flight, with the read
@@ -373,10 +428,7 @@ func (p *Proxy) readCarrier(cr *carrier) {
 		cr.retired = true
 		left := cr.pending
 		cr.pending = nil
-		if u.carrier == cr {
-			u.carrier = nil
-		}
-		delete(u.carriers.carriers, cr)
+		u.unlist(cr)
 		u.carrierMu.Unlock()
 		for _, m := range left {
 			m.err = fmt.Errorf("read udp %s: %w", u.label, err)
@@ -385,6 +437,17 @@ func (p *Proxy) readCarrier(cr *carrier) {
 		cr.c.Close()
 		return
 	}
+}
+
+// unlist takes cr off u's carriers; u.carrierMu is held.
+func (u *upstream) unlist(cr *carrier) {
+	if u.carrier == cr {
+		u.carrier = nil
+	}
+	if u.next == cr {
+		u.next = nil
+	}
+	delete(u.carriers.carriers, cr)
 }
 
 // arm makes cr's read deadline fall no later than the earliest try
@@ -402,10 +465,7 @@ func (cr *carrier) arm() bool {
 	u.carrierMu.Lock()
 	defer u.carrierMu.Unlock()
 	if cr.retired && len(cr.pending) == 0 {
-		if u.carrier == cr {
-			u.carrier = nil
-		}
-		delete(u.carriers.carriers, cr)
+		u.unlist(cr)
 		return false
 	}
 	earliest := time.Time{}
@@ -414,11 +474,8 @@ func (cr *carrier) arm() bool {
 			earliest = m.tryEnd
 		}
 	}
-	switch {
-	case cr.retired && earliest.IsZero():
-		earliest = time.Unix(1, 0) // wake to end
-	case !cr.deadline.IsZero() && time.Now().Before(cr.deadline) &&
-		(earliest.IsZero() || !earliest.Before(cr.deadline)):
+	if !cr.deadline.IsZero() && time.Now().Before(cr.deadline) &&
+		(earliest.IsZero() || !earliest.Before(cr.deadline)) {
 		return true // ahead, and early enough
 	}
 	cr.setDeadline(earliest)
@@ -450,6 +507,9 @@ func (p *Proxy) carried(cr *carrier, r *carrierRead, n int) {
 	r.rb.flush()
 	for _, m := range done[:nd] {
 		p.doneMiss(m, got)
+	}
+	if nd > 0 {
+		p.prepare(cr.u)
 	}
 }
 
@@ -510,7 +570,7 @@ func (p *Proxy) expireCarrier(cr *carrier, err error) {
 func (u *upstream) closeCarriers() {
 	u.carrierMu.Lock()
 	u.carriersClosed = true
-	u.carrier = nil
+	u.carrier, u.next = nil, nil
 	crs := make([]*carrier, 0, len(u.carriers.carriers))
 	for cr := range u.carriers.carriers {
 		cr.retire()

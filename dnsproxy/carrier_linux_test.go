@@ -2,12 +2,16 @@ package dnsproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // TestCarrierRearmsAfterWake: once a carrier's reader has woken on a
@@ -241,5 +245,75 @@ func TestCarrierDeadlineKept(t *testing.T) {
 	locked(func() { cr.drop(m2); cr.drop(m3); cr.deadline = time.Unix(1, 0) })
 	if !cr.arm() || !cr.deadline.IsZero() {
 		t.Errorf("arm with nothing in flight after a passed deadline: %v, want none", cr.deadline)
+	}
+}
+
+// TestCarrierPreparedAhead: once the carrier in use has carried prepareAt
+// queries, the next one is made ahead (a reader waiting on a fresh port),
+// and the query that needs a new carrier takes that one; every query is
+// answered from the port it went out on, each port carrying at most
+// spareMaxUses.
+func TestCarrierPreparedAhead(t *testing.T) {
+	ports := map[int]int{}
+	var mu sync.Mutex
+	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
+		mu.Lock()
+		ports[from.Port]++
+		mu.Unlock()
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = []dns.RR{mustRR("%s 60 IN A 10.30.0.1", q.Question[0].Name)}
+		b, err := r.Pack()
+		if err == nil {
+			send(b)
+		}
+	})
+	p, _ := startProxy(t, testConfig(addr), Options{})
+	u := p.st.Load().router.def.ups[0]
+	state := func() (cur, next *carrier) {
+		u.carrierMu.Lock()
+		defer u.carrierMu.Unlock()
+		return u.carrier, u.next
+	}
+	c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+	ask := func(i int) {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("p%d.example.", i), dns.TypeA)
+		if r, _, err := c.Exchange(m, proxyAddr(t, p, "udp")); err != nil || len(r.Answer) != 1 {
+			t.Fatalf("query %d: %v %v", i, r, err)
+		}
+	}
+	ask(0)
+	first, next := state()
+	if first == nil || next != nil {
+		t.Fatalf("after one query: carrier %p, next %p; want a carrier and none made ahead", first, next)
+	}
+	for i := 1; i < prepareAt; i++ {
+		ask(i)
+	}
+	// prepare runs after the answers are out: wait for it, bounded.
+	deadline := time.Now().Add(3 * time.Second)
+	for _, next = state(); next == nil && time.Now().Before(deadline); _, next = state() {
+		time.Sleep(time.Millisecond)
+	}
+	if next == nil || next == first {
+		t.Fatalf("after %d queries on one carrier no next carrier was made ahead", prepareAt)
+	}
+	for i := prepareAt; i <= spareMaxUses; i++ {
+		ask(i)
+	}
+	if cur, _ := state(); cur != next {
+		t.Errorf("query %d went out on carrier %p, want the one made ahead (%p)", spareMaxUses+1, cur, next)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ports) != 2 {
+		t.Errorf("%d source ports for %d queries, want 2: %v", len(ports), spareMaxUses+1, ports)
+	}
+	for port, n := range ports {
+		if n > spareMaxUses {
+			t.Errorf("port %d carried %d queries, want at most %d", port, n, spareMaxUses)
+		}
 	}
 }
