@@ -17,15 +17,19 @@ import (
 // The UDP miss path. A cache miss of the plain shape parseQuery reads
 // (nearly every miss) is forwarded from the client's bytes: the listener
 // itself makes serveMsg's checks on the question, packs the upstream query
-// from the client's question and sends it on the carrier of the group's
-// first upstream (startMiss, carry), before it reads on. The carrier's
-// reader matches the answer (answerMatchesWire), reads it on the wire
-// (readAnswer), caches the entry it makes, lands the flight, accounts the
-// query and answers the client with writeHit from the entry
-// (completeMiss). Whatever is not that case, the general path (slowWire)
-// answers; an answer of another shape, and a try that fails, go to a
-// worker (finishMiss), which goes on like group.exchange with the other
-// upstreams of the group, in the same flight and within the same deadline.
+// from the client's question and queues it on the carrier of the group's
+// first upstream (startMiss, carry); once the whole batch of datagrams is
+// read, one sendmmsg per carrier sends the batch's queries (flush). The
+// carrier's reader matches the answer (answerMatchesWire), reads it on
+// the wire (readAnswer), caches the entry it makes, lands the flight,
+// accounts the query and renders the client's answer with writeHit from
+// the entry (completeMiss); one sendmmsg sends the answers of a read
+// (replyBatch), and only then are the upstream's health and the miss's
+// resources seen to (doneMiss). Whatever is not that case, the general
+// path (slowWire) answers; an answer of another shape, and a try that
+// fails, go to a worker (finishMiss), which goes on like group.exchange
+// with the other upstreams of the group, in the same flight and within
+// the same deadline.
 //
 // The protections are the general path's: a random source port that
 // carries at most spareMaxUses queries within spareMaxAge, a random ID per
