@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,17 +19,9 @@ import (
 // Before, arm took the socket's passed deadline for "none" and left it:
 // every read failed at once and the reader spun until the next query.
 func TestCarrierRearmsAfterWake(t *testing.T) {
-	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	c, err := dialUDP(l.LocalAddr().(*net.UDPAddr).AddrPort())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := c.(*upstreamSocket)
-	t.Cleanup(func() { sock.Close() })
+	cr, l := carrierTo(t)
+	u, sock := cr.u, cr.c
+	u.carriers.carriers = map[*carrier]struct{}{cr: {}}
 	if _, err := sock.Write([]byte("q")); err != nil {
 		t.Fatal(err)
 	}
@@ -41,9 +32,6 @@ func TestCarrierRearmsAfterWake(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	u := &upstream{label: "test"}
-	cr := &carrier{u: u, c: sock, born: time.Now()}
-	u.carriers.carriers = map[*carrier]struct{}{cr: {}}
 	u.carrierMu.Lock()
 	cr.setDeadline(time.Now().Add(5 * time.Millisecond))
 	u.carrierMu.Unlock()
@@ -254,20 +242,7 @@ func TestCarrierDeadlineKept(t *testing.T) {
 // answered from the port it went out on, each port carrying at most
 // spareMaxUses.
 func TestCarrierPreparedAhead(t *testing.T) {
-	ports := map[int]int{}
-	var mu sync.Mutex
-	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
-		mu.Lock()
-		ports[from.Port]++
-		mu.Unlock()
-		r := new(dns.Msg)
-		r.SetReply(q)
-		r.Answer = []dns.RR{mustRR("%s 60 IN A 10.30.0.1", q.Question[0].Name)}
-		b, err := r.Pack()
-		if err == nil {
-			send(b)
-		}
-	})
+	addr, ports := portCountingUpstream(t)
 	p, _ := startProxy(t, testConfig(addr), Options{})
 	u := p.st.Load().router.def.ups[0]
 	state := func() (cur, next *carrier) {
@@ -306,14 +281,7 @@ func TestCarrierPreparedAhead(t *testing.T) {
 	if cur, _ := state(); cur != next {
 		t.Errorf("query %d went out on carrier %p, want the one made ahead (%p)", spareMaxUses+1, cur, next)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(ports) != 2 {
-		t.Errorf("%d source ports for %d queries, want 2: %v", len(ports), spareMaxUses+1, ports)
-	}
-	for port, n := range ports {
-		if n > spareMaxUses {
-			t.Errorf("port %d carried %d queries, want at most %d", port, n, spareMaxUses)
-		}
+	if got := ports(); len(got) != 2 {
+		t.Errorf("%d source ports for %d queries, want 2: %v", len(got), spareMaxUses+1, got)
 	}
 }

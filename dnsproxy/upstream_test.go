@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -232,6 +233,24 @@ func TestQueryIDs(t *testing.T) {
 // each carry at most spareMaxUses queries, so a stream of misses is spread
 // over many ports and no port serves for long (see spareSockets).
 func TestUpstreamSourcePorts(t *testing.T) {
+	addr, ports := portCountingUpstream(t)
+	p, _ := startProxy(t, testConfig(addr), Options{})
+	const n = 3*spareMaxUses + 10 // at least four ports
+	for i := range n {
+		if r := ask(t, p, "udp", fmt.Sprintf("port%d.example.", i), dns.TypeA, 0); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("query %d: %s", i, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if got := ports(); len(got) < n/spareMaxUses {
+		t.Errorf("%d upstream queries came from only %d source ports: %v", n, len(got), got)
+	}
+}
+
+// portCountingUpstream is an upstream answering every query with an A
+// record, and a function returning how many queries came from each
+// source port so far, which fails the test for a port that carried more
+// than spareMaxUses.
+func portCountingUpstream(t *testing.T) (string, func() map[int]int) {
 	var mu sync.Mutex
 	ports := map[int]int{}
 	addr := rawUDPFrom(t, func(q *dns.Msg, from *net.UDPAddr, send func([]byte)) {
@@ -244,22 +263,16 @@ func TestUpstreamSourcePorts(t *testing.T) {
 		b, _ := r.Pack()
 		send(b)
 	})
-	p, _ := startProxy(t, testConfig(addr), Options{})
-	const n = 3*spareMaxUses + 10 // at least four ports
-	for i := range n {
-		if r := ask(t, p, "udp", fmt.Sprintf("port%d.example.", i), dns.TypeA, 0); r.Rcode != dns.RcodeSuccess {
-			t.Fatalf("query %d: %s", i, dns.RcodeToString[r.Rcode])
+	return addr, func() map[int]int {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		for port, k := range ports {
+			if k > spareMaxUses {
+				t.Errorf("source port %d carried %d queries, want at most %d", port, k, spareMaxUses)
+			}
 		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	for port, k := range ports {
-		if k > spareMaxUses {
-			t.Errorf("source port %d carried %d queries, want at most %d", port, k, spareMaxUses)
-		}
-	}
-	if len(ports) < n/spareMaxUses {
-		t.Errorf("%d upstream queries came from only %d source ports: %v", n, len(ports), ports)
+		return maps.Clone(ports)
 	}
 }
 
