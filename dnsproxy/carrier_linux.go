@@ -81,10 +81,11 @@ const retireLinger = 50 * time.Millisecond
 
 // carry registers m on u's current carrier (a fresh one when there is
 // none, or it is full, old or retired) under a random ID unique among the
-// carrier's queries in flight, and sends m's query, or with a batch b
-// queues a copy of it for b's flush. It runs on a listener goroutine;
-// once m is registered, the carrier's reader owns it and may finish it at
-// any moment. On error m is not registered and still the caller's.
+// carrier's queries in flight, and queues a copy of m's query in the
+// listener's batch b, whose flush sends it. It runs on a listener
+// goroutine; once m is registered, the carrier's reader owns it and may
+// finish it at any moment. On error m is not registered and still the
+// caller's.
 func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 	u.carrierMu.Lock()
 	cr := u.carrier
@@ -112,23 +113,11 @@ func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 	}
 	m.uq.setID(id)
 	cr.track(m)
-	// Read under the lock: from here on the reader owns m, and its answer
-	// (which cannot come before the send) may finish and recycle m
-	// before send returns.
-	wire := m.uq.wire
-	if b != nil {
-		b.add(cr, m, wire)
-		u.carrierMu.Unlock()
-		return nil
-	}
+	// Copied under the lock: from here on the reader owns m, and may
+	// finish and recycle it (the proxy closing, its try deadline) before
+	// the batch is sent.
+	b.add(cr, m)
 	u.carrierMu.Unlock()
-
-	// Not Write: listeners on other cores send on the same carrier.
-	if err := cr.c.send(wire); err != nil {
-		if cr.unsent(m, id) {
-			return fmt.Errorf("write udp %s: %w", u.label, err)
-		}
-	}
 	return nil
 }
 
@@ -150,7 +139,7 @@ func (cr *carrier) unsent(m *missFlight, id uint16) bool {
 }
 
 // upstreamBatch is the upstream queries a listener's batch of datagrams
-// starts (carry with a batch): flush sends each carrier's share with one
+// starts (carry): flush sends each carrier's share with one
 // sendmmsg once the whole batch is read. One system call and, with the
 // upstream on the same core, one wake-up of it per batch, not per miss.
 // The queries are copies: a query's missFlight belongs to the carrier's
@@ -170,18 +159,18 @@ type upstreamBatch struct {
 	fn   func(fd uintptr) bool // built once: a closure passed to RawConn escapes
 }
 
-// add queues m's query wire on cr; u.carrierMu is held.
-func (b *upstreamBatch) add(cr *carrier, m *missFlight, wire []byte) {
+// add queues a copy of m's query on cr; u.carrierMu is held.
+func (b *upstreamBatch) add(cr *carrier, m *missFlight) {
 	i := b.n
 	b.n++
 	b.cr[i], b.m[i], b.id[i] = cr, m, m.uq.id()
-	b.wire[i] = append(b.wire[i][:0], wire...)
+	b.wire[i] = append(b.wire[i][:0], m.uq.wire...)
 }
 
 // flush sends the queued queries, one sendmmsg per run of queries on the
 // same carrier (nearly always one run: a group's first upstream has one
-// carrier at a time). A query the kernel refuses fails its try at once,
-// like carry's send: the worker goes on with the group's other upstreams.
+// carrier at a time). A query the kernel refuses fails its try at once:
+// the worker goes on with the group's other upstreams.
 func (p *Proxy) flush(b *upstreamBatch) {
 	if b.fn == nil {
 		b.fn = b.send

@@ -94,7 +94,7 @@ func queue(b *upstreamBatch, cr *carrier, wire string) *missFlight {
 	m.uq.wire = []byte(wire)
 	cr.u.carrierMu.Lock()
 	cr.track(m)
-	b.add(cr, m, m.uq.wire)
+	b.add(cr, m)
 	cr.u.carrierMu.Unlock()
 	return m
 }

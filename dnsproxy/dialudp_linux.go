@@ -91,20 +91,6 @@ func (c *upstreamSocket) Write(b []byte) (int, error) {
 	return c.n, nil
 }
 
-// send writes b like Write, for callers that share the socket (a
-// carrier): its state is the call's own.
-func (c *upstreamSocket) send(b []byte) error {
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		_, errno = rawSyscall(unix.SYS_WRITE, fd, b)
-		return errno != unix.EAGAIN
-	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("write", errno)
-	}
-	return err
-}
-
 func (c *upstreamSocket) read(fd uintptr) bool  { return c.call(unix.SYS_READ, fd) }
 func (c *upstreamSocket) write(fd uintptr) bool { return c.call(unix.SYS_WRITE, fd) }
 
