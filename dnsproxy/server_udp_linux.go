@@ -208,8 +208,8 @@ type replyTo struct {
 }
 
 // replyBatch is the answers one read of a carrier finishes (answerMiss
-// with a batch): flush sends them with one sendmmsg per listening socket
-// (nearly always one) instead of a sendto each.
+// renders each into it): flush sends them with one sendmmsg per listening
+// socket (nearly always one) instead of a sendto each.
 type replyBatch struct {
 	n    int
 	rc   [carrierBatch]syscall.RawConn
