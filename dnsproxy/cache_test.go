@@ -269,3 +269,74 @@ func TestCacheEvictionBound(t *testing.T) {
 		t.Errorf("after shrink: %d entries, bound 64", n)
 	}
 }
+
+// TestCachePutThenTrim: putThenTrim lets a full shard take an entry
+// without evicting (the miss path answers first), within cacheSlack of
+// its share; trim then evicts back to the share, and the entries counter
+// follows both.
+func TestCachePutThenTrim(t *testing.T) {
+	const size = 2 * cacheShards // two entries per shard
+	c := newCache(size)
+	g := &group{label: "default", counters: &groupCounters{}}
+	entry := func(key string) *cacheEntry {
+		m := new(dns.Msg)
+		m.SetQuestion("x.example.", dns.TypeA)
+		m.Response = true
+		e, ok := newCacheEntry(key, m, time.Minute, 0, g)
+		if !ok {
+			t.Fatal("newCacheEntry failed")
+		}
+		return e
+	}
+	// Keys of one shard, enough to go over its share by more than the slack.
+	s0 := c.shard([]byte("k0"))
+	var keys []string
+	for i := 0; len(keys) < 2+cacheSlack+3; i++ {
+		if k := fmt.Sprintf("k%d", i); c.shard([]byte(k)) == s0 {
+			keys = append(keys, k)
+		}
+	}
+	shardLen := func() int {
+		s0.mu.RLock()
+		defer s0.mu.RUnlock()
+		if len(s0.m) != len(s0.ring) {
+			t.Fatalf("map %d, ring %d", len(s0.m), len(s0.ring))
+		}
+		return len(s0.ring)
+	}
+	c.put(entry(keys[0]))
+	c.put(entry(keys[1]))
+	c.putThenTrim(entry(keys[2]))
+	if n := shardLen(); n != 3 || c.len() != 3 {
+		t.Fatalf("after putThenTrim on a full shard: %d in the shard, counter %d; want 3 (nothing evicted yet)", n, c.len())
+	}
+	s0.mu.RLock()
+	_, in := s0.m[keys[2]]
+	s0.mu.RUnlock()
+	if !in {
+		t.Fatal("the entry putThenTrim inserted is not there")
+	}
+	s0.mu.Lock()
+	s0.hand = len(s0.ring) - 1 // CLOCK's hand on the new entry's slot
+	s0.mu.Unlock()
+	c.trim(keys[2])
+	if n := shardLen(); n != 2 || c.len() != 2 {
+		t.Fatalf("after trim: %d in the shard, counter %d; want 2", n, c.len())
+	}
+	if c.get([]byte(keys[2]), 1) == nil {
+		t.Fatal("trim evicted the entry just inserted, not an older one")
+	}
+	// Without trims the shard stops at its share plus the slack.
+	for _, k := range keys[3:] {
+		c.putThenTrim(entry(k))
+	}
+	if n := shardLen(); n > 2+cacheSlack || c.len() != n {
+		t.Fatalf("putThenTrim without trim: %d in the shard (counter %d), want at most %d", n, c.len(), 2+cacheSlack)
+	}
+	for range cacheSlack {
+		c.trim(keys[0])
+	}
+	if n := shardLen(); n != 2 || c.len() != 2 {
+		t.Fatalf("after trims: %d in the shard, counter %d; want 2", n, c.len())
+	}
+}

@@ -170,11 +170,13 @@ func (p *Proxy) completeMiss(m *missFlight, raw []byte, rb *replyBatch) bool {
 	return false
 }
 
-// doneMiss ends a miss completeMiss answered, its answer sent: the
-// upstream's health learns of the success (the answer came in at got),
-// and what startMiss took is released. Kept until after the send: none of
-// it is the client's business.
+// doneMiss ends a miss completeMiss answered, its answer sent: the cache
+// evicts what the answer's entry displaced, the upstream's health learns
+// of the success (the answer came in at got), and what startMiss took is
+// released. Kept until after the send: none of it is the client's
+// business.
 func (p *Proxy) doneMiss(m *missFlight, got time.Time) {
+	p.cache.trim(m.key)
 	m.u.success(got.Sub(m.sent))
 	p.endMiss(m)
 }
@@ -290,8 +292,9 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, 
 		p.observeAddrs(p.ctx, m.job.src.Addr(), e.addrs, addrTTL)
 	}
 	// In the cache and the flight landed before the client has the
-	// answer: its next query hits, and never joins this flight.
-	p.cache.put(e)
+	// answer: its next query hits, and never joins this flight. What the
+	// insert evicts, doneMiss evicts after the answer is sent.
+	p.cache.putThenTrim(e)
 	m.f.res = groupResult{entry: e, upstream: m.u.label}
 	if p.unlist(m.key, m.f) > 0 {
 		// Joiners read a message (serveMsg).
