@@ -98,14 +98,15 @@ const cacheSlack = 64
 
 // putThenTrim inserts e like put, except that a full shard takes it (up to
 // cacheSlack entries over its share) and the caller evicts afterwards
-// with trim. The miss path answers its client in between: an eviction
-// reads a cold entry, its key and a map group, about 0.7 µs of a miss
-// with a full cache (perf), none of it the client's business. e enters
-// marked as used, so that the trim after it does not choose e itself
-// (put evicts before e is in the shard).
-func (c *cache) putThenTrim(e *cacheEntry) {
+// with trim, when putThenTrim says the shard is over its share. The miss
+// path answers its client in between: an eviction reads a cold entry, its
+// key and a map group, about 0.7 µs of a miss with a full cache (perf),
+// none of it the client's business. e enters marked as used, so that the
+// trim after it does not choose e itself (put evicts before e is in the
+// shard).
+func (c *cache) putThenTrim(e *cacheEntry) (over bool) {
 	e.ref.Store(true)
-	c.insert(e, cacheSlack)
+	return c.insert(e, cacheSlack)
 }
 
 // trim evicts from key's shard what putThenTrim put over its share, a few
@@ -121,11 +122,12 @@ func (c *cache) trim(key string) {
 	}
 }
 
-// insert is put with a shard allowed slack entries over its share.
-func (c *cache) insert(e *cacheEntry, slack int64) {
+// insert is put with a shard allowed slack entries over its share; true
+// when the shard holds more than its share afterwards.
+func (c *cache) insert(e *cacheEntry, slack int64) (over bool) {
 	limit := c.shardCap.Load()
 	if limit == 0 {
-		return
+		return false
 	}
 	s := c.shard([]byte(e.key))
 	s.mu.Lock()
@@ -134,19 +136,20 @@ func (c *cache) insert(e *cacheEntry, slack int64) {
 		e.slot = old.slot
 		s.ring[e.slot] = e
 		s.m[e.key] = e
-		return
+		return false
 	}
 	for i := 0; int64(len(s.ring)) >= limit+slack && i < 4; i++ {
 		s.evictOne()
 		c.entries.Add(-1)
 	}
 	if int64(len(s.ring)) >= limit+slack {
-		return
+		return true
 	}
 	e.slot = len(s.ring)
 	s.ring = append(s.ring, e)
 	s.m[e.key] = e
 	c.entries.Add(1)
+	return int64(len(s.ring)) > limit
 }
 
 // evictOne removes one entry chosen by the CLOCK hand. The caller holds s.mu

@@ -304,9 +304,13 @@ func TestCachePutThenTrim(t *testing.T) {
 		}
 		return len(s0.ring)
 	}
-	c.put(entry(keys[0]))
+	if c.putThenTrim(entry(keys[0])) {
+		t.Fatal("putThenTrim into an empty shard says it went over its share")
+	}
 	c.put(entry(keys[1]))
-	c.putThenTrim(entry(keys[2]))
+	if !c.putThenTrim(entry(keys[2])) {
+		t.Fatal("putThenTrim into a full shard does not say it went over its share")
+	}
 	if n := shardLen(); n != 3 || c.len() != 3 {
 		t.Fatalf("after putThenTrim on a full shard: %d in the shard, counter %d; want 3 (nothing evicted yet)", n, c.len())
 	}

@@ -191,12 +191,12 @@ func (p *Proxy) flush(b *upstreamBatch) {
 			b.err = 0
 			if err := cr.c.rc.Write(b.fn); err != nil { // closed: none of the rest goes
 				for k := b.from + b.sent; k < j; k++ {
-					p.unsent(cr, b.m[k], b.id[k], err)
+					p.failUnsent(cr, b.m[k], b.id[k], err)
 				}
 				break
 			}
 			if b.err != 0 { // the kernel refused the query at b.sent
-				p.unsent(cr, b.m[b.from+b.sent], b.id[b.from+b.sent], os.NewSyscallError("sendmmsg", b.err))
+				p.failUnsent(cr, b.m[b.from+b.sent], b.id[b.from+b.sent], os.NewSyscallError("sendmmsg", b.err))
 				b.sent++
 			}
 		}
@@ -208,9 +208,9 @@ func (p *Proxy) flush(b *upstreamBatch) {
 	b.n = 0
 }
 
-// unsent fails the try of m, queued under id on cr, whose query could not
-// be sent (unless the reader already took m).
-func (p *Proxy) unsent(cr *carrier, m *missFlight, id uint16, err error) {
+// failUnsent fails the try of m, queued under id on cr, whose query could
+// not be sent (unless the reader already took m).
+func (p *Proxy) failUnsent(cr *carrier, m *missFlight, id uint16, err error) {
 	if cr.unsent(m, id) {
 		m.err = fmt.Errorf("write udp %s: %w", cr.u.label, err)
 		p.hand(slowJob{miss: m})

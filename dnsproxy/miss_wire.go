@@ -59,6 +59,8 @@ type missFlight struct {
 	// when it was not of the wire reader's shape, else why it failed.
 	raw []byte
 	err error
+
+	trim bool // its entry's cache shard went over its share (answerMiss)
 }
 
 // startMiss starts the miss in ls (the query handleWire just parsed, from
@@ -176,7 +178,9 @@ func (p *Proxy) completeMiss(m *missFlight, raw []byte, rb *replyBatch) bool {
 // released. Kept until after the send: none of it is the client's
 // business.
 func (p *Proxy) doneMiss(m *missFlight, got time.Time) {
-	p.cache.trim(m.key)
+	if m.trim {
+		p.cache.trim(m.key)
+	}
 	m.u.success(got.Sub(m.sent))
 	p.endMiss(m)
 }
@@ -293,8 +297,8 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, 
 	}
 	// In the cache and the flight landed before the client has the
 	// answer: its next query hits, and never joins this flight. What the
-	// insert evicts, doneMiss evicts after the answer is sent.
-	p.cache.putThenTrim(e)
+	// insert displaces, doneMiss evicts after the answer is sent.
+	m.trim = p.cache.putThenTrim(e)
 	m.f.res = groupResult{entry: e, upstream: m.u.label}
 	if p.unlist(m.key, m.f) > 0 {
 		// Joiners read a message (serveMsg).
