@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -249,9 +250,9 @@ func TestCacheEvictionBound(t *testing.T) {
 	}
 	total := 0
 	for i := range c.shards {
-		total += len(c.shards[i].m)
-		if len(c.shards[i].m) != len(c.shards[i].ring) {
-			t.Errorf("shard %d: map %d, ring %d", i, len(c.shards[i].m), len(c.shards[i].ring))
+		total += c.shards[i].n
+		if c.shards[i].n != len(c.shards[i].ring) {
+			t.Errorf("shard %d: index %d, ring %d", i, c.shards[i].n, len(c.shards[i].ring))
 		}
 	}
 	if total != c.len() {
@@ -299,8 +300,8 @@ func TestCachePutThenTrim(t *testing.T) {
 	shardLen := func() int {
 		s0.mu.RLock()
 		defer s0.mu.RUnlock()
-		if len(s0.m) != len(s0.ring) {
-			t.Fatalf("map %d, ring %d", len(s0.m), len(s0.ring))
+		if s0.n != len(s0.ring) {
+			t.Fatalf("index %d, ring %d", s0.n, len(s0.ring))
 		}
 		return len(s0.ring)
 	}
@@ -315,7 +316,7 @@ func TestCachePutThenTrim(t *testing.T) {
 		t.Fatalf("after putThenTrim on a full shard: %d in the shard, counter %d; want 3 (nothing evicted yet)", n, c.len())
 	}
 	s0.mu.RLock()
-	_, in := s0.m[keys[2]]
+	_, in := s0.find(c.hash([]byte(keys[2])), []byte(keys[2]))
 	s0.mu.RUnlock()
 	if !in {
 		t.Fatal("the entry putThenTrim inserted is not there")
@@ -342,5 +343,113 @@ func TestCachePutThenTrim(t *testing.T) {
 	}
 	if n := shardLen(); n != 2 || c.len() != 2 {
 		t.Fatalf("after trims: %d in the shard, counter %d; want 2", n, c.len())
+	}
+}
+
+// TestCacheIndexRemove: removing from a shard's index keeps every other
+// entry reachable from its home slot, also when a cluster of colliding
+// homes wraps around the end of the index. Every order of inserting and
+// every choice of the removed entry, for entries whose homes crowd the
+// last slots of an 8-slot index.
+func TestCacheIndexRemove(t *testing.T) {
+	homes := []int{5, 6, 7, 7, 0, 6}
+	for mask := 1; mask < 1<<len(homes); mask++ {
+		var hs []uint64
+		for i, home := range homes {
+			if mask&(1<<i) != 0 {
+				hs = append(hs, uint64(home)<<8|uint64(i)) // distinct hashes, chosen homes
+			}
+		}
+		if len(hs) > 4 { // at most half of 8 slots
+			continue
+		}
+		for victim := range hs {
+			s := &cacheShard{idx: make([]cacheSlot, 8)}
+			es := make([]*cacheEntry, len(hs))
+			for i, h := range hs {
+				es[i] = &cacheEntry{key: fmt.Sprintf("k%d", h), h: h}
+				s.add(h, es[i])
+			}
+			s.remove(hs[victim], es[victim])
+			if s.n != len(hs)-1 {
+				t.Fatalf("homes %v, removing %d: n = %d, want %d", hs, victim, s.n, len(hs)-1)
+			}
+			for i, e := range es {
+				at, ok := s.find(e.h, []byte(e.key))
+				if i == victim {
+					if ok {
+						t.Errorf("hashes %x, removed %d: still found", hs, victim)
+					}
+					continue
+				}
+				if !ok || s.idx[at].e != e {
+					t.Errorf("hashes %x, removed %d: entry %d (home %d) unreachable; index %v", hs, victim, i, s.home(e.h), s.idx)
+				}
+			}
+		}
+	}
+}
+
+// TestCacheIndexChurn: a small cache under many inserts, replacements,
+// trims and lookups keeps its shards' index and ring in agreement, every
+// ring entry findable by its key, evicted keys gone, and every index at
+// most half full.
+func TestCacheIndexChurn(t *testing.T) {
+	c := newCache(8 * cacheShards)
+	g := &group{label: "default", counters: &groupCounters{}}
+	m := new(dns.Msg)
+	m.SetQuestion("x.example.", dns.TypeA)
+	m.Response = true
+	rng := rand.New(rand.NewPCG(1, 2))
+	ever := map[string]bool{}
+	for i := range 20000 {
+		key := fmt.Sprintf("k%d", rng.IntN(3000))
+		e, ok := newCacheEntry(key, m, time.Minute, 0, g)
+		if !ok {
+			t.Fatal("newCacheEntry failed")
+		}
+		ever[key] = true
+		switch i % 3 {
+		case 0:
+			c.put(e)
+		case 1:
+			if c.putThenTrim(e) {
+				c.trim(key)
+			}
+		default:
+			c.get([]byte(key), 1)
+		}
+	}
+	in := map[string]bool{}
+	total := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		occupied := 0
+		for _, sl := range s.idx {
+			if sl.e != nil {
+				occupied++
+				if int(sl.e.slot) >= len(s.ring) || s.ring[sl.e.slot] != sl.e {
+					t.Errorf("shard %d: indexed entry %q not at its ring slot", i, sl.e.key)
+				}
+			}
+		}
+		if occupied != s.n || s.n != len(s.ring) || 2*s.n > len(s.idx) {
+			t.Errorf("shard %d: %d occupied slots, n %d, ring %d, index size %d", i, occupied, s.n, len(s.ring), len(s.idx))
+		}
+		for _, e := range s.ring {
+			if e.h != c.hash([]byte(e.key)) || c.get([]byte(e.key), 1) != e {
+				t.Errorf("shard %d: ring entry %q not found by its key", i, e.key)
+			}
+			in[e.key] = true
+		}
+		total += len(s.ring)
+	}
+	if total != c.len() || total > 8*cacheShards+cacheSlack*cacheShards {
+		t.Errorf("entries counter %d, ring total %d", c.len(), total)
+	}
+	for key := range ever {
+		if !in[key] && c.get([]byte(key), 1) != nil {
+			t.Errorf("evicted key %q still found", key)
+		}
 	}
 }
