@@ -256,3 +256,64 @@ func BenchmarkMissConcurrent(b *testing.B) {
 		b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
 	}
 }
+
+// TestMissFlightJoinersKeepTheirAnswer: queries that join a flight the
+// wire miss path leads read its answer after the leader's miss is over;
+// that miss must not be recycled for another while they do (its flight
+// lives inside it). Rounds of a slow name with joiners, each beside a
+// stream of quick misses that recycles the path's state; every joiner
+// checks that the address it got is its own name's.
+func TestMissFlightJoinersKeepTheirAnswer(t *testing.T) {
+	addrOf := func(name string) string {
+		var n int
+		fmt.Sscanf(name, "slow%d.", &n)
+		return fmt.Sprintf("10.31.%d.%d", n/256, n%256)
+	}
+	up := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		name := r.Question[0].Name
+		ip := "10.30.0.53"
+		if bytes.HasPrefix([]byte(name), []byte("slow")) {
+			time.Sleep(30 * time.Millisecond)
+			ip = addrOf(name)
+		}
+		answerA(ip, 300)(w, r)
+	})
+	p, _ := startProxy(t, testConfig(up.addr), Options{})
+	addr := proxyAddr(t, p, "udp")
+	ask := func(name string) (string, error) {
+		c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		r, _, err := c.Exchange(m, addr)
+		if err != nil {
+			return "", err
+		}
+		if len(r.Answer) != 1 {
+			return "", fmt.Errorf("%d answers", len(r.Answer))
+		}
+		return r.Answer[0].(*dns.A).A.String(), nil
+	}
+	for round := range 20 {
+		name := fmt.Sprintf("slow%d.example.", round)
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				got, err := ask(name)
+				if err != nil || got != addrOf(name) {
+					t.Errorf("%s: %s, %v; want %s", name, got, err, addrOf(name))
+				}
+			})
+		}
+		wg.Go(func() {
+			for i := range 30 {
+				if _, err := ask(fmt.Sprintf("quick%d-%d.example.", round, i)); err != nil {
+					t.Errorf("quick miss: %v", err)
+				}
+			}
+		})
+		wg.Wait()
+	}
+	if n := up.count("slow0.example."); n != 1 {
+		t.Errorf("upstream saw %d queries for slow0.example., want 1 (the others joined)", n)
+	}
+}

@@ -45,8 +45,8 @@ type missFlight struct {
 	view  *groupView
 	q     query
 	name  string
-	key   string
-	f     *flight
+	key   string // shares name's allocation (keyAndName)
+	f     flight // the flight this miss leads; see shared
 	uq    upQuery
 	start time.Time // the query's arrival
 	end   time.Time // the whole query's deadline (Deadline)
@@ -61,6 +61,9 @@ type missFlight struct {
 	err error
 
 	trim bool // its entry's cache shard went over its share (answerMiss)
+	// Queries joined f: they read f.res after the flight landed, so m
+	// is left to the collector instead of going back to missPool.
+	shared bool
 }
 
 // startMiss starts the miss in ls (the query handleWire just parsed, from
@@ -73,7 +76,7 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		return false
 	}
 	st := p.st.Load()
-	name := wireName(pkt[headerLen:])
+	key, name := keyAndName(ls.key[:ls.keyLen], pkt[headerLen:headerLen+q.nameLen])
 	if name == "" || st.policy.check(name) != "" {
 		return false
 	}
@@ -96,30 +99,21 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 		p.slow.Add(-1)
 		return false // the general path answers SERVFAIL (overload)
 	}
-	key := string(ls.key[:ls.keyLen])
-	f, lead := p.lead(key, false)
-	if !lead { // the general path joins it
+	// m is as release left it: zero but its buffers. f is not written
+	// after lead: from then on a query may join it.
+	m := missPool.Get().(*missFlight)
+	if _, lead := p.lead(key, false, &m.f); !lead { // the general path joins it
+		missPool.Put(m)
 		p.inflight.release()
 		p.slow.Add(-1)
 		return false
 	}
 	now := time.Now()
-	m := missPool.Get().(*missFlight)
-	pktBuf, wireBuf := m.job.pkt[:0], m.uq.wire[:0]
-	*m = missFlight{
-		job:   slowJob{c: c, pkt: append(pktBuf, pkt...), src: src, shard: ls.shard, to: to},
-		st:    st,
-		g:     g,
-		view:  view,
-		q:     q,
-		name:  name,
-		key:   key,
-		f:     f,
-		start: ls.start,
-		end:   now.Add(st.cfg.Deadline),
-		u:     u,
-	}
-	m.uq = newUpQuery(wireBuf, m.job.pkt[headerLen:headerLen+q.nameLen], name, q.qtype, q.qclass,
+	m.job = slowJob{c: c, pkt: append(m.job.pkt[:0], pkt...), src: src, shard: ls.shard, to: to}
+	m.st, m.g, m.view, m.q = st, g, view, q
+	m.name, m.key = name, key
+	m.start, m.end, m.u = ls.start, now.Add(st.cfg.Deadline), u
+	m.uq = newUpQuery(m.uq.wire[:0], m.job.pkt[headerLen:headerLen+q.nameLen], name, q.qtype, q.qclass,
 		q.flags&flagCD != 0, q.do, st.cfg.EDNSBufferSize)
 	m.sent = now
 	m.tryEnd = now.Add(st.cfg.UpstreamTimeout)
@@ -137,8 +131,12 @@ func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to repl
 // allocates the cache entry it keeps, not its scaffolding.
 var missPool = sync.Pool{New: func() any { return new(missFlight) }}
 
-// release returns m to missPool, keeping only its buffers.
+// release returns m to missPool, keeping only its buffers; unless
+// queries joined its flight (shared).
 func (m *missFlight) release() {
+	if m.shared {
+		return
+	}
 	pkt, wire := m.job.pkt[:0], m.uq.wire[:0]
 	*m = missFlight{}
 	if cap(pkt) <= maxUDPAnswer && cap(wire) <= maxUDPAnswer {
@@ -300,7 +298,8 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, 
 	// insert displaces, doneMiss evicts after the answer is sent.
 	m.trim = p.cache.putThenTrim(e)
 	m.f.res = groupResult{entry: e, upstream: m.u.label}
-	if p.unlist(m.key, m.f) > 0 {
+	if p.unlist(m.key, &m.f) > 0 {
+		m.shared = true
 		// Joiners read a message (serveMsg).
 		msg := new(dns.Msg)
 		if err := msg.Unpack(e.wire); err == nil {
@@ -323,7 +322,8 @@ func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, 
 // flight.
 func (p *Proxy) answerGeneral(m *missFlight, res groupResult) {
 	m.f.res = res
-	p.land(m.key, m.f)
+	m.shared = p.unlist(m.key, &m.f) > 0
+	m.f.wake()
 	info := answerInfo{transport: TransportUDP, group: m.g.label, peerGroup: m.view.label(), upstream: res.upstream,
 		cacheMiss: true}
 	req := new(dns.Msg)

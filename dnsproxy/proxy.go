@@ -872,7 +872,7 @@ func (p *Proxy) resolve(ctx context.Context, st *state, g *group, req *dns.Msg, 
 
 // resolveQuery is resolve for a packed upstream query.
 func (p *Proxy) resolveQuery(ctx context.Context, st *state, g *group, uq *upQuery, key string) groupResult {
-	f, lead := p.lead(key, true)
+	f, lead := p.lead(key, true, nil)
 	if !lead {
 		return p.join(ctx, f, g)
 	}
@@ -894,8 +894,9 @@ func (p *Proxy) resolveQuery(ctx context.Context, st *state, g *group, uq *upQue
 
 // lead returns the flight for key: a new one that the caller leads (and
 // must land), or the one in the air, which the caller joins (counted, so
-// that the leader leaves it a message) when join is set.
-func (p *Proxy) lead(key string, join bool) (*flight, bool) {
+// that the leader leaves it a message) when join is set. The new one is
+// mine when the caller has one to use (zero), else a new allocation.
+func (p *Proxy) lead(key string, join bool, mine *flight) (*flight, bool) {
 	p.flightMu.Lock()
 	defer p.flightMu.Unlock()
 	if f := p.flights[key]; f != nil {
@@ -907,7 +908,10 @@ func (p *Proxy) lead(key string, join bool) (*flight, bool) {
 		}
 		return f, false
 	}
-	f := &flight{}
+	f := mine
+	if f == nil {
+		f = &flight{}
+	}
 	p.flights[key] = f
 	return f, true
 }

@@ -464,3 +464,50 @@ func answerMatchesWire(uq *upQuery, r []byte) bool {
 }
 
 func binary16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
+
+// keyAndName returns the cache key (key's bytes) and the question name
+// qname (wire form, no compression, as parseQuery read it) in the
+// presentation form wireName gives, from one allocation: the miss path
+// keeps both for as long as the miss and its cache entry live, and a
+// miss's allocations are most of what it costs beyond its system calls.
+func keyAndName(key, qname []byte) (string, string) {
+	var buf [keyMax + maxNameWire]byte
+	b := append(buf[:0], key...)
+	if b, ok := appendPlainName(b, qname); ok {
+		s := string(b)
+		return s[:len(key)], s[len(key):]
+	}
+	return string(key), wireName(qname)
+}
+
+// appendPlainName appends the presentation form of the wire name qname to
+// b when no byte of it needs escaping (which miekg/dns escapes:
+// control, non-ASCII, space and .'@;()"\ ) and the name is within the
+// length miekg/dns accepts; false otherwise, for wireName to write it.
+func appendPlainName(b, qname []byte) ([]byte, bool) {
+	if len(qname) == 1 && qname[0] == 0 {
+		return append(b, '.'), true
+	}
+	for off := 0; off < len(qname); {
+		l := int(qname[off])
+		if l == 0 {
+			return b, off < maxNameWire
+		}
+		if l > 63 || off+1+l > len(qname) {
+			return b, false
+		}
+		for _, c := range qname[off+1 : off+1+l] {
+			if c <= ' ' || c > '~' {
+				return b, false
+			}
+			switch c {
+			case '.', '\'', '@', ';', '(', ')', '"', '\\':
+				return b, false
+			}
+		}
+		b = append(b, qname[off+1:off+1+l]...)
+		b = append(b, '.')
+		off += 1 + l
+	}
+	return b, false
+}

@@ -215,3 +215,77 @@ func TestFoldCopy(t *testing.T) {
 		check(src)
 	}
 }
+
+// TestKeyAndName: the name keyAndName gives is wireName's for every name
+// parseQuery accepts, escapes and the longest names included, and the key
+// is key's bytes.
+func TestKeyAndName(t *testing.T) {
+	wire := func(labels ...string) []byte {
+		var b []byte
+		for _, l := range labels {
+			b = append(append(b, byte(len(l))), l...)
+		}
+		return append(b, 0)
+	}
+	long := func(n int) []string { // labels of 63 and one shorter, n wire bytes in all
+		var ls []string
+		for n > 1 {
+			l := min(63, n-2)
+			ls = append(ls, strings.Repeat("a", l))
+			n -= l + 1
+		}
+		return ls
+	}
+	names := [][]byte{
+		{0},
+		wire("www", "Example", "COM"),
+		wire("_dns", "resolver", "arpa"),
+		wire("a b", "example"),
+		wire("a.b", "example"),
+		wire(`a\b`, "example"),
+		wire("a@b;c(d)e\"f'g", "example"),
+		wire("x\x00y", "example"),
+		wire("caf\xc3\xa9", "example"),
+		wire("tab\t", "example"),
+		wire("~-_*+!#$%&", "example"),
+		wire(long(255)...),
+		wire(long(256)...),
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		var ls []string
+		for range 1 + rng.IntN(4) {
+			l := make([]byte, 1+rng.IntN(12))
+			for i := range l {
+				l[i] = byte(rng.IntN(256))
+				if rng.IntN(4) != 0 {
+					l[i] = 'a' + byte(rng.IntN(26))
+				}
+			}
+			ls = append(ls, string(l))
+		}
+		names = append(names, wire(ls...))
+	}
+	for _, qname := range names {
+		key := append(bytes.ToLower(qname), 0, 1, 0, 1, 0)
+		k, name := keyAndName(key, qname)
+		if want := wireName(qname); name != want {
+			t.Errorf("name of %q: %q, want %q (wireName)", qname, name, want)
+		}
+		if k != string(key) {
+			t.Errorf("key of %q: %q, want %q", qname, k, key)
+		}
+	}
+	// A plain name costs one allocation for both strings.
+	qname := wire("www", "example", "com")
+	key := append(bytes.ToLower(qname), 0, 1, 0, 1, 0)
+	if n := testing.AllocsPerRun(100, func() { keyAndName(key, qname) }); n != 1 {
+		t.Errorf("keyAndName of a plain name: %v allocations, want 1", n)
+	}
+	if _, ok := appendPlainName(nil, wire(long(256)...)); ok {
+		t.Error("appendPlainName writes a 256-octet name, which miekg/dns refuses")
+	}
+	if b, ok := appendPlainName(nil, wire(long(255)...)); !ok || len(b) != 254 {
+		t.Errorf("appendPlainName of a 255-octet name: %d bytes, %v; want 254 bytes", len(b), ok)
+	}
+}
