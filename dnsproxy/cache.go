@@ -50,9 +50,11 @@ type cacheShard struct {
 // cacheSlot is one slot of a shard's index: an entry and its key's hash,
 // nil when empty. A lookup that finds the slot of its hash empty reads
 // one cache line of idx and nothing else: a miss (which every upstream
-// query starts with) touches no entry and no key. On this kind of host a
-// random cache line far away costs 0.1–0.4 µs (bench/README.md); the Go
-// map this replaces read its header, directory, table and group first.
+// query starts with) touches no entry and no key. Between two queries
+// other processes run on the core, so what a query touches is cold: on
+// the bench's VM each random page touched added 0.15–0.45 µs to a round
+// trip (README, Performance); the Go map this replaces read its header,
+// directory, table and group first.
 type cacheSlot struct {
 	h uint64
 	e *cacheEntry
