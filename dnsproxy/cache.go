@@ -52,7 +52,7 @@ type cacheShard struct {
 // one cache line of idx and nothing else: a miss (which every upstream
 // query starts with) touches no entry and no key. Between two queries
 // other processes run on the core, so what a query touches is cold: on
-// the bench's VM each random page touched added 0.15–0.45 µs to a round
+// the bench's VM each random page touched added 0.1–0.45 µs to a round
 // trip (README, Performance); the Go map this replaces read its header,
 // directory, table and group first.
 type cacheSlot struct {

@@ -468,8 +468,8 @@ func binary16(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
 // keyAndName returns the cache key (key's bytes) and the question name
 // qname (wire form, no compression, as parseQuery read it) in the
 // presentation form wireName gives, from one allocation: the miss path
-// keeps both for as long as the miss and its cache entry live, and a
-// miss's allocations are most of what it costs beyond its system calls.
+// keeps both for as long as the miss and its cache entry live, and every
+// allocation is fresh memory the miss has to touch.
 func keyAndName(key, qname []byte) (string, string) {
 	var buf [keyMax + maxNameWire]byte
 	b := append(buf[:0], key...)
