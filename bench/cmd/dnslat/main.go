@@ -110,6 +110,9 @@ func run() error {
 			return fmt.Errorf("dial target %q: %w", t.Addr, err)
 		}
 		defer t.conn.Close()
+		if err := rxStamped(t.conn); err != nil {
+			return fmt.Errorf("receive timestamps on the socket for %q: %w", t.Addr, err)
+		}
 		t.rtts = make([]time.Duration, 0, *count)
 	}
 	var rb [4]byte
@@ -202,6 +205,9 @@ func runConcurrent(targets []*target, inflight, count, slice int, nameFor func(t
 				return fmt.Errorf("dial target %q: %w", t.Addr, err)
 			}
 			conns[ti] = append(conns[ti], c)
+			if err := rxStamped(c); err != nil {
+				return fmt.Errorf("receive timestamps on a socket for %q: %w", t.Addr, err)
+			}
 		}
 		conns[ti] = conns[ti][:inflight]
 	}
@@ -295,7 +301,9 @@ func parseTargets(s string) ([]*target, error) {
 }
 
 // query sends one A query and waits for its answer; the round trip is timed
-// from just before the write to just after the matching read.
+// from just before the write to the kernel's receive time of the matching
+// answer (rxStamped), or to just after its read when the socket gives no
+// such time.
 func query(c *net.UDPConn, name string, want netip.Addr, timeout time.Duration, buf []byte) (time.Duration, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
@@ -304,19 +312,23 @@ func query(c *net.UDPConn, name string, want netip.Addr, timeout time.Duration, 
 	if err != nil {
 		return 0, fmt.Errorf("pack query %q: %w", name, err)
 	}
-	start := time.Now()
-	if err := c.SetDeadline(start.Add(timeout)); err != nil {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return 0, fmt.Errorf("set deadline: %w", err)
 	}
+	var oob [oobSize]byte
+	start := time.Now()
 	if _, err := c.Write(pkt); err != nil {
 		return 0, fmt.Errorf("send query %q: %w", name, err)
 	}
 	for range 8 { // skip late answers to earlier, timed-out queries
-		n, err := c.Read(buf)
+		n, rx, err := readStamped(c, buf, oob[:])
 		if err != nil {
 			return 0, fmt.Errorf("read answer %q: %w", name, err)
 		}
 		rtt := time.Since(start)
+		if !rx.IsZero() && !rx.Before(start) && rx.Sub(start) <= rtt {
+			rtt = rx.Sub(start) // wall clocks both; a clock step falls back to the read
+		}
 		r := new(dns.Msg)
 		if err := r.Unpack(buf[:n]); err != nil {
 			return 0, fmt.Errorf("unpack answer %q: %w", name, err)

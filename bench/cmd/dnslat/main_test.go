@@ -58,6 +58,9 @@ func TestQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if err := rxStamped(c); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, dns.MaxMsgSize)
 	want := netip.MustParseAddr("192.0.2.1")
 	for _, name := range []string{"a.bench.", "stray.bench."} {
