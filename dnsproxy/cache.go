@@ -39,10 +39,9 @@ type cacheEntry struct {
 }
 
 type cacheShard struct {
-	mu   sync.RWMutex // protects idx, n, ring, hand
-	idx  []cacheSlot  // open addressing, linear probing; a power of 2, at most half full
-	n    int          // occupied slots of idx
-	ring []*cacheEntry
+	mu   sync.RWMutex  // protects idx, ring, hand
+	idx  []cacheSlot   // open addressing, linear probing; a power of 2, at most half full
+	ring []*cacheEntry // the entries idx indexes, in CLOCK order
 	hand int
 	_    [64]byte // keep shards on separate cache lines
 }
@@ -116,11 +115,11 @@ func (s *cacheShard) find(h uint64, key []byte) (int, bool) {
 	}
 }
 
-// add puts e (hash h, not in the index) into the index, doubling it first
-// when that would make it more than half full. The caller holds s.mu
-// for writing.
+// add puts e (hash h, not in the index, just appended to the ring) into
+// the index, doubling it first when that would make it more than half
+// full. The caller holds s.mu for writing.
 func (s *cacheShard) add(h uint64, e *cacheEntry) {
-	if 2*(s.n+1) > len(s.idx) {
+	if 2*len(s.ring) > len(s.idx) {
 		old := s.idx
 		s.idx = make([]cacheSlot, 2*len(old))
 		for _, sl := range old {
@@ -130,7 +129,6 @@ func (s *cacheShard) add(h uint64, e *cacheEntry) {
 		}
 	}
 	s.idx[s.free(h)] = cacheSlot{h: h, e: e}
-	s.n++
 }
 
 // free returns the first empty slot from h's home on.
@@ -166,7 +164,6 @@ func (s *cacheShard) remove(h uint64, e *cacheEntry) {
 		i = j
 	}
 	s.idx[i] = cacheSlot{}
-	s.n--
 }
 
 // get returns the live entry for key, or nil. It does not allocate.

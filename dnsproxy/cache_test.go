@@ -250,9 +250,9 @@ func TestCacheEvictionBound(t *testing.T) {
 	}
 	total := 0
 	for i := range c.shards {
-		total += c.shards[i].n
-		if c.shards[i].n != len(c.shards[i].ring) {
-			t.Errorf("shard %d: index %d, ring %d", i, c.shards[i].n, len(c.shards[i].ring))
+		total += indexed(&c.shards[i])
+		if n := indexed(&c.shards[i]); n != len(c.shards[i].ring) {
+			t.Errorf("shard %d: index %d, ring %d", i, n, len(c.shards[i].ring))
 		}
 	}
 	if total != c.len() {
@@ -300,8 +300,8 @@ func TestCachePutThenTrim(t *testing.T) {
 	shardLen := func() int {
 		s0.mu.RLock()
 		defer s0.mu.RUnlock()
-		if s0.n != len(s0.ring) {
-			t.Fatalf("index %d, ring %d", s0.n, len(s0.ring))
+		if n := indexed(s0); n != len(s0.ring) {
+			t.Fatalf("index %d, ring %d", n, len(s0.ring))
 		}
 		return len(s0.ring)
 	}
@@ -371,8 +371,8 @@ func TestCacheIndexRemove(t *testing.T) {
 				s.add(h, es[i])
 			}
 			s.remove(hs[victim], es[victim])
-			if s.n != len(hs)-1 {
-				t.Fatalf("homes %v, removing %d: n = %d, want %d", hs, victim, s.n, len(hs)-1)
+			if n := indexed(s); n != len(hs)-1 {
+				t.Fatalf("homes %v, removing %d: %d indexed, want %d", hs, victim, n, len(hs)-1)
 			}
 			for i, e := range es {
 				at, ok := s.find(e.h, []byte(e.key))
@@ -424,17 +424,16 @@ func TestCacheIndexChurn(t *testing.T) {
 	total := 0
 	for i := range c.shards {
 		s := &c.shards[i]
-		occupied := 0
+		occupied := indexed(s)
 		for _, sl := range s.idx {
 			if sl.e != nil {
-				occupied++
 				if int(sl.e.slot) >= len(s.ring) || s.ring[sl.e.slot] != sl.e {
 					t.Errorf("shard %d: indexed entry %q not at its ring slot", i, sl.e.key)
 				}
 			}
 		}
-		if occupied != s.n || s.n != len(s.ring) || 2*s.n > len(s.idx) {
-			t.Errorf("shard %d: %d occupied slots, n %d, ring %d, index size %d", i, occupied, s.n, len(s.ring), len(s.idx))
+		if occupied != len(s.ring) || 2*occupied > len(s.idx) {
+			t.Errorf("shard %d: %d occupied slots, ring %d, index size %d", i, occupied, len(s.ring), len(s.idx))
 		}
 		for _, e := range s.ring {
 			if e.h != c.hash([]byte(e.key)) || c.get([]byte(e.key), 1) != e {
@@ -507,4 +506,51 @@ func BenchmarkCacheLookup(b *testing.B) {
 			c.put(entries[i&4095])
 		}
 	})
+}
+
+// indexed counts the occupied slots of s's index.
+func indexed(s *cacheShard) int {
+	n := 0
+	for _, sl := range s.idx {
+		if sl.e != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestCacheIndexGrows: shards whose index doubles (several times, from
+// cacheIndexMin) still find every entry, and stay at most half full.
+func TestCacheIndexGrows(t *testing.T) {
+	const n = 150 * cacheShards
+	c := newCache(2 * n)
+	g := &group{label: "default", counters: &groupCounters{}}
+	m := new(dns.Msg)
+	m.SetQuestion("x.example.", dns.TypeA)
+	m.Response = true
+	for i := range n {
+		e, ok := newCacheEntry(fmt.Sprintf("g%d", i), m, time.Minute, 0, g)
+		if !ok {
+			t.Fatal("newCacheEntry failed")
+		}
+		c.put(e)
+	}
+	grown := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		if len(s.idx) >= 4*cacheIndexMin {
+			grown++
+		}
+		if 2*len(s.ring) > len(s.idx) {
+			t.Errorf("shard %d: %d entries in an index of %d", i, len(s.ring), len(s.idx))
+		}
+	}
+	if grown == 0 {
+		t.Fatalf("no shard's index grew past %d slots", 2*cacheIndexMin)
+	}
+	for i := range n {
+		if c.get(fmt.Appendf(nil, "g%d", i), 1) == nil {
+			t.Fatalf("g%d not found after the index grew", i)
+		}
+	}
 }
