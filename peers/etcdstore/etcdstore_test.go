@@ -228,7 +228,12 @@ func TestFollowerWatchSnapshotAndOutage(t *testing.T) {
 func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
 	srv := etcdtest.Start(t)
 	s, _ := openStore(t, Config{Endpoints: []string{srv.Endpoint}, MaxTxnOps: 8})
-	s.SetAddressQuarantine(time.Second)
+	// Long enough that the first removal's entries are still in
+	// quarantine when the sixth is counted, also on a slow machine under
+	// the race detector (CI once took over a second for the twelve changes
+	// and counted 8).
+	const quarantine = 3 * time.Second
+	s.SetAddressQuarantine(quarantine)
 	for i := range 6 {
 		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("p%d", i)}, testPool()); err != nil {
 			t.Fatal(err)
@@ -254,7 +259,7 @@ func TestExpiredQuarantineIsPrunedWithinTxnLimit(t *testing.T) {
 	if n := count(); n != 12 {
 		t.Fatalf("%d quarantine entries after removing 6 peers, want 12", n)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(quarantine + 100*time.Millisecond)
 	last := count()
 	for i := range 6 {
 		if _, err := s.Add(peers.AddRequest{User: fmt.Sprintf("q%d", i)}, testPool()); err != nil {
