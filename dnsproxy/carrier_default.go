@@ -11,3 +11,9 @@ func (u *upstream) closeCarriers() {}
 type missFlight struct{}
 
 func (p *Proxy) finishMiss(*missFlight) {}
+
+// carrierPoller is the Linux miss path's (carrier_poll_linux.go).
+type carrierPoller struct{}
+
+func (*carrierPoller) init(*Proxy) {}
+func (*carrierPoller) stop()       {}

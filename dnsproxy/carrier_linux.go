@@ -7,7 +7,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,9 +26,10 @@ type carriers struct {
 // A carrier is a connected UDP socket (a spare: random source port) that
 // carries the miss path's queries to one upstream, several at a time,
 // each under its own random ID, up to spareMaxUses queries and for at
-// most spareMaxAge; then it is retired and a fresh one takes over. One
-// reader goroutine per carrier reads the answers in batches and matches
-// each to its query by ID and question (answerMatchesWire). An answer
+// most spareMaxAge; then it is retired and a fresh one takes over. The
+// proxy's carrier poller (carrierPoller) reads the answers of every
+// carrier in batches and matches each to its query by ID and question
+// (answerMatchesWire). An answer
 // that matches no query in flight, or repeats an ID with another question,
 // retires the carrier at once: like a spare whose try saw a forged
 // answer, its port carries no further query.
@@ -40,43 +40,31 @@ type carriers struct {
 // recvmmsg and one wake-up serve a batch of answers.
 type carrier struct {
 	u    *upstream
-	c    *upstreamSocket
+	c    *carrierSocket
 	born time.Time
 
-	// Guarded by u.carrierMu: the read deadline is only ever set under
-	// it, so a wake-up (retire) cannot be overwritten by the reader.
-	pending  []*missFlight
-	carried  int       // queries sent
-	retired  bool      // takes no more queries
-	deadline time.Time // the socket's read deadline (zero: none)
+	// Guarded by u.carrierMu.
+	pending   []*missFlight
+	carried   int       // queries sent
+	retired   bool      // takes no more queries
+	retiredAt time.Time // when retired was set
 }
 
-// setDeadline sets cr's read deadline; u.carrierMu is held.
-func (cr *carrier) setDeadline(t time.Time) {
-	if !t.Equal(cr.deadline) {
-		cr.deadline = t
-		cr.c.SetReadDeadline(t)
-	}
-}
-
-// retire stops cr taking queries; its reader closes it once its queries
-// in flight are answered or late, and with none in flight it is woken to
-// do so retireLinger from now; u.carrierMu is held.
+// retire stops cr taking queries; the poller closes it once its queries
+// in flight are answered or late, and no sooner than retireLinger from
+// now; u.carrierMu is held.
 func (cr *carrier) retire() {
 	if !cr.retired {
 		cr.retired = true
-		if len(cr.pending) == 0 {
-			cr.setDeadline(time.Now().Add(retireLinger))
-		}
+		cr.retiredAt = time.Now()
 	}
 }
 
-// retireLinger is how long a retired carrier with nothing in flight stays
-// open before its reader closes it. Not at once: a carrier is retired by
-// the query that moves to the next one, and a reader woken then would run
-// (and close its socket: system calls) before the reader of that query's
-// answer. Its port carries nothing meanwhile: an answer arriving there
-// matches no query.
+// retireLinger is how long a retired carrier stays open at least. Not
+// closed at once: a carrier is retired by the query that moves to the
+// next one, and closing it then (system calls) would come before that
+// query's answer. Its port carries nothing meanwhile: an answer arriving
+// there matches no query.
 const retireLinger = 50 * time.Millisecond
 
 // carry registers m on u's current carrier (a fresh one when there is
@@ -225,26 +213,22 @@ func (b *upstreamBatch) send(fd uintptr) bool {
 	return done
 }
 
-// newCarrier makes a carrier of u from a spare and starts its reader;
-// u.carrierMu is held.
+// newCarrier makes a carrier of u (a fresh socket, see dialCarrier) and
+// hands it to the proxy's carrier poller; u.carrierMu is held.
 func (p *Proxy) newCarrier(u *upstream) (*carrier, error) {
-	sp, err := u.spares.get()
+	sock, err := dialCarrier(u.spec.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}
-	sock, ok := sp.c.(*upstreamSocket)
-	if !ok {
-		sp.c.Close()
-		return nil, errors.New("carrier needs a raw socket")
+	cr := &carrier{u: u, c: sock, born: time.Now()}
+	if err := p.cpoll.add(cr); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("dial udp %s: %w", u.label, err)
 	}
-	sock.SetDeadline(time.Time{}) // a spare that carried a try of exchangeUDP keeps its deadlines
-	cr := &carrier{u: u, c: sock, born: sp.born}
 	if u.carriers.carriers == nil {
 		u.carriers.carriers = map[*carrier]struct{}{}
 	}
 	u.carriers.carriers[cr] = struct{}{}
-	p.carrierWG.Add(1)
-	go p.readCarrier(cr)
 	return cr, nil
 }
 
@@ -265,11 +249,11 @@ func (u *upstream) takeNext() *carrier {
 // port is not open long before it carries anything.
 const prepareAt = spareMaxUses * 3 / 4
 
-// prepare makes u's next carrier ahead of need (its socket from a spare,
-// its reader started and waiting) when the current one nears its last
-// query. The reader calls it after its answers are sent: a carrier's
-// start (a goroutine, its buffers, the socket's deadline) is then no part
-// of the query that needs the new carrier, which only swaps it in.
+// prepare makes u's next carrier ahead of need (its socket made and
+// watched by the poller) when the current one nears its last query. The
+// poller calls it after its answers are sent: a carrier's start (socket,
+// connect, epoll_ctl) is then no part of the query that needs the new
+// carrier, which only swaps it in.
 func (p *Proxy) prepare(u *upstream) {
 	u.carrierMu.Lock()
 	defer u.carrierMu.Unlock()
@@ -280,12 +264,9 @@ func (p *Proxy) prepare(u *upstream) {
 	u.next, _ = p.newCarrier(u) // on error, carry makes one when it needs it (and reports it)
 }
 
-// track puts m, its ID set, in cr's queries in flight, with the read
-// deadline no later than m's try deadline (see arm); u.carrierMu is held.
+// track puts m, its ID set, in cr's queries in flight (the poller fails
+// its try once m.tryEnd has passed); u.carrierMu is held.
 func (cr *carrier) track(m *missFlight) {
-	if cr.deadline.IsZero() || m.tryEnd.Before(cr.deadline) {
-		cr.setDeadline(m.tryEnd)
-	}
 	cr.pending = append(cr.pending, m)
 	cr.carried++
 }
@@ -313,9 +294,8 @@ func (cr *carrier) drop(m *missFlight) bool {
 	return false
 }
 
-// carrierRead is one reader's recvmmsg state: buffers for a batch of
-// answers of any size UDP carries, kept in carrierReads for the next
-// carrier's reader.
+// carrierRead is the poller's recvmmsg state: buffers for a batch of
+// answers of any size UDP carries.
 type carrierRead struct {
 	hdr   [carrierBatch]unix.Mmsghdr
 	iov   [carrierBatch]unix.Iovec
@@ -330,7 +310,7 @@ type carrierRead struct {
 // general path, whose buffer takes any datagram.
 const carrierReadSize = 4096 + 512
 
-var carrierReads = sync.Pool{New: func() any {
+func newCarrierRead() *carrierRead {
 	r := new(carrierRead)
 	for i := range carrierBatch {
 		r.bufs[i] = make([]byte, carrierReadSize)
@@ -340,93 +320,11 @@ var carrierReads = sync.Pool{New: func() any {
 		r.hdr[i].Hdr.SetIovlen(1)
 	}
 	return r
-}}
+}
 
 // errLargeAnswer is a first try whose answer did not fit a carrier's
 // buffer: the general path asks the same upstream again (not a failure).
 var errLargeAnswer = errors.New("answer larger than the carrier's buffer")
-
-// readCarrier matches cr's answers to its queries until cr is retired
-// with none left in flight, or closed. A query whose try deadline passes
-// goes to a worker as a failed try (finishMiss). The goroutine is not in
-// p.wg: Close ends it by closing the socket (closeCarriers).
-//
-// The answers are read and finished inside the RawConn.Read callback,
-// which waits in the poller as soon as a batch comes back short: like the
-// listener's (mmsgLoop.recv), no recvmmsg is spent on an EAGAIN per
-// wake-up.
-func (p *Proxy) readCarrier(cr *carrier) {
-	u := cr.u
-	r := carrierReads.Get().(*carrierRead)
-	defer carrierReads.Put(r)
-	done := false
-	// wait re-arms the deadline for the queries now in flight before the
-	// callback waits in the poller (false), or ends the reader (true).
-	wait := func() bool {
-		done = !cr.arm()
-		return done
-	}
-	recv := func(fd uintptr) bool { // built per carrier: one closure, not one per read
-		got := false
-		for {
-			for i := range carrierBatch {
-				r.hdr[i].Len = 0
-				r.hdr[i].Hdr.Flags = 0
-			}
-			n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdr[0])), carrierBatch,
-				unix.MSG_DONTWAIT, 0, 0)
-			switch e {
-			case 0:
-			case unix.EAGAIN:
-				return got && wait()
-			case unix.EINTR:
-				continue
-			default:
-				r.errno = e
-				return true
-			}
-			p.carried(cr, r, int(n))
-			got = true
-			if int(n) < carrierBatch {
-				return wait()
-			}
-		}
-	}
-	defer p.carrierWG.Done()
-	for {
-		if !cr.arm() {
-			cr.c.Close()
-			return
-		}
-		r.errno = 0
-		err := cr.c.rc.Read(recv)
-		if done {
-			cr.c.Close()
-			return
-		}
-		if err == nil && r.errno != 0 {
-			err = os.NewSyscallError("recvmmsg", r.errno)
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			p.expireCarrier(cr, err)
-			continue
-		}
-		// Closed (the proxy stopping, the upstream removed) or broken:
-		// every query in flight fails its try.
-		u.carrierMu.Lock()
-		cr.retired = true
-		left := cr.pending
-		cr.pending = nil
-		u.unlist(cr)
-		u.carrierMu.Unlock()
-		for _, m := range left {
-			m.err = fmt.Errorf("read udp %s: %w", u.label, err)
-			p.hand(slowJob{miss: m})
-		}
-		cr.c.Close()
-		return
-	}
-}
 
 // unlist takes cr off u's carriers; u.carrierMu is held.
 func (u *upstream) unlist(cr *carrier) {
@@ -437,38 +335,6 @@ func (u *upstream) unlist(cr *carrier) {
 		u.next = nil
 	}
 	delete(u.carriers.carriers, cr)
-}
-
-// arm makes cr's read deadline fall no later than the earliest try
-// deadline of its queries in flight; false when cr is retired with none
-// left, which takes it off the upstream's carriers (the caller closes its
-// socket).
-//
-// A deadline still ahead stays when it is early enough, also with nothing
-// in flight: moving the runtime's timer costs about half a microsecond,
-// twice per miss at one query at a time (set by carry, cleared here), and
-// a deadline that is early only wakes the reader once for nothing
-// (expireCarrier finds no try late), at most once per upstream timeout.
-func (cr *carrier) arm() bool {
-	u := cr.u
-	u.carrierMu.Lock()
-	defer u.carrierMu.Unlock()
-	if cr.retired && len(cr.pending) == 0 {
-		u.unlist(cr)
-		return false
-	}
-	earliest := time.Time{}
-	for _, m := range cr.pending {
-		if earliest.IsZero() || m.tryEnd.Before(earliest) {
-			earliest = m.tryEnd
-		}
-	}
-	if !cr.deadline.IsZero() && time.Now().Before(cr.deadline) &&
-		(earliest.IsZero() || !earliest.Before(cr.deadline)) {
-		return true // ahead, and early enough
-	}
-	cr.setDeadline(earliest)
-	return true
 }
 
 // carried finishes the queries whose answers are the n datagrams of r.
@@ -522,51 +388,16 @@ func (cr *carrier) match(raw []byte) *missFlight {
 	return nil
 }
 
-// expireCarrier fails the tries of cr whose deadline passed.
-func (p *Proxy) expireCarrier(cr *carrier, err error) {
-	u := cr.u
-	now := time.Now()
-	var late []*missFlight
-	u.carrierMu.Lock()
-	for i := 0; i < len(cr.pending); {
-		if m := cr.pending[i]; !now.Before(m.tryEnd) {
-			cr.drop(m)
-			late = append(late, m)
-			continue
-		}
-		i++
-	}
-	if len(late) > 0 {
-		cr.retire() // a port whose answers do not come is not reused
-	}
-	// The socket's deadline has passed (it fired, perhaps a hair before
-	// a try's deadline by the clock, or retire woke the reader): say so,
-	// so that arm sets the next one, whatever it is (none too).
-	cr.deadline = time.Unix(1, 0)
-	u.carrierMu.Unlock()
-	if len(late) > 0 {
-		err = fmt.Errorf("read udp %s: %w", u.label, err)
-	}
-	for _, m := range late {
-		m.err = err
-		p.hand(slowJob{miss: m})
-	}
-}
-
-// closeCarriers closes every carrier of u and lets no new one start
-// (Close, or u removed by a reload): their readers fail what is in flight
-// and exit.
+// closeCarriers retires every carrier of u and lets no new one start
+// (Close, or u removed by a reload): the poller fails what they have in
+// flight and closes them at its next round (see carrierPoller.sweep), and
+// at once when the proxy closes.
 func (u *upstream) closeCarriers() {
 	u.carrierMu.Lock()
+	defer u.carrierMu.Unlock()
 	u.carriersClosed = true
 	u.carrier, u.next = nil, nil
-	crs := make([]*carrier, 0, len(u.carriers.carriers))
 	for cr := range u.carriers.carriers {
 		cr.retire()
-		crs = append(crs, cr)
-	}
-	u.carrierMu.Unlock()
-	for _, cr := range crs {
-		cr.c.Close()
 	}
 }

@@ -11,61 +11,128 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
-// TestCarrierRearmsAfterWake: once a carrier's reader has woken on a
-// passed deadline with no try late (here: nothing in flight), arm leaves
-// the socket without a deadline, so the next read waits for an answer.
-// Before, arm took the socket's passed deadline for "none" and left it:
-// every read failed at once and the reader spun until the next query.
-func TestCarrierRearmsAfterWake(t *testing.T) {
-	cr, l := carrierTo(t)
-	u, sock := cr.u, cr.c
+// TestCarrierPollerSweep: the poller's sweep fails a try whose deadline
+// has passed (a worker gets it with a deadline error) and retires its
+// carrier, keeps a try still within its deadline, and closes a retired
+// carrier only once it has nothing in flight and retireLinger has passed.
+func TestCarrierPollerSweep(t *testing.T) {
+	// The poller's state without its goroutine: the sweeps below are the
+	// only ones, at the times they are given.
+	p := &Proxy{slowJobs: make(chan slowJob, 4)}
+	p.cpoll.init(p)
+	cr, _ := carrierTo(t)
+	u := cr.u
+	p.cpoll.crs = map[int32]*carrier{cr.c.fd: cr}
 	u.carriers.carriers = map[*carrier]struct{}{cr: {}}
-	if _, err := sock.Write([]byte("q")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 16)
-	l.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, from, err := l.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-
+	now := time.Now()
+	late := &missFlight{tryEnd: now.Add(-time.Millisecond)}
+	live := &missFlight{tryEnd: now.Add(time.Minute)}
 	u.carrierMu.Lock()
-	cr.setDeadline(time.Now().Add(5 * time.Millisecond))
+	cr.track(late)
+	cr.track(live)
 	u.carrierMu.Unlock()
-	if _, err := sock.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read before the deadline passed: %v, want a deadline error", err)
+
+	p.cpoll.sweep(now, false)
+	select {
+	case job := <-p.slowJobs:
+		if job.miss != late || !errors.Is(job.miss.err, os.ErrDeadlineExceeded) {
+			t.Errorf("worker got %p (err %v), want the late try %p with a deadline error", job.miss, job.miss.err, late)
+		}
+	default:
+		t.Fatal("the late try was not failed over to a worker")
 	}
-	(&Proxy{}).expireCarrier(cr, os.ErrDeadlineExceeded)
-	if !cr.arm() {
-		t.Fatal("arm ended a carrier that is not retired")
+	if len(p.slowJobs) != 0 || len(cr.pending) != 1 || cr.pending[0] != live {
+		t.Fatalf("after the sweep: %d more jobs, in flight %v; want only the live try in flight", len(p.slowJobs), cr.pending)
+	}
+	if !cr.retired {
+		t.Error("a carrier whose try went unanswered was not retired")
 	}
 
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		l.WriteToUDPAddrPort([]byte("answer"), from) //nolint:errcheck // the read below fails if it is lost
-	}()
+	// Retired with a try in flight, then empty but within retireLinger:
+	// kept open; past it: closed and off the poller and the upstream.
+	p.cpoll.sweep(now.Add(time.Second), false)
+	if !isPolled(p, cr) {
+		t.Fatal("a carrier with a try in flight was closed")
+	}
+	u.carrierMu.Lock()
+	cr.drop(live)
+	u.carrierMu.Unlock()
+	p.cpoll.sweep(cr.retiredAt.Add(retireLinger/2), false)
+	if !isPolled(p, cr) {
+		t.Fatal("a retired carrier was closed before retireLinger passed")
+	}
+	p.cpoll.sweep(cr.retiredAt.Add(retireLinger), false)
+	if isPolled(p, cr) || len(u.carriers.carriers) != 0 {
+		t.Fatal("a retired, empty carrier past retireLinger is still open")
+	}
+	if _, err := cr.c.Write([]byte("q")); err == nil {
+		t.Error("the swept carrier's socket is still open")
+	}
+}
+
+// TestCarrierPollerStop: stopping the poller fails what is still in
+// flight (a worker gets it) and closes every carrier; later carriers are
+// refused.
+func TestCarrierPollerStop(t *testing.T) {
+	p := &Proxy{slowJobs: make(chan slowJob, 4)}
+	p.cpoll.init(p)
+	cr, _ := carrierTo(t)
+	if err := p.cpoll.add(cr); err != nil {
+		t.Fatal(err)
+	}
+	m := &missFlight{tryEnd: time.Now().Add(time.Minute)}
+	cr.u.carrierMu.Lock()
+	cr.track(m)
+	cr.u.carrierMu.Unlock()
+	p.cpoll.stop()
+	done := make(chan struct{})
+	go func() { p.carrierWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the poller did not stop")
+	}
+	select {
+	case job := <-p.slowJobs:
+		if job.miss != m || !errors.Is(job.miss.err, net.ErrClosed) {
+			t.Errorf("worker got %p (err %v), want %p closed", job.miss, job.miss.err, m)
+		}
+	default:
+		t.Fatal("the try in flight was not failed over at stop")
+	}
+	if _, err := cr.c.Write([]byte("q")); err == nil {
+		t.Error("the carrier's socket is still open after stop")
+	}
+	other, _ := carrierTo(t)
+	if err := p.cpoll.add(other); err == nil {
+		t.Error("a stopped poller took a carrier")
+	}
+}
+
+// TestCarrierSocketNotPolled: a carrier's socket stays out of Go's poller
+// (its descriptor is blocking, so os.NewFile does not register it) and
+// every read on it still returns at once.
+func TestCarrierSocketNotPolled(t *testing.T) {
+	cr, _ := carrierTo(t)
+	var nb bool
+	var ferr error
+	cr.c.rc.Control(func(fd uintptr) { nb, ferr = isNonblock(int(fd)) })
+	if ferr != nil || nb {
+		t.Fatalf("carrier descriptor non-blocking %v (%v), want blocking", nb, ferr)
+	}
+	if err := cr.c.SetReadDeadline(time.Now()); err == nil {
+		t.Error("the carrier's file takes a deadline: it is in Go's poller")
+	}
+	r := newCarrierRead()
+	rd := &carrierReader{p: &Proxy{}, r: r}
+	rd.fn = rd.recv
 	start := time.Now()
-	n, err := sock.Read(buf)
-	if err != nil {
-		t.Fatalf("read after arm with nothing in flight: %v after %v (the socket kept its passed deadline)", err, time.Since(start))
-	}
-	if string(buf[:n]) != "answer" {
-		t.Fatalf("read %q", buf[:n])
-	}
-
-	// Retired with nothing in flight: arm ends it and takes it off the
-	// upstream's carriers.
-	u.carrierMu.Lock()
-	cr.retire()
-	u.carrierMu.Unlock()
-	if cr.arm() {
-		t.Fatal("arm kept a retired carrier with nothing in flight")
-	}
-	if len(u.carriers.carriers) != 0 {
-		t.Fatal("a finished carrier is still listed")
+	rd.carrier(cr) // nothing queued: EAGAIN, not a wait
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("reading an empty carrier took %v", d)
 	}
 }
 
@@ -78,13 +145,13 @@ func carrierTo(t *testing.T) (*carrier, *net.UDPConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	c, err := dialUDP(l.LocalAddr().(*net.UDPAddr).AddrPort())
+	c, err := dialCarrier(l.LocalAddr().(*net.UDPAddr).AddrPort())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	u := &upstream{label: "test " + l.LocalAddr().String()}
-	return &carrier{u: u, c: c.(*upstreamSocket), born: time.Now()}, l
+	return &carrier{u: u, c: c, born: time.Now()}, l
 }
 
 // queue registers a miss with query wire (ID first) on cr and queues it
@@ -191,51 +258,6 @@ func TestCarrierUnsent(t *testing.T) {
 	}
 }
 
-// TestCarrierDeadlineKept: the read deadline moves only when a try needs
-// an earlier one, or when it has passed: not for every query and answer
-// (each move is a runtime timer operation on the miss path).
-func TestCarrierDeadlineKept(t *testing.T) {
-	cr, _ := carrierTo(t)
-	u := cr.u
-	now := time.Now()
-	try := func(d time.Duration) *missFlight { return &missFlight{tryEnd: now.Add(d)} }
-	locked := func(f func()) {
-		u.carrierMu.Lock()
-		defer u.carrierMu.Unlock()
-		f()
-	}
-	m1, m2, m3 := try(time.Minute), try(2*time.Minute), try(30*time.Second)
-	locked(func() { cr.track(m1) })
-	if !cr.deadline.Equal(m1.tryEnd) {
-		t.Fatalf("deadline %v after the first try, want its %v", cr.deadline, m1.tryEnd)
-	}
-	locked(func() { cr.track(m2) })
-	if !cr.deadline.Equal(m1.tryEnd) {
-		t.Errorf("a later try moved the deadline to %v", cr.deadline)
-	}
-	locked(func() { cr.drop(m1); cr.drop(m2) })
-	if !cr.arm() || !cr.deadline.Equal(m1.tryEnd) {
-		t.Errorf("with nothing in flight, arm moved a deadline still ahead to %v", cr.deadline)
-	}
-	locked(func() { cr.track(m3) })
-	if !cr.deadline.Equal(m3.tryEnd) {
-		t.Errorf("deadline %v, want the earlier try's %v", cr.deadline, m3.tryEnd)
-	}
-	// Passed (the reader woke on it): arm sets the earliest try's, or
-	// none when nothing is in flight.
-	locked(func() { cr.deadline = time.Unix(1, 0); cr.track(m2) })
-	if !cr.deadline.Equal(time.Unix(1, 0)) {
-		t.Errorf("a try moved a passed deadline (the reader's to re-arm) to %v", cr.deadline)
-	}
-	if !cr.arm() || !cr.deadline.Equal(m3.tryEnd) {
-		t.Errorf("arm after a passed deadline: %v, want %v", cr.deadline, m3.tryEnd)
-	}
-	locked(func() { cr.drop(m2); cr.drop(m3); cr.deadline = time.Unix(1, 0) })
-	if !cr.arm() || !cr.deadline.IsZero() {
-		t.Errorf("arm with nothing in flight after a passed deadline: %v, want none", cr.deadline)
-	}
-}
-
 // TestCarrierPreparedAhead: once the carrier in use has carried prepareAt
 // queries, the next one is made ahead (a reader waiting on a fresh port),
 // and the query that needs a new carrier takes that one; every query is
@@ -284,4 +306,15 @@ func TestCarrierPreparedAhead(t *testing.T) {
 	if got := ports(); len(got) != 2 {
 		t.Errorf("%d source ports for %d queries, want 2: %v", len(got), spareMaxUses+1, got)
 	}
+}
+
+func isPolled(p *Proxy, cr *carrier) bool {
+	p.cpoll.mu.Lock()
+	defer p.cpoll.mu.Unlock()
+	return p.cpoll.crs[cr.c.fd] == cr
+}
+
+func isNonblock(fd int) (bool, error) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	return fl&unix.O_NONBLOCK != 0, err
 }

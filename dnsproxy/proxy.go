@@ -108,9 +108,10 @@ type Proxy struct {
 	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
-	// carrierWG counts the readers of the miss path's carriers
-	// (carrier_linux.go), which Close ends before the workers.
+	// carrierWG counts the carrier poller (carrier_poll_linux.go),
+	// which Close ends before the workers.
 	carrierWG sync.WaitGroup
+	cpoll     carrierPoller
 }
 
 // New validates cfg and builds a proxy; nothing is bound until Start.
@@ -123,6 +124,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		flights:  map[string]*flight{},
 		slowJobs: make(chan slowJob),
 	}
+	p.cpoll.init(p)
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -444,6 +446,7 @@ func (p *Proxy) Close() error {
 			u.closeCarriers()
 		}
 	}
+	p.cpoll.stop()
 	p.carrierWG.Wait()
 	p.cancel()
 	p.wg.Wait()

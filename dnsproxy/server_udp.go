@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
+	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,6 +37,9 @@ type listenerSet struct {
 	wg    sync.WaitGroup
 	once  sync.Once
 	err   error
+
+	files   []*os.File  // the UDP sockets detachUDP took out of Go's poller
+	closing atomic.Bool // set before they are woken and closed
 }
 
 func reusePort(network, address string, c syscall.RawConn) error {
@@ -57,7 +61,7 @@ func (p *Proxy) bind(ctx context.Context, a netip.Addr, port uint16) (*listenerS
 		udpNet, tcpNet = "udp6", "tcp6"
 	}
 	lc := net.ListenConfig{Control: reusePort}
-	n := max(1, runtime.GOMAXPROCS(0))
+	n := max(1, workProcs())
 	var lastErr error
 	for attempt := 0; attempt < maxBindAttempts; attempt++ {
 		ls := &listenerSet{addr: a}
@@ -101,10 +105,14 @@ func (p *Proxy) serveSet(ls *listenerSet) {
 		if err := c.SetWriteBuffer(udpSocketBuffer); err != nil {
 			p.log.Debug("set dns udp send buffer", "error", err)
 		}
+		f := detachUDP(c)
+		if f != nil {
+			ls.files = append(ls.files, f)
+		}
 		ls.wg.Add(1)
 		go func() {
 			defer ls.wg.Done()
-			p.runUDP(c, i)
+			p.runUDP(c, f, i, &ls.closing)
 		}()
 	}
 	ls.tcp = p.newTCPServer(ls.tcpLn)
@@ -124,8 +132,15 @@ func (p *Proxy) serveSet(ls *listenerSet) {
 func (ls *listenerSet) close() error {
 	ls.once.Do(func() {
 		var errs []error
+		ls.closing.Store(true)
+		for _, f := range ls.files {
+			unblockUDP(f)
+			if err := f.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		for _, c := range ls.udp {
-			if err := c.Close(); err != nil {
+			if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) { // a detached one is closed
 				errs = append(errs, err)
 			}
 		}

@@ -2,7 +2,11 @@
 
 package dnsproxy
 
-import "net"
+import (
+	"net"
+	"os"
+	"sync/atomic"
+)
 
 // replyTo is empty where answers go through the net package.
 type replyTo struct{}
@@ -13,4 +17,10 @@ func (j *slowJob) reply(b []byte) {
 }
 
 // runUDP serves c until it is closed.
-func (p *Proxy) runUDP(c *net.UDPConn, shard int) { p.udpLoop(c, shard) }
+func (p *Proxy) runUDP(c *net.UDPConn, _ *os.File, shard int, _ *atomic.Bool) { p.udpLoop(c, shard) }
+
+// detachUDP leaves c in Go's poller, where udpLoop waits.
+func detachUDP(*net.UDPConn) *os.File { return nil }
+
+// unblockUDP has nothing to wake.
+func unblockUDP(*os.File) {}

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,17 +41,30 @@ type mmsgLoop struct {
 	recvFn func(fd uintptr) bool // built once: closures passed to RawConn escape
 	sendFn func(fd uintptr) bool
 
+	closing *atomic.Bool // the listener set is closing (unblockUDP woke the read)
+
 	up upstreamBatch // the misses' upstream queries, sent before the hits' answers
 }
 
-// runUDP serves c until it is closed, with recvmmsg/sendmmsg.
-func (p *Proxy) runUDP(c *net.UDPConn, shard int) {
-	rc, err := c.SyscallConn()
+// runUDP serves the listening socket until it is closed, with
+// recvmmsg/sendmmsg: f, when detachUDP took the socket out of Go's poller,
+// with reads that block in the kernel (recvBlocking); else c, waiting in
+// the poller (recv).
+func (p *Proxy) runUDP(c *net.UDPConn, f *os.File, shard int, closing *atomic.Bool) {
+	var rc syscall.RawConn
+	var err error
+	if f != nil {
+		rc, err = f.SyscallConn()
+	} else {
+		rc, err = c.SyscallConn()
+	}
 	if err != nil {
-		p.udpLoop(c, shard)
+		if f == nil {
+			p.udpLoop(c, shard)
+		}
 		return
 	}
-	m := &mmsgLoop{p: p, c: c, rc: rc, ls: newLoopState(shard), shard: shard}
+	m := &mmsgLoop{p: p, c: c, rc: rc, ls: newLoopState(shard), shard: shard, closing: closing}
 	for i := range udpBatch {
 		m.bufs[i] = make([]byte, udpReadBuf)
 		m.outs[i] = make([]byte, 0, 4096)
@@ -62,12 +78,24 @@ func (p *Proxy) runUDP(c *net.UDPConn, shard int) {
 	}
 	m.recvFn = m.recv
 	m.sendFn = m.send
+	if f != nil {
+		m.recvFn = m.recvBlocking
+		holdThreads(1)
+		defer holdThreads(-1)
+	}
 	for {
 		m.errno = 0
-		if err := rc.Read(m.recvFn); err != nil {
+		if err := rc.Read(m.recvFn); err != nil || closing.Load() {
 			return // closed
 		}
-		if m.errno == unix.ENOSYS {
+		switch {
+		case m.errno == 0:
+		case f != nil:
+			// recvBlocking returns only for a closing set or an error
+			// other than EINTR; the socket is not going to work.
+			p.log.Error("dns udp listener stopped", "addr", f.Name(), "error", os.NewSyscallError("recvmmsg", m.errno))
+			return
+		case m.errno == unix.ENOSYS:
 			p.udpLoop(c, shard)
 			return
 		}
@@ -108,6 +136,83 @@ func (m *mmsgLoop) recv(fd uintptr) bool {
 		if m.nRecv < udpBatch {
 			return false
 		}
+	}
+}
+
+// recvBlocking reads and answers batches, waiting in the kernel: the
+// listening socket is in blocking mode, and recvmmsg (a system call Go's
+// scheduler is told of, which may then hand this thread's P to another)
+// sleeps until the first datagram comes and takes up to udpBatch of what
+// is queued then (MSG_WAITFORONE). A query wakes this thread straight
+// into its read, as a C resolver's listener thread is woken; Go's poller
+// would wake a thread that then finds, schedules and runs this goroutine,
+// and polls again before sleeping. It returns (true) on an error other
+// than EINTR, and when the set is closing: unblockUDP shuts the socket's
+// reading down, which ends a read that waits.
+func (m *mmsgLoop) recvBlocking(fd uintptr) bool {
+	for !m.closing.Load() {
+		for i := range udpBatch {
+			m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			m.rhdr[i].Len = 0
+		}
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
+			unix.MSG_WAITFORONE, 0, 0)
+		switch e {
+		case 0:
+		case unix.EINTR, unix.EAGAIN:
+			continue
+		case unix.ENOMEM, unix.ENOBUFS: // the host is short of memory: again, a little later
+			time.Sleep(time.Millisecond)
+			continue
+		default:
+			m.errno = e
+			return true
+		}
+		m.nRecv = int(n)
+		m.handle()
+	}
+	return true
+}
+
+// detachUDP takes c's socket out of Go's poller for recvBlocking: a
+// duplicate of its descriptor, in blocking mode, becomes an *os.File that
+// the poller does not watch, and c is closed (the poller drops it; the
+// socket stays open through the duplicate). A socket left in the poller
+// would wake the poller's thread for every datagram, for nothing. nil
+// when that fails: c then serves as before, waiting in the poller.
+//
+// The file's sends pass MSG_DONTWAIT; with nothing to wait in, a send
+// that finds the socket buffer full drops the rest of its batch, as a
+// full receive queue drops queries: the client asks again.
+func detachUDP(c *net.UDPConn) *os.File {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		return nil
+	}
+	if err := unix.SetNonblock(dup, false); err != nil {
+		unix.Close(dup)
+		return nil
+	}
+	f := os.NewFile(uintptr(dup), "udp:"+c.LocalAddr().String())
+	if f == nil {
+		unix.Close(dup)
+		return nil
+	}
+	c.Close()
+	return f
+}
+
+// unblockUDP ends a recvBlocking waiting on f: shutting a UDP socket's
+// reading down wakes a read that sleeps on it (and makes later ones
+// return at once), so that the loop sees the set closing and Close goes
+// on.
+func unblockUDP(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RD) }) //nolint:errcheck // ENOTCONN: an unconnected socket is woken all the same
 	}
 }
 

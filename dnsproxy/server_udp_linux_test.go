@@ -1,13 +1,18 @@
 package dnsproxy
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,5 +85,77 @@ func TestReplyBatchFlush(t *testing.T) {
 				t.Errorf("client %v got %q from %v, want %q from %v", from(c), buf[:n], src, w.text, w.from)
 			}
 		}
+	}
+}
+
+// TestUDPListenerBlocksInKernel: a started proxy's listening sockets are
+// out of Go's poller (blocking descriptors; the net.UDPConn they came
+// from closed), the listeners and, once a miss made a carrier, the
+// carrier poller each hold a P of their own (GOMAXPROCS raised by them and
+// put back at Close), queries are answered, and Close returns while
+// every listener waits in recvmmsg.
+func TestUDPListenerBlocksInKernel(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	addr, _ := portCountingUpstream(t)
+	p, err := New(testConfig(addr), Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			p.Close()
+		}
+	})
+	var files int
+	for _, ls := range p.listeners {
+		for _, c := range ls.udp {
+			if _, err := c.LocalAddr(), c.SetReadBuffer(1); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("listener %s: its net.UDPConn is still open (%v): the socket is in Go's poller", c.LocalAddr(), err)
+			}
+		}
+		for _, f := range ls.files {
+			files++
+			rc, err := f.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var nb bool
+			var ferr error
+			rc.Control(func(fd uintptr) { nb, ferr = isNonblock(int(fd)) })
+			if ferr != nil || nb {
+				t.Errorf("listener %s: non-blocking %v (%v), want a blocking descriptor", f.Name(), nb, ferr)
+			}
+		}
+	}
+	if files == 0 {
+		t.Fatal("no listening socket was detached from Go's poller")
+	}
+	c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("blocking.example.", dns.TypeA)
+	if r, _, err := c.Exchange(m, proxyAddr(t, p, "udp")); err != nil || len(r.Answer) != 1 {
+		t.Fatalf("query: %v %v", r, err)
+	}
+	if got, want := runtime.GOMAXPROCS(0), before+files+1; got != want {
+		t.Errorf("GOMAXPROCS %d with %d listeners and the carrier poller running, want %d (%d before)", got, files, want, before)
+	}
+	time.Sleep(20 * time.Millisecond) // every listener back in recvmmsg
+	done := make(chan error, 1)
+	go func() { done <- p.Close() }()
+	select {
+	case err := <-done:
+		closed = true
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return: a listener blocked in recvmmsg was not woken")
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("GOMAXPROCS %d after Close, want %d back", got, before)
 	}
 }
