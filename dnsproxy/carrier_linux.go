@@ -23,7 +23,7 @@ type carriers struct {
 	carriersClosed bool
 }
 
-// A carrier is a connected UDP socket (a spare: random source port) that
+// A carrier is a connected UDP socket (random source port, dialCarrier) that
 // carries the miss path's queries to one upstream, several at a time,
 // each under its own random ID, up to spareMaxUses queries and for at
 // most spareMaxAge; then it is retired and a fresh one takes over. The

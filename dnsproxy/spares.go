@@ -64,11 +64,11 @@ type spare struct {
 // connected for up to spareMaxAge before its one query when each socket
 // carried one try.
 //
-// The UDP miss path (carrier_linux.go) takes its sockets from here too and
-// keeps the same bounds (spareMaxUses queries, spareMaxAge, retired at the
-// first answer that matches no query), but lets a socket carry its
-// queries several at a time, each under its own ID, so that one reader
-// and one recvmmsg serve a burst of answers.
+// The UDP miss path (carrier_linux.go) makes its own sockets, out of Go's
+// poller (dialCarrier), and keeps the same bounds (spareMaxUses queries,
+// spareMaxAge, retired at the first answer that matches no query), but
+// lets a socket carry its queries several at a time, each under its own
+// ID, so that one recvmmsg serves a burst of answers.
 //
 // What moves off the query's path is the socket's creation (socket,
 // connect, poller registration) and its close, amortized over its uses and

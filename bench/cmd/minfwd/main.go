@@ -7,8 +7,10 @@
 // each to the client that used its ID, both with raw non-blocking system
 // calls that wait in the poller only when a read finds the socket empty.
 // Nothing else: no cache, no checks of any kind, one fixed source port and
-// the client's own IDs. It is a measuring stick, not a resolver — never
-// let anything but a benchmark talk to it.
+// the client's own IDs. With -wait kernel both goroutines wait in the
+// kernel instead (kernel.go), the way dnsproxy's UDP path does since
+// 2026-12-07. It is a measuring stick, not a resolver — never let
+// anything but a benchmark talk to it.
 package main
 
 import (
@@ -166,16 +168,27 @@ func (f *forwarder) answers() {
 func main() {
 	listen := flag.String("listen", "127.0.0.1:5450", "address to listen on")
 	upstream := flag.String("upstream", "127.0.0.1:5300", "the upstream resolver")
+	wait := flag.String("wait", "poller", "where the goroutines wait for datagrams: poller (Go's) or kernel (blocking reads)")
 	flag.Parse()
 	l, err := netip.ParseAddrPort(*listen)
+	if err == nil && *wait != "poller" && *wait != "kernel" {
+		err = fmt.Errorf("-wait %q: want poller or kernel", *wait)
+	}
 	if err == nil {
 		var u netip.AddrPort
 		if u, err = netip.ParseAddrPort(*upstream); err == nil {
 			var f *forwarder
 			if f, err = newForwarder(l, u); err == nil {
-				fmt.Fprintf(os.Stderr, "minfwd: %s → %s\n", l, u)
-				f.serve()
-				return
+				fmt.Fprintf(os.Stderr, "minfwd: %s → %s, waiting in the %s\n", l, u, *wait)
+				if *wait == "poller" {
+					f.serve()
+					return
+				}
+				var k *kernelForwarder
+				if k, err = kernelWait(f); err == nil {
+					k.serve()
+					return
+				}
 			}
 		}
 	}

@@ -12,8 +12,15 @@ import (
 )
 
 // TestForwarderRelays: queries from two clients reach the upstream and
-// each client gets the answer to its own query back.
+// each client gets the answer to its own query back, with the goroutines
+// waiting in Go's poller and in the kernel; close ends serve either way.
 func TestForwarderRelays(t *testing.T) {
+	for _, wait := range []string{"poller", "kernel"} {
+		t.Run(wait, func(t *testing.T) { testRelays(t, wait == "kernel") })
+	}
+}
+
+func testRelays(t *testing.T, kernel bool) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -31,17 +38,25 @@ func TestForwarderRelays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := f.lc.LocalAddr().String()
+	serve, stop := f.serve, f.close
+	if kernel {
+		k, err := kernelWait(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serve, stop = k.serve, k.close
+	}
 	done := make(chan struct{})
-	go func() { f.serve(); close(done) }()
+	go func() { serve(); close(done) }()
 	t.Cleanup(func() {
-		f.close()
+		stop()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
 			t.Error("serve did not return after close")
 		}
 	})
-	addr := f.lc.LocalAddr().String()
 	for i, name := range []string{"one.example.", "two.example."} {
 		c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 		q := new(dns.Msg)
