@@ -92,7 +92,6 @@ func (cp *carrierPoller) start() error {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	cp.ep, cp.wake, cp.crs, cp.started = ep, wake, map[int32]*carrier{}, true
-	holdThreads(1)
 	cp.wg.Add(1)
 	go cp.run()
 	return nil
@@ -116,20 +115,23 @@ func (cp *carrierPoller) stop() {
 // run is the poller: wait, read what is ready, sweep on time.
 func (cp *carrierPoller) run() {
 	defer cp.wg.Done()
-	defer holdThreads(-1)
+	w, err := cp.newWaiter()
+	if err != nil {
+		cp.p.log.Error("dns carrier poller", "error", err)
+	}
 	r := newCarrierRead()
 	read := &carrierReader{p: cp.p, r: r}
 	read.fn = read.recv
 	var evs [carrierBatch]unix.EpollEvent
 	next := time.Now().Add(carrierSweep)
 	for {
-		wait := int((time.Until(next) + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.EpollWait(cp.ep, evs[:], max(wait, 0))
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			cp.p.log.Error("dns carrier poller: epoll_wait", "error", err)
-			time.Sleep(carrierSweep) // bounded: the sweep still runs
+		n := 0
+		if w != nil {
+			n = w.wait(evs[:], next)
+		} else {
+			time.Sleep(time.Until(next)) // bounded: the sweep fails what cannot be read
 		}
-		for i := range max(n, 0) {
+		for i := range n {
 			if evs[i].Fd == int32(cp.wake) {
 				continue
 			}
@@ -145,6 +147,9 @@ func (cp *carrierPoller) run() {
 		cp.mu.Unlock()
 		if stopped {
 			cp.sweep(time.Now(), true)
+			if w != nil {
+				w.close()
+			}
 			unix.Close(cp.ep)
 			unix.Close(cp.wake)
 			return
@@ -154,6 +159,88 @@ func (cp *carrierPoller) run() {
 			next = now.Add(carrierSweep)
 		}
 	}
+}
+
+// epollWaiter is how the poller waits for its epoll set: in the kernel
+// (UDPWaitKernel: a blocking epoll_wait, on a thread holdThreads counts)
+// or in Go's poller (UDPWaitPoller: the epoll descriptor, readable when
+// any carrier is, watched by Go's like any socket).
+type epollWaiter struct {
+	ep     int
+	poller *os.File // UDPWaitPoller: a non-blocking duplicate of ep
+	rc     syscall.RawConn
+	until  time.Time // the deadline set on poller
+	evs    []unix.EpollEvent
+	n      int
+	fn     func(fd uintptr) bool // built once: a closure passed to RawConn escapes
+}
+
+func (cp *carrierPoller) newWaiter() (*epollWaiter, error) {
+	w := &epollWaiter{ep: cp.ep}
+	if cp.p.wait != UDPWaitPoller {
+		holdThreads(1)
+		return w, nil
+	}
+	dup, err := unix.FcntlInt(uintptr(cp.ep), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	w.poller = os.NewFile(uintptr(dup), "epoll")
+	if w.rc, err = w.poller.SyscallConn(); err != nil {
+		w.poller.Close()
+		return nil, err
+	}
+	w.fn = w.poll
+	return w, nil
+}
+
+// wait returns how many events of evs are ready, waiting for one at most
+// until next; 0 when it passed.
+func (w *epollWaiter) wait(evs []unix.EpollEvent, next time.Time) int {
+	if w.poller == nil {
+		ms := int((time.Until(next) + time.Millisecond - 1) / time.Millisecond)
+		n, err := unix.EpollWait(w.ep, evs, max(ms, 0))
+		if err != nil {
+			if !errors.Is(err, unix.EINTR) {
+				time.Sleep(time.Millisecond) // bounded; nothing else fails here on a valid descriptor
+			}
+			return 0
+		}
+		return n
+	}
+	if !next.Equal(w.until) {
+		w.until = next
+		w.poller.SetReadDeadline(next) //nolint:errcheck // the file is in the poller: deadlines work
+	}
+	w.evs, w.n = evs, 0
+	if err := w.rc.Read(w.fn); err == nil && w.n == 0 {
+		time.Sleep(time.Millisecond) // epoll_wait failed; bounded, and nothing else fails it on a valid descriptor
+	}
+	w.evs = nil
+	return w.n
+}
+
+// poll is wait's epoll_wait that does not block, inside RawConn.Read:
+// false (wait in Go's poller) when nothing is ready.
+func (w *epollWaiter) poll(fd uintptr) bool {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&w.evs[0])), uintptr(len(w.evs)), 0, 0, 0)
+	if e != 0 || int(n) <= 0 {
+		return e != 0 && e != unix.EINTR && e != unix.EAGAIN
+	}
+	w.n = int(n)
+	return true
+}
+
+func (w *epollWaiter) close() {
+	if w.poller != nil {
+		w.poller.Close()
+		return
+	}
+	holdThreads(-1)
 }
 
 // carrierReader reads one ready carrier (carrier) inside its socket's

@@ -37,7 +37,30 @@ type Options struct {
 	Identities Identities            // who a tunnel address belongs to; may be nil
 	Observer   AnswerObserver        // told every answered A/AAAA before it leaves; may be nil
 	Now        func() time.Time      // nil = time.Now
+	UDPWait    UDPWait               // where the Linux UDP path waits for datagrams; zero = UDPWaitKernel
 }
+
+// UDPWait says where the Linux UDP path's goroutines (one per listening
+// socket, and the carrier poller) wait for datagrams.
+type UDPWait int
+
+const (
+	// UDPWaitKernel: each sleeps in a blocking system call on a thread of
+	// its own, as a C resolver's receiver threads do, and GOMAXPROCS is
+	// raised by those threads while they run (procs.go). The lowest
+	// latency per query when the proxy has the process's cores to itself
+	// (a standalone proxy, or a gateway on in-kernel WireGuard): at one
+	// query at a time a miss costs two system calls and a trip through
+	// Go's scheduler less than with UDPWaitPoller.
+	UDPWaitKernel UDPWait = iota
+	// UDPWaitPoller: they wait in Go's poller, and GOMAXPROCS is left
+	// alone. For a process whose cores go mostly to other goroutines, such
+	// as a gateway running the embedded WireGuard device: the extra Ps of
+	// UDPWaitKernel let those goroutines spread over more threads than
+	// there are cores, and the tunnel lost about a fifth of its throughput
+	// on one core that way (README, Performance).
+	UDPWaitPoller
+)
 
 // state is everything Reload swaps at once. It is immutable once published.
 type state struct {
@@ -108,10 +131,12 @@ type Proxy struct {
 	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
-	// carrierWG counts the carrier poller (carrier_poll_linux.go),
-	// which Close ends before the workers.
+	// carrierWG counts the carrier poller (carrier_poll_linux.go) or,
+	// with UDPWaitPoller, the carriers' readers; Close ends them before
+	// the workers.
 	carrierWG sync.WaitGroup
 	cpoll     carrierPoller
+	wait      UDPWait
 }
 
 // New validates cfg and builds a proxy; nothing is bound until Start.
@@ -123,6 +148,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		obs:      opts.Observer,
 		flights:  map[string]*flight{},
 		slowJobs: make(chan slowJob),
+		wait:     opts.UDPWait,
 	}
 	p.cpoll.init(p)
 	if p.log == nil {

@@ -105,9 +105,11 @@ func (p *Proxy) serveSet(ls *listenerSet) {
 		if err := c.SetWriteBuffer(udpSocketBuffer); err != nil {
 			p.log.Debug("set dns udp send buffer", "error", err)
 		}
-		f := detachUDP(c)
-		if f != nil {
-			ls.files = append(ls.files, f)
+		var f *os.File
+		if p.wait == UDPWaitKernel {
+			if f = detachUDP(c); f != nil {
+				ls.files = append(ls.files, f)
+			}
 		}
 		ls.wg.Add(1)
 		go func() {

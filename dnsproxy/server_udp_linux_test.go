@@ -3,9 +3,11 @@ package dnsproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -157,5 +159,97 @@ func TestUDPListenerBlocksInKernel(t *testing.T) {
 	}
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("GOMAXPROCS %d after Close, want %d back", got, before)
+	}
+}
+
+// TestUDPWaitModes: with either UDPWait the miss path answers across a
+// carrier's rotation (more than spareMaxUses misses), a try the upstream
+// leaves unanswered fails (SERVFAIL) once its deadline has passed (the
+// poller's sweep), GOMAXPROCS is raised only while threads wait in the
+// kernel, and Close returns.
+func TestUDPWaitModes(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		wait UDPWait
+	}{{"kernel", UDPWaitKernel}, {"poller", UDPWaitPoller}} {
+		t.Run(mode.name, func(t *testing.T) { testUDPWait(t, mode.wait) })
+	}
+}
+
+func testUDPWait(t *testing.T, wait UDPWait) {
+	before := runtime.GOMAXPROCS(0)
+	up := rawUDP(t, func(q *dns.Msg, send func([]byte)) {
+		if strings.HasPrefix(q.Question[0].Name, "slow") {
+			return // never answered
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 192.0.2.7")
+		m.Answer = append(m.Answer, rr)
+		b, _ := m.Pack()
+		send(b)
+	})
+	cfg := testConfig(up)
+	cfg.UpstreamTimeout = 150 * time.Millisecond
+	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry(), UDPWait: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			p.Close()
+		}
+	})
+	addr := proxyAddr(t, p, "udp")
+	c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+	ask := func(name string) (*dns.Msg, time.Duration) {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		start := time.Now()
+		r, _, err := c.Exchange(m, addr)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return r, time.Since(start)
+	}
+	for i := range spareMaxUses + 12 {
+		if r, _ := ask(fmt.Sprintf("n%d.example.", i)); len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
+			t.Fatalf("miss %d: %v", i, r)
+		}
+	}
+	r, took := ask("slow.example.")
+	if r.Rcode != dns.RcodeServerFailure || took < cfg.UpstreamTimeout || took > 8*cfg.UpstreamTimeout {
+		t.Errorf("unanswered try: %s after %v, want SERVFAIL once the %v timeout has passed (and well before 8 times that)",
+			dns.RcodeToString[r.Rcode], took, cfg.UpstreamTimeout)
+	}
+	var files int
+	for _, ls := range p.listeners {
+		files += len(ls.files)
+	}
+	procs := runtime.GOMAXPROCS(0)
+	switch {
+	case wait == UDPWaitKernel && (files == 0 || procs != before+files+1):
+		t.Errorf("kernel: %d detached listeners, GOMAXPROCS %d (from %d), want detached listeners and one P more for each and the poller", files, procs, before)
+	case wait == UDPWaitPoller && (files != 0 || procs != before):
+		t.Errorf("poller: %d detached listeners, GOMAXPROCS %d (from %d), want none and GOMAXPROCS unchanged", files, procs, before)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Close() }()
+	select {
+	case err := <-done:
+		closed = true
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("GOMAXPROCS %d after Close, want %d", got, before)
 	}
 }

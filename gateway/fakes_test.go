@@ -243,16 +243,22 @@ func (p *fakeProxy) count() int {
 }
 
 type fakeDevice struct {
-	v      *violations
-	name   string
-	key    wgtypes.Key
+	v       *violations
+	name    string
+	key     wgtypes.Key
+	backend wgdev.Backend // "" = userspace
 	mu     sync.Mutex
 	closed bool
 	peers  []wgdev.PeerConfig
 }
 
 func (d *fakeDevice) Name() string           { return d.name }
-func (d *fakeDevice) Backend() wgdev.Backend { return wgdev.BackendUserspace }
+func (d *fakeDevice) Backend() wgdev.Backend {
+	if d.backend == "" {
+		return wgdev.BackendUserspace
+	}
+	return d.backend
+}
 func (d *fakeDevice) PublicKey() wgtypes.Key { return d.key.PublicKey() }
 
 func (d *fakeDevice) SyncPeers(peers []wgdev.PeerConfig) (int, int, int, error) {
@@ -298,6 +304,8 @@ type fakes struct {
 	fw    *fakeTable
 	proxy *fakeProxy
 	dev   *fakeDevice
+
+	proxyOpts dnsproxy.Options // what the resolver was made with
 }
 
 func newFakes() *fakes {
@@ -322,7 +330,10 @@ func (f *fakes) components() components {
 			f.dev.name, f.dev.key = c.Name, c.PrivateKey
 			return f.dev, nil
 		},
-		resolver: func(dnsproxy.Config, dnsproxy.Options) (resolver, error) { return f.proxy, nil },
+		resolver: func(_ dnsproxy.Config, o dnsproxy.Options) (resolver, error) {
+			f.proxyOpts = o
+			return f.proxy, nil
+		},
 		host:     fakeHost{},
 	}
 }

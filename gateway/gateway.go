@@ -258,11 +258,18 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if _, err := g.ensureDNSCert(cfg); err != nil {
 		return err
 	}
+	wait := dnsproxy.UDPWaitKernel
+	if dev.Backend() == wgdev.BackendUserspace {
+		// The embedded device's goroutines need the cores more than the
+		// resolver needs threads of its own (dnsproxy.UDPWaitPoller).
+		wait = dnsproxy.UDPWaitPoller
+	}
 	proxy, err := g.parts.resolver(cfg.DNS, dnsproxy.Options{
 		Logger:     g.log.With("component", "dns"),
 		Registerer: g.regr,
 		Identities: &g.peerIdx,
 		Observer:   g.fw, // egress learning: the firewall's learned pairs
+		UDPWait:    wait,
 	})
 	if err != nil {
 		return fmt.Errorf("configure dns proxy: %w", err)

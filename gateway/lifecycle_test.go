@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sluice-vpn/sluice/dnsproxy"
+	"github.com/sluice-vpn/sluice/gateway/wgdev"
 )
 
 // fakeConfig writes a valid configuration whose files all live in a
@@ -386,5 +389,25 @@ func TestClientPermissionDenied(t *testing.T) {
 	err = c.dialError("/v1/status", &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ENOENT)})
 	if !errors.Is(err, ErrNotRunning) {
 		t.Errorf("ENOENT: %v, want ErrNotRunning", err)
+	}
+}
+
+// TestResolverWaitFollowsBackend: the resolver waits for UDP datagrams in
+// Go's poller on a gateway running the embedded WireGuard device, whose
+// goroutines need the cores, and in the kernel on in-kernel WireGuard.
+func TestResolverWaitFollowsBackend(t *testing.T) {
+	for _, c := range []struct {
+		backend wgdev.Backend
+		want    dnsproxy.UDPWait
+	}{{wgdev.BackendUserspace, dnsproxy.UDPWaitPoller}, {wgdev.BackendKernel, dnsproxy.UDPWaitKernel}} {
+		t.Run(string(c.backend), func(t *testing.T) {
+			f := newFakes()
+			f.dev.backend = c.backend
+			r := startFakeGateway(t, f)
+			r.waitReady(t)
+			if f.proxyOpts.UDPWait != c.want {
+				t.Errorf("%s backend: resolver made with UDPWait %d, want %d", c.backend, f.proxyOpts.UDPWait, c.want)
+			}
+		})
 	}
 }
