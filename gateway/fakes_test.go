@@ -247,12 +247,12 @@ type fakeDevice struct {
 	name    string
 	key     wgtypes.Key
 	backend wgdev.Backend // "" = userspace
-	mu     sync.Mutex
-	closed bool
-	peers  []wgdev.PeerConfig
+	mu      sync.Mutex
+	closed  bool
+	peers   []wgdev.PeerConfig
 }
 
-func (d *fakeDevice) Name() string           { return d.name }
+func (d *fakeDevice) Name() string { return d.name }
 func (d *fakeDevice) Backend() wgdev.Backend {
 	if d.backend == "" {
 		return wgdev.BackendUserspace
@@ -334,6 +334,6 @@ func (f *fakes) components() components {
 			f.proxyOpts = o
 			return f.proxy, nil
 		},
-		host:     fakeHost{},
+		host: fakeHost{},
 	}
 }
