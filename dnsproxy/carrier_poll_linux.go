@@ -115,32 +115,18 @@ func (cp *carrierPoller) stop() {
 // run is the poller: wait, read what is ready, sweep on time.
 func (cp *carrierPoller) run() {
 	defer cp.wg.Done()
-	w, err := cp.newWaiter()
+	read := &carrierReader{p: cp.p, r: newCarrierRead()}
+	read.fn = read.recv
+	w, err := cp.newWaiter(read)
 	if err != nil {
 		cp.p.log.Error("dns carrier poller", "error", err)
 	}
-	r := newCarrierRead()
-	read := &carrierReader{p: cp.p, r: r}
-	read.fn = read.recv
-	var evs [carrierBatch]unix.EpollEvent
 	next := time.Now().Add(carrierSweep)
 	for {
-		n := 0
 		if w != nil {
-			n = w.wait(evs[:], next)
+			w.wait(next)
 		} else {
 			time.Sleep(time.Until(next)) // bounded: the sweep fails what cannot be read
-		}
-		for i := range n {
-			if evs[i].Fd == int32(cp.wake) {
-				continue
-			}
-			cp.mu.Lock()
-			cr := cp.crs[evs[i].Fd]
-			cp.mu.Unlock()
-			if cr != nil {
-				read.carrier(cr)
-			}
 		}
 		cp.mu.Lock()
 		stopped := cp.stopped
@@ -161,22 +147,23 @@ func (cp *carrierPoller) run() {
 	}
 }
 
-// epollWaiter is how the poller waits for its epoll set: in the kernel
-// (UDPWaitKernel: a blocking epoll_wait, on a thread holdThreads counts)
-// or in Go's poller (UDPWaitPoller: the epoll descriptor, readable when
-// any carrier is, watched by Go's like any socket).
+// epollWaiter waits for the poller's epoll set and reads the carriers it
+// says are ready: in the kernel (UDPWaitKernel: a blocking epoll_wait, on
+// a thread holdThreads counts) or in Go's poller (UDPWaitPoller: the
+// epoll descriptor, readable when any carrier is, watched by Go's like a
+// socket, and read inside RawConn.Read as the listeners' sockets are).
 type epollWaiter struct {
-	ep     int
-	poller *os.File // UDPWaitPoller: a non-blocking duplicate of ep
+	cp     *carrierPoller
+	read   *carrierReader
+	evs    [carrierBatch]unix.EpollEvent
+	poller *os.File // UDPWaitPoller: a non-blocking duplicate of the set
 	rc     syscall.RawConn
-	until  time.Time // the deadline set on poller
-	evs    []unix.EpollEvent
-	n      int
+	until  time.Time             // the deadline set on poller
 	fn     func(fd uintptr) bool // built once: a closure passed to RawConn escapes
 }
 
-func (cp *carrierPoller) newWaiter() (*epollWaiter, error) {
-	w := &epollWaiter{ep: cp.ep}
+func (cp *carrierPoller) newWaiter(read *carrierReader) (*epollWaiter, error) {
+	w := &epollWaiter{cp: cp, read: read}
 	if cp.p.wait != UDPWaitPoller {
 		holdThreads(1)
 		return w, nil
@@ -198,41 +185,69 @@ func (cp *carrierPoller) newWaiter() (*epollWaiter, error) {
 	return w, nil
 }
 
-// wait returns how many events of evs are ready, waiting for one at most
-// until next; 0 when it passed.
-func (w *epollWaiter) wait(evs []unix.EpollEvent, next time.Time) int {
+// wait reads what becomes ready until next, or until stop wakes it.
+func (w *epollWaiter) wait(next time.Time) {
 	if w.poller == nil {
 		ms := int((time.Until(next) + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.EpollWait(w.ep, evs, max(ms, 0))
+		n, err := unix.EpollWait(w.cp.ep, w.evs[:], max(ms, 0))
 		if err != nil {
 			if !errors.Is(err, unix.EINTR) {
 				time.Sleep(time.Millisecond) // bounded; nothing else fails here on a valid descriptor
 			}
-			return 0
+			return
 		}
-		return n
+		w.ready(n)
+		return
 	}
 	if !next.Equal(w.until) {
 		w.until = next
 		w.poller.SetReadDeadline(next) //nolint:errcheck // the file is in the poller: deadlines work
 	}
-	w.evs, w.n = evs, 0
-	if err := w.rc.Read(w.fn); err == nil && w.n == 0 {
-		time.Sleep(time.Millisecond) // epoll_wait failed; bounded, and nothing else fails it on a valid descriptor
+	if err := w.rc.Read(w.fn); err == nil {
+		time.Sleep(time.Millisecond) // stop, or epoll_wait failed; bounded
 	}
-	w.evs = nil
-	return w.n
 }
 
-// poll is wait's epoll_wait that does not block, inside RawConn.Read:
-// false (wait in Go's poller) when nothing is ready.
+// poll is wait's RawConn.Read callback: it reads what is ready (an
+// epoll_wait that does not block) and asks to wait in Go's poller (false)
+// once a round comes back short; true to return, for stop or an error.
+// The poller is edge-triggered on the set, and any answer that comes
+// after the epoll_wait raises an edge.
 func (w *epollWaiter) poll(fd uintptr) bool {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&w.evs[0])), uintptr(len(w.evs)), 0, 0, 0)
-	if e != 0 || int(n) <= 0 {
-		return e != 0 && e != unix.EINTR && e != unix.EAGAIN
+	for {
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&w.evs[0])), uintptr(len(w.evs)), 0, 0, 0)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return true
+		}
+		if w.ready(int(n)) {
+			return true
+		}
+		if int(n) < len(w.evs) {
+			return false
+		}
 	}
-	w.n = int(n)
-	return true
+}
+
+// ready reads the carriers of the first n events; true when stop woke
+// the set.
+func (w *epollWaiter) ready(n int) bool {
+	stop := false
+	for i := range n {
+		if w.evs[i].Fd == int32(w.cp.wake) {
+			stop = true
+			continue
+		}
+		w.cp.mu.Lock()
+		cr := w.cp.crs[w.evs[i].Fd]
+		w.cp.mu.Unlock()
+		if cr != nil {
+			w.read.carrier(cr)
+		}
+	}
+	return stop
 }
 
 func (w *epollWaiter) close() {

@@ -51,6 +51,7 @@ func run() error {
 		table      = flag.String("table", "sluicebench", "with -egress: the nftables table (distinct per process in one namespace)")
 		queryLog   = flag.String("querylog", "", "write the query log to this file")
 		trace      = flag.Bool("trace", false, "attach a trace (tap) to the load generator's address 127.0.0.1 and drain it as `sluice peer trace` does")
+		udpWait    = flag.String("udp-wait", "kernel", "where the UDP path waits for datagrams: kernel (the default, a standalone proxy's) or poller (a gateway's on the embedded WireGuard device)")
 	)
 	flag.Parse()
 	addr, err := netip.ParseAddr(*listen)
@@ -88,6 +89,14 @@ func run() error {
 	}
 
 	opts := dnsproxy.Options{Logger: log, Registerer: prometheus.NewRegistry()}
+	switch *udpWait {
+	case "kernel":
+	case "poller":
+		opts.UDPWait = dnsproxy.UDPWaitPoller
+	default:
+		fmt.Fprintf(os.Stderr, "dnsproxy-bench: -udp-wait %q: want kernel or poller\n", *udpWait)
+		os.Exit(2)
+	}
 	if *groups > 0 {
 		opts.Identities = withGroups(&cfg, *groups, *peers, *upstream)
 	}
