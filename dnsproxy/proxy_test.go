@@ -2,7 +2,9 @@ package dnsproxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -430,4 +432,45 @@ func TestTap(t *testing.T) {
 		t.Errorf("a tap of another address got %+v", r)
 	case <-time.After(100 * time.Millisecond):
 	}
+}
+
+// TestQueryLogDrains: records that come while the writer is busy (it
+// drains every logDrainEvery instead of waking for each) are all written
+// without waiting for Close, and so is one that comes after it went idle
+// again.
+func TestQueryLogDrains(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "query.log")
+	l, err := openQueryLog(QueryLogConfig{Path: path, Buffer: DefaultQueryLogBuffer}, nil, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.run(ctx)
+	t.Cleanup(func() { cancel(); <-l.done })
+	lines := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, _ := os.ReadFile(path)
+			n := strings.Count(string(b), "\n")
+			if n == want {
+				return
+			}
+			if n > want || time.Now().After(deadline) {
+				t.Fatalf("%d records in the log, want %d", n, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	const burst = 3000
+	for i := range burst {
+		l.add(logRecord{time: time.Now(), name: fmt.Sprintf("n%d.example.", i), qtype: dns.TypeA})
+		if i%500 == 0 {
+			time.Sleep(3 * logDrainEvery) // a few ticks inside the burst
+		}
+	}
+	lines(burst)
+	time.Sleep(10 * logDrainEvery) // idle again
+	l.add(logRecord{time: time.Now(), name: "last.example.", qtype: dns.TypeA})
+	lines(burst + 1)
 }

@@ -99,32 +99,60 @@ func (l *queryLog) add(r logRecord) {
 	}
 }
 
+// logDrainEvery is how long the writer sleeps between drains while
+// records keep coming. Woken for every record, it would cost the thread
+// that answered the query a wake-up of another (futex, and a context
+// switch on its core) for each one: with the UDP path's threads waiting
+// in the kernel, that was 15 % on a miss's latency. At 4,096 records of
+// buffer (the default) the queue holds 2 ms of two million queries a
+// second.
+const logDrainEvery = 2 * time.Millisecond
+
 // run writes records until ctx ends, then drains what is queued and closes
-// the file. It is the only goroutine that touches the writer.
+// the file. It is the only goroutine that touches the writer. Idle, it
+// waits for a record; while records keep coming it drains the queue every
+// logDrainEvery instead of waking for each.
 func (l *queryLog) run(ctx context.Context) {
 	defer close(l.done)
+	tick := time.NewTimer(logDrainEvery)
+	tick.Stop()
+	busy := false
 	for {
+		wait := l.ch
+		if busy {
+			wait = nil // sleep out the tick
+			tick.Reset(logDrainEvery)
+		}
+		select {
+		case r := <-wait:
+			l.write(r)
+		case <-tick.C:
+		case req := <-l.reopenCh:
+			req <- l.reopenFile()
+			continue
+		case <-ctx.Done():
+			tick.Stop()
+			l.drain()
+			l.flush()
+			if l.closer != nil {
+				l.closer.Close()
+			}
+			return
+		}
+		n := l.drain()
+		l.flush()
+		busy = n > 0 || !busy // a record that ended an idle spell may start a burst
+	}
+}
+
+// drain writes what is queued now and returns how many.
+func (l *queryLog) drain() int {
+	for n := 0; ; n++ {
 		select {
 		case r := <-l.ch:
 			l.write(r)
-			if len(l.ch) == 0 {
-				l.flush()
-			}
-		case req := <-l.reopenCh:
-			req <- l.reopenFile()
-		case <-ctx.Done():
-			for {
-				select {
-				case r := <-l.ch:
-					l.write(r)
-				default:
-					l.flush()
-					if l.closer != nil {
-						l.closer.Close()
-					}
-					return
-				}
-			}
+		default:
+			return n
 		}
 	}
 }
