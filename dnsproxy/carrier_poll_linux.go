@@ -32,7 +32,8 @@ const carrierSweep = 10 * time.Millisecond
 //
 // A thread blocked in a system call keeps its P in Go's scheduler until
 // sysmon takes it away; the proxy raises GOMAXPROCS by the threads it
-// blocks (blockingThreads), so the rest of the process keeps its Ps.
+// blocks (holdThreads), so the rest of the process keeps its Ps. With
+// UDPWaitPoller the same loop waits in Go's poller instead (epollWaiter).
 //
 // Deadlines are the poller's too: every carrierSweep it fails the tries
 // whose deadline passed, and closes retired carriers with nothing in

@@ -131,9 +131,8 @@ type Proxy struct {
 	closed       bool
 
 	wg sync.WaitGroup // health loop, query log, slow-path goroutines
-	// carrierWG counts the carrier poller (carrier_poll_linux.go) or,
-	// with UDPWaitPoller, the carriers' readers; Close ends them before
-	// the workers.
+	// carrierWG counts the carrier poller (carrier_poll_linux.go),
+	// which Close ends before the workers.
 	carrierWG sync.WaitGroup
 	cpoll     carrierPoller
 	wait      UDPWait

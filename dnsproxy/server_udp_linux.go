@@ -378,7 +378,8 @@ func (rb *replyBatch) send(fd uintptr) bool {
 
 // reply writes the slow path's answer to the job's client: a raw sendto
 // (MSG_DONTWAIT, see rawSyscall) on the socket the query came in on,
-// waiting in the poller only if the socket buffer is full.
+// waiting in the poller only if the socket buffer is full (a socket
+// detachUDP took out of the poller drops the answer then).
 func (j *slowJob) reply(b []byte) {
 	if j.to.rc == nil || len(b) == 0 {
 		j.c.WriteToUDPAddrPort(b, j.src) //nolint:errcheck // the client may be gone
