@@ -407,31 +407,9 @@ type carrierSocket struct {
 // dialCarrier makes a UDP socket connected to addr from a port the kernel
 // picks at random (socket and connect; see carrierSocket).
 func dialCarrier(addr netip.AddrPort) (*carrierSocket, error) {
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if a := addr.Addr(); a.Is4() {
-		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: a.As4()}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	f, rc, fd, err := connectedUDP(addr, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	if err := unix.Connect(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
-	}
-	f := os.NewFile(uintptr(fd), "udp:"+addr.String())
-	if f == nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("connect %s: bad descriptor", addr)
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
+		return nil, err
 	}
 	return &carrierSocket{File: f, rc: rc, fd: int32(fd)}, nil
 }

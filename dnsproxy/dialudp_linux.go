@@ -16,6 +16,20 @@ import (
 // is socket, connect and one poller registration: net.DialUDP adds
 // setsockopt, getsockname and getpeername, none of which a query needs.
 func dialUDP(addr netip.AddrPort) (udpConn, error) {
+	f, rc, _, err := connectedUDP(addr, unix.SOCK_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	c := &upstreamSocket{File: f, rc: rc}
+	c.readFn, c.writeFn = c.read, c.write
+	return c, nil
+}
+
+// connectedUDP makes a UDP socket connected to addr, from a port the
+// kernel picks at random (socket and connect), as an *os.File with its
+// RawConn and descriptor. flags adds to the socket's type: with
+// SOCK_NONBLOCK the file is in Go's poller; without, it is not.
+func connectedUDP(addr netip.AddrPort, flags int) (*os.File, syscall.RawConn, int, error) {
 	var sa unix.Sockaddr
 	family := unix.AF_INET
 	if a := addr.Addr(); a.Is4() {
@@ -24,27 +38,25 @@ func dialUDP(addr netip.AddrPort) (udpConn, error) {
 		family = unix.AF_INET6
 		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16()}
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|flags, unix.IPPROTO_UDP)
 	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
+		return nil, nil, -1, os.NewSyscallError("socket", err)
 	}
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
+		return nil, nil, -1, fmt.Errorf("connect %s: %w", addr, err)
 	}
 	f := os.NewFile(uintptr(fd), "udp:"+addr.String())
 	if f == nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("connect %s: bad descriptor", addr)
+		return nil, nil, -1, fmt.Errorf("connect %s: bad descriptor", addr)
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
+		return nil, nil, -1, fmt.Errorf("connect %s: %w", addr, err)
 	}
-	c := &upstreamSocket{File: f, rc: rc}
-	c.readFn, c.writeFn = c.read, c.write
-	return c, nil
+	return f, rc, fd, nil
 }
 
 // upstreamSocket is a connected non-blocking UDP socket whose reads and writes are

@@ -115,10 +115,7 @@ func (p *Proxy) runUDP(c *net.UDPConn, f *os.File, shard int, closing *atomic.Bo
 // see rawSyscall.
 func (m *mmsgLoop) recv(fd uintptr) bool {
 	for {
-		for i := range udpBatch {
-			m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-			m.rhdr[i].Len = 0
-		}
+		m.resetRecv()
 		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
 			unix.MSG_DONTWAIT, 0, 0)
 		switch e {
@@ -151,10 +148,7 @@ func (m *mmsgLoop) recv(fd uintptr) bool {
 // reading down, which ends a read that waits.
 func (m *mmsgLoop) recvBlocking(fd uintptr) bool {
 	for !m.closing.Load() {
-		for i := range udpBatch {
-			m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-			m.rhdr[i].Len = 0
-		}
+		m.resetRecv()
 		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdr[0])), udpBatch,
 			unix.MSG_WAITFORONE, 0, 0)
 		switch e {
@@ -213,6 +207,14 @@ func detachUDP(c *net.UDPConn) *os.File {
 func unblockUDP(f *os.File) {
 	if rc, err := f.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RD) }) //nolint:errcheck // ENOTCONN: an unconnected socket is woken all the same
+	}
+}
+
+// resetRecv readies the receive headers for the next recvmmsg.
+func (m *mmsgLoop) resetRecv() {
+	for i := range udpBatch {
+		m.rhdr[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		m.rhdr[i].Len = 0
 	}
 }
 
