@@ -99,19 +99,7 @@ func TestReplyBatchFlush(t *testing.T) {
 func TestUDPListenerBlocksInKernel(t *testing.T) {
 	before := runtime.GOMAXPROCS(0)
 	addr, _ := portCountingUpstream(t)
-	p, err := New(testConfig(addr), Options{Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			p.Close()
-		}
-	})
+	p, closed := startClosable(t, testConfig(addr), Options{Registerer: prometheus.NewRegistry()})
 	var files int
 	for _, ls := range p.listeners {
 		for _, c := range ls.udp {
@@ -146,7 +134,7 @@ func TestUDPListenerBlocksInKernel(t *testing.T) {
 		t.Errorf("GOMAXPROCS %d with %d listeners and the carrier poller running, want %d (%d before)", got, files, want, before)
 	}
 	time.Sleep(20 * time.Millisecond) // every listener back in recvmmsg
-	closeWithin(t, p, &closed)
+	closeWithin(t, p, closed)
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("GOMAXPROCS %d after Close, want %d back", got, before)
 	}
@@ -181,19 +169,7 @@ func testUDPWait(t *testing.T, wait UDPWait) {
 	})
 	cfg := testConfig(up)
 	cfg.UpstreamTimeout = 150 * time.Millisecond
-	p, err := New(cfg, Options{Registerer: prometheus.NewRegistry(), UDPWait: wait})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			p.Close()
-		}
-	})
+	p, closed := startClosable(t, cfg, Options{Registerer: prometheus.NewRegistry(), UDPWait: wait})
 	addr := proxyAddr(t, p, "udp")
 	c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
 	ask := func(name string) (*dns.Msg, time.Duration) {
@@ -228,7 +204,7 @@ func testUDPWait(t *testing.T, wait UDPWait) {
 	case wait == UDPWaitPoller && (files != 0 || procs != before):
 		t.Errorf("poller: %d detached listeners, GOMAXPROCS %d (from %d), want none and GOMAXPROCS unchanged", files, procs, before)
 	}
-	closeWithin(t, p, &closed)
+	closeWithin(t, p, closed)
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("GOMAXPROCS %d after Close, want %d", got, before)
 	}
@@ -250,4 +226,24 @@ func closeWithin(t *testing.T, p *Proxy, closed *bool) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return: a listener blocked in recvmmsg was not woken")
 	}
+}
+
+// startClosable starts a proxy that the test closes itself (closeWithin);
+// the cleanup closes it only if the test did not get that far.
+func startClosable(t *testing.T, cfg Config, opts Options) (*Proxy, *bool) {
+	t.Helper()
+	p, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	closed := new(bool)
+	t.Cleanup(func() {
+		if !*closed {
+			p.Close()
+		}
+	})
+	return p, closed
 }
