@@ -18,7 +18,7 @@ const carrierBatch = 16
 type carriers struct {
 	carrierMu      sync.Mutex
 	carrier        *carrier              // the one taking queries
-	next           *carrier              // made ahead, its reader waiting: the one after (prepare)
+	next           *carrier              // made ahead, already in the poller: the one after (prepare)
 	carriers       map[*carrier]struct{} // every one with a reader
 	carriersClosed bool
 }
@@ -71,7 +71,7 @@ const retireLinger = 50 * time.Millisecond
 // none, or it is full, old or retired) under a random ID unique among the
 // carrier's queries in flight, and queues a copy of m's query in the
 // listener's batch b, whose flush sends it. It runs on a listener
-// goroutine; once m is registered, the carrier's reader owns it and may
+// goroutine; once m is registered, the carrier poller owns it and may
 // finish it at any moment. On error m is not registered and still the
 // caller's.
 func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
@@ -238,7 +238,7 @@ func (u *upstream) takeNext() *carrier {
 	n := u.next
 	u.next = nil
 	if n != nil && (n.retired || time.Since(n.born) >= spareMaxAge) {
-		n.retire() // its reader closes it
+		n.retire() // the poller closes it
 		return nil
 	}
 	return n

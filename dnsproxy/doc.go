@@ -28,9 +28,12 @@
 //	config.go      Config, defaults, typed Upstream (ParseUpstream), the dns
 //	               section as written (FileConfig) and its validation, Preflight
 //	proxy.go       Proxy lifecycle (New, Start, Reload, Close, Stats, Exchange) and the slow path
-//	server_udp.go  SO_REUSEPORT sockets per core, read loops, the fast path
-//	miss_wire.go   the UDP miss path: startMiss on the listener, completeMiss on the carrier's reader
-//	carrier_linux.go  sockets carrying several misses at once, their readers
+//	server_udp.go  SO_REUSEPORT sockets per core, read loops (asleep in recvmmsg
+//	               on sockets out of Go's poller, or in the poller: UDPWait), the fast path
+//	miss_wire.go   the UDP miss path: startMiss on the listener, completeMiss on the carrier poller
+//	carrier_linux.go  sockets carrying several misses at once
+//	carrier_poll_linux.go  the one poller that reads every carrier's answers
+//	procs.go       GOMAXPROCS raised for the threads that wait in the kernel (UDPWait)
 //	spares.go      random-port upstream sockets made ahead, reused a few times
 //	server_tcp.go  TCP listener (dns.Server with the proxy's own handler)
 //	wire.go        minimal wire parsing and writing for the fast path
@@ -41,5 +44,5 @@
 //	policy.go      canaries, DDR, DoH names, blocklist, allowlist
 //	limits.go      per-peer token buckets, in-flight cap
 //	metrics.go     sluice_dns_* metrics, sharded hot-path counters
-//	querylog.go    asynchronous slog JSON query log
+//	querylog.go    asynchronous slog JSON query log, drained every 2 ms while busy
 package dnsproxy

@@ -20,7 +20,7 @@ import (
 // from the client's question and queues it on the carrier of the group's
 // first upstream (startMiss, carry); once the whole batch of datagrams is
 // read, one sendmmsg per carrier sends the batch's queries (flush). The
-// carrier's reader matches the answer (answerMatchesWire), reads it on
+// carrier poller matches the answer (answerMatchesWire), reads it on
 // the wire (readAnswer), caches the entry it makes, lands the flight,
 // accounts the query and renders the client's answer with writeHit from
 // the entry (completeMiss); one sendmmsg sends the answers of a read
@@ -37,7 +37,7 @@ import (
 // dropped, and its port retired (carrier).
 
 // missFlight is a miss whose upstream query the listener sent; the
-// carrier's reader, or a worker, finishes it.
+// carrier poller, or a worker, finishes it.
 type missFlight struct {
 	job   slowJob
 	st    *state
@@ -156,7 +156,7 @@ func (g *group) first() *upstream {
 	return best
 }
 
-// completeMiss finishes m with its answer raw, on the carrier's reader:
+// completeMiss finishes m with its answer raw, on the carrier poller:
 // the common case (entryFromWire) is answered into rb, and true says the
 // caller ends m (doneMiss) once rb is sent; anything else goes to a
 // worker (finishMiss).
