@@ -19,7 +19,7 @@ type carriers struct {
 	carrierMu      sync.Mutex
 	carrier        *carrier              // the one taking queries
 	next           *carrier              // made ahead, already in the poller: the one after (prepare)
-	carriers       map[*carrier]struct{} // every one with a reader
+	carriers       map[*carrier]struct{} // every one the poller watches
 	carriersClosed bool
 }
 
@@ -101,7 +101,7 @@ func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 	}
 	m.uq.setID(id)
 	cr.track(m)
-	// Copied under the lock: from here on the reader owns m, and may
+	// Copied under the lock: from here on the poller owns m, and may
 	// finish and recycle it (the proxy closing, its try deadline) before
 	// the batch is sent.
 	b.add(cr, m)
@@ -111,7 +111,7 @@ func (p *Proxy) carry(u *upstream, m *missFlight, b *upstreamBatch) error {
 
 // unsent takes m, whose query under id could not be sent, off cr's
 // queries in flight and retires cr: true when m was still there (and is
-// the caller's again); false when the reader already took it.
+// the caller's again); false when the poller already took it.
 func (cr *carrier) unsent(m *missFlight, id uint16) bool {
 	cr.u.carrierMu.Lock()
 	defer cr.u.carrierMu.Unlock()
@@ -131,7 +131,7 @@ func (cr *carrier) unsent(m *missFlight, id uint16) bool {
 // sendmmsg once the whole batch is read. One system call and, with the
 // upstream on the same core, one wake-up of it per batch, not per miss.
 // The queries are copies: a query's missFlight belongs to the carrier's
-// reader from the moment carry registers it.
+// poller from the moment carry registers it.
 type upstreamBatch struct {
 	n    int
 	cr   [udpBatch]*carrier
@@ -197,7 +197,7 @@ func (p *Proxy) flush(b *upstreamBatch) {
 }
 
 // failUnsent fails the try of m, queued under id on cr, whose query could
-// not be sent (unless the reader already took m).
+// not be sent (unless the poller already took m).
 func (p *Proxy) failUnsent(cr *carrier, m *missFlight, id uint16, err error) {
 	if cr.unsent(m, id) {
 		m.err = fmt.Errorf("write udp %s: %w", cr.u.label, err)

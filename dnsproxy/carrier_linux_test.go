@@ -238,7 +238,7 @@ func TestUpstreamBatchFlush(t *testing.T) {
 
 // TestCarrierUnsent: a query that could not be sent comes back to the
 // caller only while it is still the carrier's under the ID it was sent
-// with; once the reader took it (or it was reused under another ID), it
+// with; once the poller took it (or it was reused under another ID), it
 // is not the caller's to fail.
 func TestCarrierUnsent(t *testing.T) {
 	cr, _ := carrierTo(t)
@@ -254,12 +254,12 @@ func TestCarrierUnsent(t *testing.T) {
 		t.Errorf("after unsent: %d in flight, retired %v", len(cr.pending), cr.retired)
 	}
 	if cr.unsent(m, 0x1234) {
-		t.Error("unsent took a query the reader had already taken")
+		t.Error("unsent took a query the poller had already taken")
 	}
 }
 
 // TestCarrierPreparedAhead: once the carrier in use has carried prepareAt
-// queries, the next one is made ahead (a reader waiting on a fresh port),
+// queries, the next one is made ahead (a fresh port already in the poller),
 // and the query that needs a new carrier takes that one; every query is
 // answered from the port it went out on, each port carrying at most
 // spareMaxUses.

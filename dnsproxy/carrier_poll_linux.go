@@ -93,6 +93,9 @@ func (cp *carrierPoller) start() error {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	cp.ep, cp.wake, cp.crs, cp.started = ep, wake, map[int32]*carrier{}, true
+	if cp.p.wait == UDPWaitKernel {
+		holdThreads(1) // released by the poller's waiter (close) as it ends
+	}
 	cp.wg.Add(1)
 	go cp.run()
 	return nil
@@ -122,12 +125,13 @@ func (cp *carrierPoller) run() {
 	if err != nil {
 		cp.p.log.Error("dns carrier poller", "error", err)
 	}
-	next := time.Now().Add(carrierSweep)
+	now := time.Now()
+	next := now.Add(carrierSweep)
 	for {
 		if w != nil {
-			w.wait(next)
+			w.wait(next, now)
 		} else {
-			time.Sleep(time.Until(next)) // bounded: the sweep fails what cannot be read
+			time.Sleep(next.Sub(now)) // bounded: the sweep fails what cannot be read
 		}
 		cp.mu.Lock()
 		stopped := cp.stopped
@@ -141,7 +145,7 @@ func (cp *carrierPoller) run() {
 			unix.Close(cp.wake)
 			return
 		}
-		if now := time.Now(); !now.Before(next) {
+		if now = time.Now(); !now.Before(next) {
 			cp.sweep(now, false)
 			next = now.Add(carrierSweep)
 		}
@@ -166,8 +170,7 @@ type epollWaiter struct {
 func (cp *carrierPoller) newWaiter(read *carrierReader) (*epollWaiter, error) {
 	w := &epollWaiter{cp: cp, read: read}
 	if cp.p.wait != UDPWaitPoller {
-		holdThreads(1)
-		return w, nil
+		return w, nil // start held the thread
 	}
 	dup, err := unix.FcntlInt(uintptr(cp.ep), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -186,10 +189,11 @@ func (cp *carrierPoller) newWaiter(read *carrierReader) (*epollWaiter, error) {
 	return w, nil
 }
 
-// wait reads what becomes ready until next, or until stop wakes it.
-func (w *epollWaiter) wait(next time.Time) {
+// wait reads what becomes ready until next, or until stop wakes it; now
+// is the time (the caller's last clock read: one per wake-up).
+func (w *epollWaiter) wait(next, now time.Time) {
 	if w.poller == nil {
-		ms := int((time.Until(next) + time.Millisecond - 1) / time.Millisecond)
+		ms := int((next.Sub(now) + time.Millisecond - 1) / time.Millisecond)
 		n, err := unix.EpollWait(w.cp.ep, w.evs[:], max(ms, 0))
 		if err != nil {
 			if !errors.Is(err, unix.EINTR) {
@@ -360,33 +364,30 @@ func (cp *carrierPoller) sweep(now time.Time, all bool) {
 	cp.mu.Unlock()
 	for _, cr := range crs {
 		u := cr.u
-		var late []*missFlight
-		var why error = os.ErrDeadlineExceeded
 		u.carrierMu.Lock()
 		if all || u.carriersClosed {
-			cr.retire()
-			late, cr.pending = cr.pending, nil
-			why = net.ErrClosed
-		} else {
-			for i := 0; i < len(cr.pending); {
-				if m := cr.pending[i]; !now.Before(m.tryEnd) {
-					cr.drop(m)
-					late = append(late, m)
-					continue
-				}
-				i++
-			}
-			if len(late) > 0 {
-				cr.retire()
-			}
+			u.carrierMu.Unlock()
+			cp.drop(cr, net.ErrClosed)
+			continue
 		}
-		done := cr.retired && len(cr.pending) == 0 &&
-			(all || u.carriersClosed || now.Sub(cr.retiredAt) >= retireLinger)
+		var late []*missFlight
+		for i := 0; i < len(cr.pending); {
+			if m := cr.pending[i]; !now.Before(m.tryEnd) {
+				cr.drop(m)
+				late = append(late, m)
+				continue
+			}
+			i++
+		}
+		if len(late) > 0 {
+			cr.retire()
+		}
+		done := cr.retired && len(cr.pending) == 0 && now.Sub(cr.retiredAt) >= retireLinger
 		if done {
 			u.unlist(cr)
 		}
 		u.carrierMu.Unlock()
-		cp.fail(u, late, why)
+		cp.fail(u, late, os.ErrDeadlineExceeded)
 		if done {
 			cp.remove(cr)
 		}

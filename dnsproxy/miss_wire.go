@@ -67,7 +67,7 @@ type missFlight struct {
 }
 
 // startMiss starts the miss in ls (the query handleWire just parsed, from
-// src, a cache miss): its query goes out on a carrier, whose reader
+// src, a cache miss): its query goes out on a carrier, whose poller
 // finishes it (completeMiss). false when the general path must answer it.
 // It runs on the listener goroutine.
 func (p *Proxy) startMiss(ls *loopState, pkt []byte, src netip.AddrPort, to replyTo, c *net.UDPConn, b *upstreamBatch) bool {
@@ -280,7 +280,7 @@ func (p *Proxy) entryFromWire(m *missFlight, raw []byte) (*cacheEntry, time.Dura
 // joiners, which read a message), accounts the query and answers m's
 // client from e.
 // addrTTL is the longest TTL the upstream gave e's addresses. The answer
-// is rendered into rb and sent with the rest of the reader's batch (its
+// is rendered into rb and sent with the rest of the poller's batch (its
 // flush): m came from a batched listener (startMiss), which gave it the
 // socket to answer on.
 func (p *Proxy) answerMiss(m *missFlight, e *cacheEntry, addrTTL time.Duration, rb *replyBatch) {

@@ -109,11 +109,15 @@ func (p *Proxy) serveSet(ls *listenerSet) {
 		if p.wait == UDPWaitKernel {
 			if f = detachUDP(c); f != nil {
 				ls.files = append(ls.files, f)
+				holdThreads(1) // before Start returns, not when the goroutine gets to run
 			}
 		}
 		ls.wg.Add(1)
 		go func() {
 			defer ls.wg.Done()
+			if f != nil {
+				defer holdThreads(-1)
+			}
 			p.runUDP(c, f, i, &ls.closing)
 		}()
 	}

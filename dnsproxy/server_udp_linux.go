@@ -79,9 +79,7 @@ func (p *Proxy) runUDP(c *net.UDPConn, f *os.File, shard int, closing *atomic.Bo
 	m.recvFn = m.recv
 	m.sendFn = m.send
 	if f != nil {
-		m.recvFn = m.recvBlocking
-		holdThreads(1)
-		defer holdThreads(-1)
+		m.recvFn = m.recvBlocking // serveSet holds its thread (holdThreads)
 	}
 	for {
 		m.errno = 0
